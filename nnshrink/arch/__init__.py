@@ -1,0 +1,1 @@
+"""Architecture-level compression: profiling and factorisation."""

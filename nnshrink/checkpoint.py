@@ -1,0 +1,110 @@
+"""Checkpoints as safetensors, with the model's name and config in the metadata.
+
+A file written here rebuilds its own model (``load_checkpoint``); any other safetensors
+file still loads as a plain dict of tensors (``load_tensors``). safetensors never runs
+code on load, unlike pickle.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open, save_file
+
+from . import __version__
+from .errors import CheckpointError
+from .io_utils import atomic_path
+from .models import build_model, get_spec
+
+META_MODEL = "nnshrink.model"
+META_CONFIG = "nnshrink.config"
+META_VERSION = "nnshrink.version"
+META_INFO = "nnshrink.info"
+
+
+def save_checkpoint(model: nn.Module, path: str | os.PathLike, model_name: str, config: dict[str, Any],
+                    info: dict[str, Any] | None = None) -> Path:
+    """Write ``model.state_dict()`` atomically with (name, config, info) in the metadata."""
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    meta = {META_MODEL: model_name, META_CONFIG: json.dumps(config, sort_keys=True),
+            META_VERSION: __version__, META_INFO: json.dumps(info or {}, sort_keys=True)}
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata=meta)
+    return path
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, str]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
+
+
+def load_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    read_metadata(path)  # validates the file
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: cannot read tensors ({exc})") from None
+
+
+def is_nnshrink_checkpoint(path: str | os.PathLike) -> bool:
+    return META_MODEL in read_metadata(path)
+
+
+def model_from_state(model_name: str, config: dict[str, Any], state: dict[str, torch.Tensor],
+                     source: str = "checkpoint") -> nn.Module:
+    """Build ``model_name`` with ``config`` and load ``state`` strictly, with clear errors."""
+    try:
+        get_spec(model_name)
+    except Exception as exc:
+        raise CheckpointError(f"{source}: names model {model_name!r}, which nnshrink does not know ({exc})") from None
+    try:
+        model = build_model(model_name, **config)
+    except Exception as exc:
+        raise CheckpointError(f"{source}: cannot build model {model_name!r} with config {config}: {exc}") from None
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    bad_shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+                  for k in expected if k in state and state[k].shape != expected[k].shape]
+    if missing or unexpected or bad_shapes:
+        parts = []
+        if missing:
+            parts.append(f"missing {', '.join(missing[:5])}")
+        if unexpected:
+            parts.append(f"unexpected {', '.join(unexpected[:5])}")
+        if bad_shapes:
+            parts.append("shape mismatch " + "; ".join(bad_shapes[:5]))
+        raise CheckpointError(f"{source}: tensors do not fit model {model_name!r}: " + "; ".join(parts))
+    model.load_state_dict(state, strict=True)
+    return model
+
+
+def load_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the model a checkpoint names. Returns (model, metadata with parsed config)."""
+    meta = read_metadata(path)
+    if META_MODEL not in meta:
+        raise CheckpointError(f"{path}: no nnshrink model metadata; this is a plain tensor file "
+                              "(compress it with --no-retrain, or load it with load_tensors)")
+    try:
+        config = json.loads(meta.get(META_CONFIG, "{}"))
+        info = json.loads(meta.get(META_INFO, "{}"))
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path}: metadata is not valid JSON ({exc})") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: model config must be a JSON object, got {type(config).__name__}")
+    model = model_from_state(meta[META_MODEL], config, load_tensors(path), source=str(path))
+    return model, {"model": meta[META_MODEL], "config": config, "info": info,
+                   "version": meta.get(META_VERSION)}

@@ -1,0 +1,1 @@
+"""Sub-commands of the ``nnshrink`` CLI: one module each, each with ``register(sub)``."""

@@ -1,0 +1,30 @@
+"""``nnshrink eval``: top-1 accuracy of a checkpoint or a compressed archive."""
+
+from __future__ import annotations
+
+from ._common import add_data_args, add_device_arg, emit_json
+
+
+def register(sub) -> None:
+    p = sub.add_parser("eval", help="measure test top-1 of a checkpoint or .nsk archive")
+    p.add_argument("input", help="checkpoint (.safetensors) or archive (.nsk)")
+    add_data_args(p)
+    add_device_arg(p)
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..data import load_dataset
+    from ..loading import load_model
+    from ..train import evaluate
+
+    model, meta = load_model(args.input)
+    data = load_dataset(args.dataset or meta.get("info", {}).get("dataset") or "fashion-mnist", args.data_dir)
+    top1 = evaluate(model.to(args.device), data, device=args.device)
+    if args.json:
+        emit_json({"input": args.input, "model": meta["model"], "dataset": data.name, "top1": top1,
+                   "test_examples": len(data.test_y)}, "-")
+    else:
+        print(f"{args.input}: {meta['model']} on {data.name}: top-1 {top1:.4f} ({len(data.test_y)} test images)")
+    return 0

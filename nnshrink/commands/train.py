@@ -1,0 +1,63 @@
+"""``nnshrink train``: train a registered model and save a safetensors checkpoint."""
+
+from __future__ import annotations
+
+import json
+
+from ._common import add_data_args, add_device_arg, check_output_path, emit_json
+
+
+def register(sub) -> None:
+    p = sub.add_parser("train", help="train a model from scratch and save a checkpoint")
+    p.add_argument("--model", required=True, help="model name (see `nnshrink profile --list`)")
+    add_data_args(p)
+    add_device_arg(p)
+    p.add_argument("--epochs", type=float, default=None, help="epochs (default: per model)")
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--weight-decay", type=float, default=None)
+    p.add_argument("--l1", type=float, default=None, help="L1 penalty on weights")
+    p.add_argument("--l2", type=float, default=None, help="L2 penalty on weights")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--config", default=None, help='model options as JSON, e.g. \'{"dropout": 0.1}\'')
+    p.add_argument("--json", nargs="?", const="-", default=None, metavar="FILE",
+                   help="write the training report as JSON (stdout if no FILE)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("-o", "--output", required=True, help="checkpoint path (.safetensors)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..checkpoint import save_checkpoint
+    from ..data import load_dataset
+    from ..errors import ConfigError
+    from ..models import build_model, resolve_config
+    from ..train import default_train_config, fit
+
+    out = check_output_path(args.output)
+    try:
+        overrides = json.loads(args.config) if args.config else {}
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"--config is not valid JSON ({exc})") from None
+    if not isinstance(overrides, dict):
+        raise ConfigError(f"--config must be a JSON object; got {args.config!r}")
+    config = resolve_config(args.model, **overrides)
+    cfg = default_train_config(args.model)
+    changes = {k: v for k, v in {"epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size,
+                                 "weight_decay": args.weight_decay, "l1": args.l1, "l2": args.l2,
+                                 "seed": args.seed}.items() if v is not None}
+    cfg = cfg.replace(**changes)
+    data = load_dataset(args.dataset or "fashion-mnist", args.data_dir)
+    model = build_model(args.model, **config)
+    result = fit(model, data, cfg, device=args.device, progress=not args.quiet, desc=f"train {args.model}")
+    top1 = result.epochs[-1]["test_top1"]
+    report = {"model": args.model, "config": config, "dataset": data.name, "top1": top1,
+              "train_seconds": result.seconds, "epochs": result.epochs, "train_config": cfg.__dict__}
+    save_checkpoint(model.cpu(), out, args.model, config, info={"dataset": data.name, "top1": top1})
+    if args.json:
+        emit_json(report, args.json)
+    if args.json != "-":
+        per_epoch = result.seconds / max(len(result.epochs), 1)
+        print(f"{args.model}: test top-1 {top1:.4f} after {len(result.epochs)} epochs "
+              f"({result.seconds:.1f} s, {per_epoch:.1f} s/epoch) -> {out}")
+    return 0

@@ -1,0 +1,22 @@
+"""User-facing errors.
+
+Everything a user can get wrong (a bad value, a missing file, a corrupt input) raises a
+subclass of :class:`NNShrinkError` whose message names the bad value. The command line
+prints these as one line and exits with status 2; anything else is a bug.
+"""
+
+
+class NNShrinkError(Exception):
+    """A problem with the user's input or environment, explained in the message."""
+
+
+class ConfigError(NNShrinkError, ValueError):
+    """A configuration value (flag, recipe key, argument) is out of range or unknown."""
+
+
+class DataError(NNShrinkError):
+    """A dataset is missing or its files are malformed."""
+
+
+class CheckpointError(NNShrinkError):
+    """A checkpoint cannot be read or does not fit the model it names."""

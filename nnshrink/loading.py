@@ -1,0 +1,35 @@
+"""Load a runnable model from any file nnshrink writes: a checkpoint or an .nsk archive."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch.nn as nn
+
+from .errors import CheckpointError
+
+NSK_MAGIC = b"NSK"
+
+
+def is_archive(path: str | os.PathLike) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(3) == NSK_MAGIC
+    except OSError:
+        return False
+
+
+def load_model(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
+    """(model, metadata) from a checkpoint or an archive, by the file's first bytes."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file")
+    if is_archive(path):
+        from .runtime.decode import load_archive_model
+
+        return load_archive_model(path)
+    from .checkpoint import load_checkpoint
+
+    return load_checkpoint(path)

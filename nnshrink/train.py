@@ -1,0 +1,213 @@
+"""One training / evaluation loop for every stage (dense training, retraining after
+pruning, centroid fine-tuning, binary nets).
+
+Stages customise it through hooks rather than copies of the loop:
+``param_filter`` picks what the optimizer trains, ``regularizer(model)`` adds a penalty
+(L1 / L2 for pruning), and ``after_step(model)`` runs after every optimizer step (re-apply
+masks, clip binary weights, refresh shared weights). Under ``torch.distributed`` the loop
+shards batches by rank and wraps the model in DistributedDataParallel itself.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Iterable
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .data import Dataset, iterate_batches
+from .errors import ConfigError
+
+SCHEDULES = ("cosine", "step", "constant")
+OPTIMIZERS = ("sgd", "adam")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: float = 10
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    batch_size: int = 128
+    schedule: str = "cosine"
+    optimizer: str = "sgd"
+    l1: float = 0.0
+    l2: float = 0.0
+    seed: int = 0
+    max_steps: int | None = None
+
+    def __post_init__(self):
+        if not self.epochs > 0:
+            raise ConfigError(f"epochs must be > 0; got {self.epochs}")
+        if not self.lr > 0:
+            raise ConfigError(f"learning rate must be > 0; got {self.lr}")
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"momentum must be in [0, 1); got {self.momentum}")
+        for name in ("weight_decay", "l1", "l2"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0; got {getattr(self, name)}")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch size must be >= 1; got {self.batch_size}")
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+
+    def replace(self, **changes) -> "TrainConfig":
+        return TrainConfig(**{**asdict(self), **changes})
+
+
+@dataclass
+class TrainResult:
+    epochs: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+    steps: int = 0
+
+
+def resolve_device(name: str | torch.device = "cpu") -> torch.device:
+    """A torch.device; asking for CUDA where there is none is a clear error."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {name!r}; use cpu or cuda[:N]") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} asked for, but no CUDA device is available here")
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"unsupported device {name!r}; use cpu or cuda[:N]")
+    return device
+
+
+def _world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _lr_at(cfg: TrainConfig, step: int, total: int) -> float:
+    if cfg.schedule == "constant" or total <= 1:
+        return cfg.lr
+    frac = step / total
+    if cfg.schedule == "cosine":
+        return cfg.lr * 0.5 * (1 + math.cos(math.pi * frac))
+    return cfg.lr * (0.1 ** int(frac * 3))  # step: /10 at 1/3 and 2/3
+
+
+def regularization(model: nn.Module, l1: float, l2: float) -> torch.Tensor | None:
+    """L1 / L2 penalty over weight matrices and kernels (not biases or norms)."""
+    if not (l1 or l2):
+        return None
+    total = None
+    for p in model.parameters():
+        if p.requires_grad and p.dim() > 1:
+            term = (l1 * p.abs().sum() if l1 else 0) + (l2 * p.pow(2).sum() if l2 else 0)
+            total = term if total is None else total + term
+    return total
+
+
+def fit(
+    model: nn.Module,
+    data: Dataset,
+    cfg: TrainConfig = TrainConfig(),
+    *,
+    device: str | torch.device = "cpu",
+    param_filter: Callable[[str, nn.Parameter], bool] | None = None,
+    regularizer: Callable[[nn.Module], torch.Tensor | None] | None = None,
+    after_step: Iterable[Callable[[nn.Module], None]] = (),
+    eval_each_epoch: bool = True,
+    progress: bool = True,
+    desc: str = "train",
+) -> TrainResult:
+    """Train ``model`` in place on ``data.train_*``; returns per-epoch loss and accuracy."""
+    device = resolve_device(device)
+    rank, world = _world()
+    torch.manual_seed(cfg.seed)
+    model.to(device)
+    params = [p for n, p in model.named_parameters()
+              if p.requires_grad and (param_filter is None or param_filter(n, p))]
+    if not params:
+        raise ConfigError("nothing to train: no parameter requires a gradient")
+    if cfg.optimizer == "sgd":
+        opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    else:
+        opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    net = model
+    if world > 1:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    hooks = list(after_step)
+    n_train = len(data.train_x) // world
+    steps_per_epoch = math.ceil(n_train / cfg.batch_size)
+    total = max(1, int(round(cfg.epochs * steps_per_epoch)))
+    if cfg.max_steps is not None:
+        total = min(total, cfg.max_steps)
+    result = TrainResult()
+    start = time.perf_counter()
+    step, epoch = 0, 0
+    bar = tqdm(total=total, desc=desc, disable=not progress or rank != 0, leave=False, unit="step")
+    while step < total:
+        net.train()
+        t0, seen, correct, loss_sum = time.perf_counter(), 0, 0, 0.0
+        for xb, yb in iterate_batches(data.train_x, data.train_y, cfg.batch_size, shuffle=True,
+                                      seed=cfg.seed, epoch=epoch, rank=rank, world_size=world):
+            if step >= total:
+                break
+            xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
+            for group in opt.param_groups:
+                group["lr"] = _lr_at(cfg, step, total)
+            logits = net(xb)
+            loss = F.cross_entropy(logits, yb)
+            penalty = regularization(model, cfg.l1, cfg.l2)
+            extra = regularizer(model) if regularizer is not None else None
+            full = loss + (penalty if penalty is not None else 0) + (extra if extra is not None else 0)
+            opt.zero_grad(set_to_none=True)
+            full.backward()
+            opt.step()
+            for hook in hooks:
+                hook(model)
+            step += 1
+            seen += len(yb)
+            correct += int((logits.argmax(1) == yb).sum())
+            loss_sum += float(loss.detach()) * len(yb)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
+        row = {"epoch": epoch + 1, "loss": loss_sum / max(seen, 1), "train_top1": correct / max(seen, 1),
+               "seconds": time.perf_counter() - t0, "steps": step}
+        if eval_each_epoch:
+            row["test_top1"] = evaluate(model, data, device=device)
+        result.epochs.append(row)
+        epoch += 1
+    bar.close()
+    result.seconds = time.perf_counter() - start
+    result.steps = step
+    return result
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: Dataset, *, device: str | torch.device = "cpu",
+             batch_size: int = 1000, split: str = "test") -> float:
+    """Top-1 accuracy (a fraction) of ``model`` on a split of ``data``."""
+    device = resolve_device(device)
+    x, y = (data.test_x, data.test_y) if split == "test" else (data.train_x, data.train_y)
+    was_training = model.training
+    model.eval()
+    correct = 0
+    for xb, yb in iterate_batches(x, y, batch_size):
+        correct += int((model(xb.to(device)).argmax(1) == yb.to(device)).sum())
+    model.train(was_training)
+    return correct / max(len(y), 1)
+
+
+# Default training per model: what `nnshrink train --model NAME` uses.
+_DEFAULTS: dict[str, dict] = {
+    "lenet300": dict(epochs=20, lr=0.05, weight_decay=1e-4, batch_size=128),
+    "lenet5": dict(epochs=12, lr=0.05, weight_decay=5e-4, batch_size=128),
+}
+
+
+def default_train_config(model_name: str) -> TrainConfig:
+    return TrainConfig(**_DEFAULTS.get(model_name, {}))
