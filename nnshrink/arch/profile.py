@@ -76,15 +76,46 @@ def profile_model(model: nn.Module, input_shape: tuple[int, ...]) -> ModelProfil
         handles.append(module.register_forward_hook(hook))
     was_training = model.training
     model.eval()
+    first = next(iter(model.parameters()), None)
+    device = first.device if first is not None else torch.device("cpu")
     try:
         with torch.no_grad():
-            model(torch.zeros((1, *input_shape)))
+            model(torch.zeros((1, *input_shape), device=device))
     finally:
         for h in handles:
             h.remove()
         model.train(was_training)
     total_params = sum(p.numel() for p in model.parameters())
     return ModelProfile(rows, total_params, sum(r.macs for r in rows), tuple(input_shape))
+
+
+def model_input_shape(name: str, config: dict) -> tuple[int, ...]:
+    """The input a registered model is built for: its spec's shape, with the side set to
+    ``config["resolution"]`` where the model has one (MobileNet's rho)."""
+    from ..models import get_spec
+
+    shape = get_spec(name).input_shape
+    if "resolution" in config:
+        shape = (shape[0], config["resolution"], config["resolution"])
+    return tuple(shape)
+
+
+def profile_named(name: str, input_shape: tuple[int, ...] | None = None, **overrides) -> ModelProfile:
+    """Profile a registered model without allocating its weights (built on the meta
+    device, so VGG-16's 553 MB cost nothing). Bad config or an input the net cannot
+    take raises ConfigError."""
+    from ..errors import ConfigError
+    from ..models import build_model, resolve_config
+
+    config = resolve_config(name, **overrides)
+    shape = tuple(input_shape) if input_shape is not None else model_input_shape(name, config)
+    with torch.device("meta"):
+        model = build_model(name, **config)
+    try:
+        return profile_model(model, shape)
+    except RuntimeError as exc:
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError(f"model {name!r} cannot run at input {'x'.join(map(str, shape))}: {msg}") from None
 
 
 def format_profile(profile: ModelProfile, title: str = "") -> str:

@@ -16,9 +16,9 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..arch.profile import format_profile, profile_model
+    from ..arch.profile import format_profile, profile_named
     from ..errors import ConfigError
-    from ..models import build_model, get_spec, model_names
+    from ..models import get_spec, model_names
 
     if args.list:
         for name in model_names():
@@ -32,18 +32,16 @@ def run(args) -> int:
         if "width" not in spec.defaults:
             raise ConfigError(f"model {args.model!r} has no width multiplier")
         overrides["width"] = args.width
-    shape = spec.input_shape
+    shape = None
     if args.resolution is not None:
         if args.resolution < 1:
             raise ConfigError(f"resolution must be a positive number of pixels; got {args.resolution}")
         if "resolution" in spec.defaults:
             overrides["resolution"] = args.resolution
-        shape = (shape[0], args.resolution, args.resolution)
-    model = build_model(args.model, **overrides)
-    try:
-        prof = profile_model(model, shape)
-    except RuntimeError as exc:
-        raise ConfigError(f"model {args.model!r} cannot run at input {shape}: {exc}".splitlines()[0]) from None
+        else:
+            shape = (spec.input_shape[0], args.resolution, args.resolution)
+    prof = profile_named(args.model, shape, **overrides)
+    shape = prof.input_shape
     if args.json:
         emit_json({"model": args.model, **overrides, **prof.as_dict()}, "-")
     else:

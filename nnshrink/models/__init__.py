@@ -27,7 +27,7 @@ class ModelSpec:
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
-_MODEL_MODULES = ("lenet", "binary", "squeezenet", "mobilenet", "vgg")
+_MODEL_MODULES = ("lenet", "binary", "squeezenet", "mobilenet", "vgg", "factorized")
 _loaded = False
 
 

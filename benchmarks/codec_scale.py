@@ -1,0 +1,139 @@
+"""Archive codec at VGG-16 scale: encode / decode time, peak memory, Huffman speed vs zstd.
+
+A synthetic model with VGG-16's layer shapes (138M float32 weights) pruned to 10% and
+shared at 5 bits is written with ``write_archive`` and read back with ``read_archive`` +
+``to_dense`` (the full decode to float32). Huffman kernels are timed alone on the largest
+layer's index and gap streams, beside zstd level 1 on the same symbol streams.
+
+    python benchmarks/codec_scale.py --json OUT.json [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("NUMBA_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+
+from nnshrink.compressed import SharedTensor  # noqa: E402
+from nnshrink.encode.huffman import (HuffmanCode, entropy_bits, histogram, huffman_decode,  # noqa: E402
+                                     huffman_encode)
+from nnshrink.encode.sparse import gaps_from_mask  # noqa: E402
+from nnshrink.format import read_archive, write_archive  # noqa: E402
+
+VGG16 = [(64, 3, 3, 3), (64, 64, 3, 3), (128, 64, 3, 3), (128, 128, 3, 3), (256, 128, 3, 3), (256, 256, 3, 3),
+         (256, 256, 3, 3), (512, 256, 3, 3), (512, 512, 3, 3), (512, 512, 3, 3), (512, 512, 3, 3),
+         (512, 512, 3, 3), (512, 512, 3, 3), (4096, 25088), (4096, 4096), (1000, 4096)]
+
+
+def synthetic_layer(shape, keep: float, bits: int, rng) -> SharedTensor:
+    """Bernoulli(keep) mask; kept weights have |w| = t + Exp(0.5) (the tail left by magnitude
+    pruning), shared by a linear codebook of 2**bits centroids -> a realistic skewed index stream."""
+    n = int(np.prod(shape))
+    gaps = rng.geometric(keep, size=int(n * keep * 1.1) + 16)
+    pos = np.cumsum(gaps, dtype=np.int64) - 1
+    pos = pos[pos < n]
+    mask = np.zeros(n, bool)
+    mask[pos] = True
+    mag = 1.645 + rng.exponential(0.5, pos.size).astype(np.float32)
+    w = np.where(rng.random(pos.size) < 0.5, -mag, mag)
+    lo, hi = float(w.min()), float(w.max())
+    codebook = np.linspace(lo, hi, 1 << bits).astype(np.float32)
+    idx = np.clip(np.rint((w - lo) / (hi - lo) * ((1 << bits) - 1)), 0, (1 << bits) - 1).astype(np.uint8)
+    return SharedTensor(tuple(shape), codebook, idx, bits, mask.reshape(shape))
+
+
+def median_time(fn, repeats: int) -> tuple[float, object]:
+    times, out = [], None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times)), out
+
+
+def stream_bench(name: str, symbols: np.ndarray, alphabet: int, repeats: int) -> dict:
+    import zstandard
+
+    hist = histogram(symbols, alphabet)
+    code = HuffmanCode.from_symbols(symbols, alphabet)
+    huffman_decode(huffman_encode(symbols[:64], code), 64, code)  # warm the kernels
+    enc_s, data = median_time(lambda: huffman_encode(symbols, code, hist), repeats)
+    dec_s, back = median_time(lambda: huffman_decode(data, symbols.size, code), repeats)
+    assert np.array_equal(back, symbols)
+    raw = symbols.tobytes()
+    cctx, dctx = zstandard.ZstdCompressor(level=1), zstandard.ZstdDecompressor()
+    zenc_s, z = median_time(lambda: cctx.compress(raw), repeats)
+    zdec_s, _ = median_time(lambda: dctx.decompress(z), repeats)
+    ent = entropy_bits(hist)
+    n = symbols.size
+    return {"stream": name, "symbols": n, "alphabet": alphabet, "entropy_bits_per_symbol": ent / n,
+            "huffman_bits_per_symbol": 8 * len(data) / n, "huffman_over_entropy": 8 * len(data) / ent - 1,
+            "huffman_encode_msym_s": n / enc_s / 1e6, "huffman_decode_msym_s": n / dec_s / 1e6,
+            "zstd1_bits_per_symbol": 8 * len(z) / n, "zstd1_encode_msym_s": n / zenc_s / 1e6,
+            "zstd1_decode_msym_s": n / zdec_s / 1e6}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--json", default=None, help="write results here")
+    ap.add_argument("--quick", action="store_true", help="1/64 of the size (smoke test)")
+    ap.add_argument("--keep", type=float, default=0.10)
+    ap.add_argument("--bits", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args(argv)
+    rng = np.random.default_rng(0)
+    shapes = [tuple(max(1, d // 8) if i < 2 else d for i, d in enumerate(s)) for s in VGG16] if args.quick else VGG16
+    tensors = {f"layer{i:02d}.weight": synthetic_layer(s, args.keep, args.bits, rng) for i, s in enumerate(shapes)}
+    params = sum(int(np.prod(s)) for s in shapes)
+    dense_bytes = 4 * params
+    with tempfile.TemporaryDirectory() as d:
+        # warm numba (load its cache) outside the timings
+        write_archive(os.path.join(d, "warm.nsk"), {"w": synthetic_layer((64, 64), 0.1, 5, rng)}, {})
+        read_archive(os.path.join(d, "warm.nsk"))
+        path = os.path.join(d, "vgg.nsk")
+        t0 = time.perf_counter()
+        size = write_archive(path, tensors, {"model": None, "report": {"synthetic": "vgg16"}})
+        encode_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        arch = read_archive(path)
+        dense = arch.dense_arrays()  # == to_dense() of every tensor, tested
+        decode_s = time.perf_counter() - t0
+        exact = all(np.array_equal(arch.tensors[k].mask, t.mask) and np.array_equal(arch.tensors[k].indices, t.indices)
+                    for k, t in tensors.items())
+        del dense
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+    big = max(tensors.values(), key=lambda t: int(np.prod(t.shape)))
+    streams = [stream_bench("index", np.asarray(big.indices, np.uint8), 1 << args.bits, args.repeats),
+               stream_bench("gap", gaps_from_mask(big.mask, 5), 32, args.repeats)]
+    result = {"machine": "2-core shared CPU VM, no GPU, torch 2.13 CPU", "quick": args.quick, "params": params,
+              "keep": args.keep, "bits": args.bits, "dense_bytes": dense_bytes, "file_bytes": size,
+              "ratio": dense_bytes / size, "encode_s": encode_s, "decode_s": decode_s, "peak_rss_bytes": peak,
+              "peak_rss_over_dense": peak / dense_bytes, "bit_exact": exact, "streams": streams,
+              "targets": {"encode_s": 15, "decode_s": 5, "peak_rss_over_dense": 3,
+                          "huffman_encode_msym_s": 100, "huffman_decode_msym_s": 50, "huffman_over_entropy": 0.015}}
+    print(f"{params / 1e6:.1f}M weights, keep {args.keep}, {args.bits}-bit: file {size / 1e6:.2f} MB "
+          f"({dense_bytes / size:.1f}x), encode {encode_s:.2f} s, decode {decode_s:.2f} s, "
+          f"peak RSS {peak / 1e6:.0f} MB = {peak / dense_bytes:.2f}x dense, bit-exact {exact}")
+    for s in streams:
+        print(f"  {s['stream']:<5} {s['symbols']} sym: entropy {s['entropy_bits_per_symbol']:.3f} b, huffman "
+              f"{s['huffman_bits_per_symbol']:.3f} b (+{100 * s['huffman_over_entropy']:.2f}%), "
+              f"enc {s['huffman_encode_msym_s']:.0f} / dec {s['huffman_decode_msym_s']:.0f} Msym/s | zstd-1 "
+              f"{s['zstd1_bits_per_symbol']:.3f} b, enc {s['zstd1_encode_msym_s']:.0f} / dec "
+              f"{s['zstd1_decode_msym_s']:.0f} Msym/s")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+    return 0 if exact else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

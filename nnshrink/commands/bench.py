@@ -1,0 +1,226 @@
+"""``nnshrink bench``: dense vs sparse vs codebook (vs binary) inference latency on CPU.
+
+Per fc layer and for the whole model, median of interleaved repeats after warm-up,
+as ratios against dense torch measured in the same run (thread CPU time when single-
+threaded, see ``runtime.timing``). The compressed weights come
+from an .nsk archive, or (for a model name or a checkpoint) from an in-process
+magnitude prune to ``--sparsity`` plus linear-init k-means to 2**bits centroids.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from ._common import emit_json
+
+
+def register(sub) -> None:
+    p = sub.add_parser("bench", help="dense vs sparse vs codebook (vs binary) CPU inference latency")
+    p.add_argument("--model", default="lenet300", help="model name, checkpoint (.safetensors) or archive (.nsk)")
+    p.add_argument("--sparsity", type=float, default=0.91, help="pruned fraction for in-process compression")
+    p.add_argument("--bits", type=int, default=5, help="codebook bits (1..8) for in-process compression")
+    p.add_argument("--batch", default="1,64", help="comma-separated batch sizes")
+    p.add_argument("--threads", type=int, default=1, help="torch and numba threads (default 1)")
+    p.add_argument("--repeats", type=int, default=9, help="timed repeats per variant (median; >= 3)")
+    p.add_argument("--json", nargs="?", const="-", default=None, metavar="FILE",
+                   help="print JSON (or write it to FILE)")
+    p.set_defaults(func=run)
+
+
+def _batches(text: str) -> list[int]:
+    from ..errors import ConfigError
+
+    try:
+        out = [int(b) for b in text.split(",") if b.strip()]
+    except ValueError:
+        raise ConfigError(f"--batch must be comma-separated positive integers; got {text!r}") from None
+    if not out or min(out) < 1:
+        raise ConfigError(f"--batch must be comma-separated positive integers; got {text!r}")
+    return out
+
+
+def compress_linears(model, sparsity: float, bits: int) -> tuple[dict, dict]:
+    """Magnitude-prune and k-means-share every nn.Linear weight of ``model`` IN PLACE.
+
+    Returns ({name.weight: SparseTensor}, {name.weight: SharedTensor}); afterwards the
+    model's dense weights equal the shared ones, so all variants compute one function.
+    """
+    import numpy as np
+    import torch
+    import torch.nn as nn
+
+    from ..compressed import SharedTensor, SparseTensor
+    from ..quantize.kmeans import kmeans_1d
+
+    sparse, shared = {}, {}
+    for name, mod in model.named_modules():
+        if not isinstance(mod, nn.Linear):
+            continue
+        w = mod.weight.detach().to("cpu", torch.float32).numpy().copy()
+        keep = max(1, int(round(w.size * (1.0 - sparsity))))
+        thresh = np.partition(np.abs(w).reshape(-1), w.size - keep)[w.size - keep]
+        mask = np.abs(w) >= thresh
+        cb, labels = kmeans_1d(w[mask], 2 ** bits, init="linear")
+        labels = labels.astype(np.uint8)
+        key = f"{name}.weight"
+        shared[key] = SharedTensor(w.shape, cb.astype(np.float32), labels, bits, mask)
+        sparse[key] = SparseTensor(w.shape, mask, cb.astype(np.float32)[labels])
+        with torch.no_grad():
+            mod.weight.copy_(torch.from_numpy(shared[key].to_dense()))
+    return sparse, shared
+
+
+def _load(args):
+    """(dense model, {name: CompressedTensor}, input shape, source description)."""
+    from ..errors import ConfigError
+    from ..loading import is_archive, load_model
+    from ..models import build_model, get_spec, model_names
+
+    src = args.model
+    if os.path.isfile(src) and is_archive(src):
+        from ..format import read_archive
+
+        model, meta = load_model(src)
+        tensors = read_archive(src).tensors
+        name = meta.get("model") or meta.get("model_name")
+        shape = tuple(get_spec(name).input_shape) if name in model_names() else None
+        return model, tensors, shape, f"archive {src}"
+    if not 0.0 <= args.sparsity < 1.0:
+        raise ConfigError(f"sparsity must be in [0, 1); got {args.sparsity}")
+    if not 1 <= args.bits <= 8:
+        raise ConfigError(f"bits must be in 1..8; got {args.bits}")
+    if os.path.isfile(src):
+        from ..checkpoint import load_checkpoint
+
+        model, meta = load_checkpoint(src)
+        name = meta.get("model") or meta.get("model_name")
+        shape = tuple(get_spec(name).input_shape) if name in model_names() else None
+        what = f"checkpoint {src}"
+    elif src in model_names():
+        model, shape, what = build_model(src), tuple(get_spec(src).input_shape), f"model {src} (random init)"
+    else:
+        raise ConfigError(f"--model must be a model name ({', '.join(model_names())}), a checkpoint "
+                          f"or an .nsk archive; got {src!r}")
+    sparse, shared = compress_linears(model.eval(), args.sparsity, args.bits)
+    tensors = {k: ("sparse", sparse[k], shared[k]) for k in sparse}
+    return model, tensors, shape, what + f", pruned to {args.sparsity:.0%} and shared to {args.bits} bits in-process"
+
+
+def _split(tensors: dict) -> tuple[dict, dict]:
+    """({name: SparseTensor-or-SharedTensor for SparseLinear}, {name: SharedTensor for CodebookLinear})."""
+    from ..compressed import SharedTensor, SparseTensor
+
+    for_sparse, for_codebook = {}, {}
+    for k, t in tensors.items():
+        if isinstance(t, tuple):
+            for_sparse[k], for_codebook[k] = t[1], t[2]
+        elif isinstance(t, SparseTensor):
+            for_sparse[k] = t
+        elif isinstance(t, SharedTensor):
+            for_sparse[k] = for_codebook[k] = t
+    return for_sparse, for_codebook
+
+
+def _binary_model(model, tensors):
+    """The bit-packed model from engineer D's runtime, or (None, why)."""
+    try:
+        from ..runtime.binary_infer import pack_model
+    except ImportError:
+        return None, "nnshrink.runtime.binary_infer not available"
+    from ..compressed import BinaryTensor
+
+    bins = {k: t for k, t in tensors.items() if isinstance(t, BinaryTensor)}
+    try:
+        packed = pack_model(model, bins or None)
+    except Exception as e:  # noqa: BLE001 - optional comparison; report why it was skipped
+        return None, f"pack_model failed: {e}"
+    if packed is model or all(type(a) is type(b) for a, b in zip(model.modules(), packed.modules())):
+        return None, "model has no binary layers"
+    return packed, None
+
+
+def run(args) -> int:
+    from ..errors import ConfigError
+
+    if args.threads < 1:
+        raise ConfigError(f"--threads must be >= 1; got {args.threads}")
+    if args.repeats < 3:
+        raise ConfigError(f"--repeats must be >= 3; got {args.repeats}")
+    batches = _batches(args.batch)
+    os.environ["NUMBA_NUM_THREADS"] = str(args.threads)
+
+    import torch
+    import torch.nn as nn
+
+    from ..runtime.layers import accelerate
+    from ..runtime.timing import pick_clock, time_interleaved
+
+    torch.set_num_threads(args.threads)
+    model, tensors, in_shape, source = _load(args)
+    model = model.eval()
+    for_sparse, for_codebook = _split(tensors)
+    if not for_sparse:
+        raise ConfigError(f"{args.model}: no sparse or shared Linear weights to run")
+    sparse_model = accelerate(model, for_sparse, sparse_linear_for_shared=True)
+    codebook_model = accelerate(model, for_codebook) if for_codebook else None
+    binary_model, binary_skip = _binary_model(model, tensors)
+
+    def sub(m, name):
+        return m.get_submodule(name) if m is not None else None
+
+    layers, whole = [], []
+    with torch.no_grad():
+        for key in for_sparse:
+            name = key[: -len(".weight")]
+            dense = model.get_submodule(name)
+            if not isinstance(dense, nn.Linear):
+                continue
+            for b in batches:
+                x = torch.randn(b, dense.in_features)
+                fns = {"dense": lambda d=dense, x=x: d(x), "sparse": lambda m=sub(sparse_model, name), x=x: m(x)}
+                if codebook_model is not None and key in for_codebook:
+                    fns["codebook"] = lambda m=sub(codebook_model, name), x=x: m(x)
+                layers.append(_row(name, b, time_interleaved(fns, repeats=args.repeats),
+                                   shape=list(dense.weight.shape)))
+        if in_shape is not None:
+            for b in batches:
+                x = torch.randn(b, *in_shape)
+                ref = model(x)
+                fns = {"dense": lambda x=x: model(x), "sparse": lambda x=x: sparse_model(x)}
+                if codebook_model is not None:
+                    fns["codebook"] = lambda x=x: codebook_model(x)
+                if binary_model is not None:
+                    fns["binary"] = lambda x=x: binary_model(x)
+                for k in ("sparse", "codebook"):
+                    if k in fns and not torch.allclose(fns[k](), ref, rtol=1e-3, atol=1e-3):
+                        raise ConfigError(f"{k} model output disagrees with the dense model; please report")
+                whole.append(_row("model", b, time_interleaved(fns, repeats=args.repeats)))
+    report = {"source": source, "threads": args.threads, "repeats": args.repeats, "batches": batches,
+              "clock": pick_clock(),
+              "binary_skipped": binary_skip, "layers": layers, "model": whole}
+    if args.json is not None:
+        emit_json(report, args.json)
+        if args.json != "-":
+            _print(report)
+    else:
+        _print(report)
+    return 0
+
+
+def _row(name, batch, med, **extra) -> dict:
+    return {"name": name, "batch": batch, **extra, "median_us": {k: v * 1e6 for k, v in med.items()},
+            "speedup_vs_dense": {k: med["dense"] / v for k, v in med.items() if k != "dense"}}
+
+
+def _print(report) -> None:
+    out = sys.stdout
+    clock = "thread CPU time" if report["clock"] == "thread" else "wall time"
+    out.write(f"{report['source']}\n{report['threads']} thread(s), {clock}, median of {report['repeats']} "
+              "interleaved repeats after warm-up\n")
+    out.write(f"{'layer':<12} {'batch':>5} {'dense us':>10}   speed-up vs dense torch\n")
+    for row in report["layers"] + report["model"]:
+        sp = "  ".join(f"{k} x{v:.2f}" for k, v in row["speedup_vs_dense"].items())
+        out.write(f"{row['name']:<12} {row['batch']:>5} {row['median_us']['dense']:>10.1f}   {sp}\n")
+    if report["binary_skipped"]:
+        out.write(f"binary: skipped ({report['binary_skipped']})\n")

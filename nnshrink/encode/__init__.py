@@ -1,0 +1,10 @@
+"""Bit-level codecs for the archive: fixed-width packing, relative-gap sparse positions,
+canonical Huffman. Each numba kernel sits beside a plain numpy reference it is tested
+against."""
+
+from .bitpack import pack_bits, unpack_bits
+from .huffman import HuffmanCode, huffman_decode, huffman_encode, code_lengths
+from .sparse import gaps_from_mask, mask_from_gaps
+
+__all__ = ["pack_bits", "unpack_bits", "HuffmanCode", "huffman_encode", "huffman_decode", "code_lengths",
+           "gaps_from_mask", "mask_from_gaps"]

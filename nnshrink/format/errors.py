@@ -1,0 +1,31 @@
+"""Typed errors for malformed archives; each message names the file and the record."""
+
+from ..errors import NNShrinkError
+
+
+class FormatError(NNShrinkError):
+    """An .nsk file is malformed, truncated, tampered with, or of an unknown version."""
+
+
+class BadMagicError(FormatError):
+    """The file does not start with the .nsk magic bytes."""
+
+
+class HeaderError(FormatError):
+    """The preamble or the JSON header is malformed or out of limits."""
+
+
+class RecordError(FormatError):
+    """A record's description is inconsistent (shape vs counts, ranges, bit widths...)."""
+
+
+class ChecksumError(FormatError):
+    """A CRC-32 does not match: the bytes were corrupted."""
+
+
+class HuffmanTableError(FormatError):
+    """A stored code-length table is not a complete prefix-free code."""
+
+
+class StreamError(FormatError):
+    """A packed or Huffman stream does not decode to what its record says."""

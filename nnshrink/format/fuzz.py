@@ -1,0 +1,157 @@
+"""Mutation fuzzing of archives: bit flips, truncation, splices, huge lengths, and
+mutations re-checksummed so they reach the deep checks (used by tests and
+benchmarks/fuzz_archive.py). The property: ``parse_archive`` returns a consistent
+Archive or raises a FormatError -- nothing else, never a hang or a giant allocation."""
+
+from __future__ import annotations
+
+import json
+import struct
+import zlib
+
+import numpy as np
+
+from ..compressed import BinaryTensor, DenseTensor, SharedTensor, SparseTensor
+from .errors import FormatError
+from .layout import PREAMBLE
+from .reader import parse_archive
+from .writer import write_archive
+
+_SPECIAL_INTS = [0, 1, -1, 2, 3, 7, 8, 9, 255, 256, 2**16, 2**31 - 1, 2**31, 2**32, 2**34 + 1, 2**53, 2**63, -2**63]
+
+
+def sample_archives(tmpdir) -> list[bytes]:
+    """A few small archives covering every encoding and both stream codings."""
+    rng = np.random.default_rng(0)
+    out = []
+    for variant in range(4):
+        m = rng.random((24, 20)) < (0.1, 0.5, 0.02, 0.9)[variant]
+        idx = rng.choice(16, int(m.sum()), p=np.r_[[0.5, 0.2, 0.1], np.full(13, 0.2 / 13)])
+        tensors = {
+            "fc.weight": SharedTensor((24, 20), rng.standard_normal(16).astype(np.float32), idx, 4, m),
+            "fc.bias": DenseTensor(rng.standard_normal(24).astype(np.float32)),
+            "conv.weight": SharedTensor((6, 2, 3, 3), rng.standard_normal(8).astype(np.float32),
+                                        rng.integers(0, 8, 108), 3),
+            "sp.weight": SparseTensor((30, 10), m.reshape(-1)[:300].reshape(30, 10),
+                                      rng.standard_normal(int(m.reshape(-1)[:300].sum())).astype(np.float32)),
+            "bin.weight": BinaryTensor((5, 7), rng.random((5, 7)) < 0.5, rng.random(5).astype(np.float32)),
+            "half": DenseTensor(rng.standard_normal((2, 3)).astype(np.float32), half=True),
+            "steps": DenseTensor(np.array([7], np.int64)),
+        }
+        path = f"{tmpdir}/fuzz{variant}.nsk"
+        write_archive(path, tensors, {"model": None, "config": {"v": variant}},
+                      index_bits=(3, 4, 5, 8)[variant], huffman=variant != 3)
+        with open(path, "rb") as f:
+            out.append(f.read())
+    return out
+
+
+def _rewrite_header(data: bytes, edit, rng) -> bytes:
+    hlen = struct.unpack_from("<I", data, 8)[0]
+    header = json.loads(data[PREAMBLE: PREAMBLE + hlen])
+    edit(header, rng)
+    hb = json.dumps(header).encode()
+    body = data[PREAMBLE + hlen:]
+    return data[:4] + struct.pack("<HHII", 1, 0, len(hb), zlib.crc32(hb)) + hb + body
+
+
+def _edit_field(header, rng):
+    recs = header["records"]
+    rec = recs[rng.integers(len(recs))]
+    key = list(rec)[rng.integers(len(rec))]
+    r = rng.integers(6)
+    if r == 0:
+        del rec[key]
+    elif r == 1 and key == "shape":
+        rec["shape"] = [int(x) for x in rng.choice(_SPECIAL_INTS[:12], rng.integers(0, 4))]
+    elif r == 2 and key == "parts" and rec["parts"]:
+        p = rec["parts"][rng.integers(len(rec["parts"]))]
+        p[1] = int(rng.choice(_SPECIAL_INTS)) if rng.random() < 0.5 else p[1] + int(rng.integers(-3, 4))
+    elif r == 3:
+        rec[key] = [None, "x", 1.5, True, {}, [], "huffman", "packed", "raw", "shared"][rng.integers(10)]
+    else:
+        v = rec[key]
+        rec[key] = (v + int(rng.integers(-3, 4))) if isinstance(v, int) and not isinstance(v, bool) \
+            else int(rng.choice(_SPECIAL_INTS))
+
+
+def _recrc_record_mutation(data: bytes, rng) -> bytes:
+    """Flip bits inside one record's bytes, then fix its CRC so the decoders see the damage."""
+    hlen = struct.unpack_from("<I", data, 8)[0]
+    header = json.loads(data[PREAMBLE: PREAMBLE + hlen])
+    rec = header["records"][rng.integers(len(header["records"]))]
+    if rec["length"] == 0:
+        return data
+    base = PREAMBLE + hlen + rec["offset"]
+    buf = bytearray(data)
+    for _ in range(rng.integers(1, 4)):
+        pos = base + int(rng.integers(rec["length"]))
+        buf[pos] ^= 1 << int(rng.integers(8)) if rng.random() < 0.7 else int(rng.integers(1, 256))
+    rec["crc32"] = zlib.crc32(bytes(buf[base: base + rec["length"]]))
+    hb = json.dumps(header).encode()
+    return bytes(buf[:4]) + struct.pack("<HHII", 1, 0, len(hb), zlib.crc32(hb)) + hb + bytes(buf[PREAMBLE + hlen:])
+
+
+def mutate(data: bytes, others: list[bytes], rng) -> bytes:
+    kind = rng.integers(9)
+    n = len(data)
+    if kind == 0:  # bit flips
+        buf = bytearray(data)
+        for _ in range(rng.integers(1, 9)):
+            buf[rng.integers(n)] ^= 1 << int(rng.integers(8))
+        return bytes(buf)
+    if kind == 1:  # byte overwrites with special values
+        buf = bytearray(data)
+        for _ in range(rng.integers(1, 5)):
+            buf[rng.integers(n)] = int(rng.choice([0, 1, 0x7F, 0x80, 0xFF, rng.integers(256)]))
+        return bytes(buf)
+    if kind == 2:  # truncation / extension
+        return data[: rng.integers(n)] if rng.random() < 0.7 else data + bytes(rng.integers(0, 256, rng.integers(1, 64), dtype=np.uint8))
+    if kind == 3:  # splice from this or another archive
+        src = others[rng.integers(len(others))]
+        a, ln = int(rng.integers(len(src))), int(rng.integers(1, 64))
+        at = int(rng.integers(n))
+        return data[:at] + src[a: a + ln] + data[at + ln:] if rng.random() < 0.5 else data[:at] + src[a: a + ln] + data[at:]
+    if kind == 4:  # huge header length
+        return data[:8] + struct.pack("<I", int(rng.choice([0, 1, 2**24, 2**24 + 1, 2**32 - 1, n, n - 15]))) + data[12:]
+    if kind in (5, 6):
+        return _rewrite_header(data, _edit_field, rng)
+    return _recrc_record_mutation(data, rng)
+
+
+def check_one(data: bytes) -> str | None:
+    """None if the reader behaved (valid archive or FormatError); else a description of the failure."""
+    try:
+        arch = parse_archive(data, "fuzz")
+    except FormatError:
+        return None
+    except Exception as exc:  # noqa: BLE001 - this is exactly what the fuzzer hunts
+        return f"{type(exc).__name__}: {exc}"
+    with np.errstate(all="ignore"):  # mutated floats may be NaN/inf: legal values
+        dense = arch.dense_arrays()
+    for rec in arch.records:
+        if tuple(dense[rec["name"]].shape) != tuple(rec["shape"]):
+            return f"record {rec['name']!r} decoded to shape {dense[rec['name']].shape}, header says {rec['shape']}"
+    return None
+
+
+def run_fuzz(cases: int, seed: int, archives: list[bytes]) -> dict:
+    import time
+
+    rng = np.random.default_rng(seed)
+    failures, accepted, worst = [], 0, 0.0
+    for i in range(cases):
+        base = archives[i % len(archives)]
+        data = mutate(base, archives, rng)
+        t0 = time.perf_counter()
+        problem = check_one(data)
+        worst = max(worst, time.perf_counter() - t0)
+        if problem:
+            failures.append({"case": i, "problem": problem, "hex": data.hex()[:400]})
+        else:
+            try:
+                parse_archive(data, "fuzz")
+                accepted += 1
+            except FormatError:
+                pass
+    return {"cases": cases, "seed": seed, "failures": failures, "accepted_valid": accepted, "max_case_s": worst}

@@ -1,0 +1,37 @@
+"""Constants of format/SPEC.md shared by the writer and the reader."""
+
+import numpy as np
+
+MAGIC = b"NSK\n"
+VERSION = 1
+PREAMBLE = 16
+MAX_HEADER = 16 * 1024 * 1024
+MAX_RECORDS = 100_000
+MAX_NAME = 1024
+MAX_NDIM = 8
+MAX_DIM = 2**31
+MAX_NUMEL = 2**34
+ALIGN = 8
+GAP_BITS_RANGE = (3, 8)
+
+DTYPES = {
+    "float32": np.dtype("<f4"), "float16": np.dtype("<f2"), "float64": np.dtype("<f8"),
+    "int64": np.dtype("<i8"), "int32": np.dtype("<i4"), "int16": np.dtype("<i2"),
+    "int8": np.dtype("i1"), "uint8": np.dtype("u1"), "bool": np.dtype("u1"),
+}
+
+ENCODINGS = ("raw", "binary", "shared", "sparse_f32")
+COMMON_KEYS = {"name", "shape", "encoding", "offset", "length", "crc32", "parts"}
+GAP_KEYS = {"gap_bits", "gap_count", "gap_coding"}
+EXTRA_KEYS = {
+    "raw": {"dtype", "half"},
+    "binary": set(),
+    "shared": {"bits", "k", "nonzero", "sparse", "index_coding"},  # + GAP_KEYS when sparse
+    "sparse_f32": {"nonzero"} | GAP_KEYS,
+}
+CODINGS = ("packed", "huffman")
+
+
+def default_gap_bits(shape) -> int:
+    """Deep Compression's defaults: 5 bits for fc (ndim <= 2), 8 bits for conv."""
+    return 8 if len(shape) >= 3 else 5

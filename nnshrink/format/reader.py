@@ -1,0 +1,376 @@
+"""Read a .nsk archive without trusting it (format/SPEC.md).
+
+Order of work: preamble, header checksum, JSON schema of every record (shapes against
+counts, part lengths against counts, ranges in bounds and disjoint) -- all before a
+single tensor is allocated; then per record: CRC-32, decode, exact counts. Allocation
+sizes are bounded by the file's size (see SPEC.md), every loop by validated counts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..compressed import BinaryTensor, DenseTensor, SharedTensor, SparseTensor
+from ..encode.bitpack import packed_nbytes, unpack_bits
+from ..encode.huffman import CodecError, HuffmanCode, check_lengths, huffman_decode
+from ..encode.sparse import BAD_PAST_END, mask_from_gaps, scatter_dense
+from ..errors import CheckpointError
+from .errors import BadMagicError, ChecksumError, FormatError, HeaderError, HuffmanTableError, RecordError, StreamError
+from .layout import (CODINGS, COMMON_KEYS, DTYPES, ENCODINGS, EXTRA_KEYS, GAP_BITS_RANGE, GAP_KEYS, MAGIC, MAX_DIM,
+                     MAX_HEADER, MAX_NAME, MAX_NDIM, MAX_NUMEL, MAX_RECORDS, PREAMBLE, VERSION)
+
+
+@dataclass
+class _Spec:
+    """A record whose description passed every check."""
+
+    index: int
+    name: str
+    shape: tuple[int, ...]
+    numel: int
+    encoding: str
+    fields: dict[str, Any]
+    offset: int
+    length: int
+    crc32: int
+    parts: dict[str, tuple[int, int]]  # part -> (start, end) inside the record
+
+
+@dataclass
+class Archive:
+    """A decoded archive: metadata, tensors (CompressedTensor values) and per-record stats."""
+
+    metadata: dict[str, Any]
+    tensors: dict[str, Any]
+    records: list[dict[str, Any]]
+    file_bytes: int
+    source: str = ""
+    _unused: dict = field(default_factory=dict, repr=False)
+
+    def layer_rows(self) -> list[dict[str, Any]]:
+        """Per-record stats (JSON-ready dicts): name, shape, params, nonzero, weight_bits, index_bits, bytes..."""
+        return [dict(r) for r in self.records]
+
+    def dense_arrays(self) -> dict[str, np.ndarray]:
+        """name -> numpy array, equal to ``to_dense()`` (raw records keep their dtype)."""
+        out = {}
+        for name, t in self.tensors.items():
+            if isinstance(t, DenseTensor) and not t.half:
+                arr = t.array if t.array.flags.writeable else t.array.copy()
+                out[name] = np.ascontiguousarray(arr)
+            elif isinstance(t, SharedTensor) and t.mask is not None:
+                out[name] = scatter_dense(t.mask, t.codebook[t.indices.astype(np.intp)])
+            elif isinstance(t, SparseTensor):
+                out[name] = scatter_dense(t.mask, t.values)
+            else:
+                out[name] = t.to_dense()
+        return out
+
+    def dense_state(self) -> dict:
+        """name -> torch tensor (raw records keep their dtype; everything else float32)."""
+        import torch
+
+        return {name: torch.from_numpy(arr) for name, arr in self.dense_arrays().items()}
+
+
+def read_archive(path: str | os.PathLike) -> Archive:
+    """Read and fully validate the archive at ``path``."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file")
+    size = path.stat().st_size
+    buf = bytearray(size)
+    with open(path, "rb") as f:
+        n = f.readinto(buf)
+    if n != size:
+        raise HeaderError(f"{path}: file changed while reading ({n} of {size} bytes)")
+    return parse_archive(buf, str(path))
+
+
+# ---------------------------------------------------------------- header checks
+def _int(obj: dict, key: str, lo: int, hi: int, where: str) -> int:
+    v = obj.get(key)
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise RecordError(f"{where}: {key!r} must be an integer; got {v!r:.60}")
+    if not lo <= v <= hi:
+        raise RecordError(f"{where}: {key!r} = {v} is outside [{lo}, {hi}]")
+    return v
+
+
+def _choice(obj: dict, key: str, options, where: str):
+    v = obj.get(key)
+    if not isinstance(v, (str, bool)) or v not in options or (isinstance(v, bool) != isinstance(options[0], bool)):
+        raise RecordError(f"{where}: {key!r} must be one of {list(options)}; got {v!r:.60}")
+    return v
+
+
+def _expected_parts(enc: str, f: dict, numel: int, shape: tuple) -> list[tuple[str, int | None]]:
+    """The ordered (part, exact length or None if only bounded) list an encoding requires."""
+    def gap_parts():
+        w, cnt, coding = f["gap_bits"], f["gap_count"], f["gap_coding"]
+        if coding == "packed":
+            return [("gap", packed_nbytes(cnt, w))]
+        return [("gap_lengths", None), ("gap", None)]
+
+    if enc == "raw":
+        return [("data", numel * DTYPES[f["dtype"]].itemsize)]
+    if enc == "binary":
+        return [("scales", 4 * shape[0]), ("signs", (numel + 7) // 8)]
+    if enc == "sparse_f32":
+        return [("values", 4 * f["nonzero"])] + gap_parts()
+    parts = [("codebook", 4 * f["k"])]
+    if f["index_coding"] == "packed":
+        parts.append(("index", packed_nbytes(f["nonzero"], f["bits"])))
+    else:
+        parts += [("index_lengths", None), ("index", None)]
+    return parts + (gap_parts() if f["sparse"] else [])
+
+
+def _check_record(i: int, rec: Any, data_length: int, names: set) -> _Spec:
+    where = f"record #{i}"
+    if not isinstance(rec, dict):
+        raise RecordError(f"{where}: must be a JSON object")
+    name = rec.get("name")
+    if not isinstance(name, str) or not 1 <= len(name) <= MAX_NAME:
+        raise RecordError(f"{where}: 'name' must be a string of 1..{MAX_NAME} characters")
+    where = f"record #{i} {name!r}"
+    if name in names:
+        raise RecordError(f"{where}: duplicate name")
+    names.add(name)
+    enc = rec.get("encoding")
+    if enc not in ENCODINGS:
+        raise RecordError(f"{where}: unknown encoding {enc!r:.60}")
+    shape = rec.get("shape")
+    if not isinstance(shape, list) or len(shape) > MAX_NDIM:
+        raise RecordError(f"{where}: 'shape' must be a list of at most {MAX_NDIM} integers")
+    dims = tuple(_int({"dim": d}, "dim", 0, MAX_DIM, where + " shape") for d in shape)
+    numel = 1
+    for d in dims:
+        numel *= d
+    if numel > MAX_NUMEL:
+        raise RecordError(f"{where}: {numel} elements exceeds the limit {MAX_NUMEL}")
+    f: dict[str, Any] = {}
+    allowed = COMMON_KEYS | EXTRA_KEYS[enc]
+    if enc == "raw":
+        f["dtype"] = _choice(rec, "dtype", tuple(DTYPES), where)
+        f["half"] = _choice(rec, "half", (False, True), where)
+        if f["half"] and f["dtype"] != "float16":
+            raise RecordError(f"{where}: 'half' records must have dtype float16")
+    elif enc == "binary":
+        if len(dims) < 1:
+            raise RecordError(f"{where}: a binary tensor needs at least one dimension")
+    else:
+        sparse = True
+        if enc == "shared":
+            f["bits"] = _int(rec, "bits", 1, 8, where)
+            f["k"] = _int(rec, "k", 1, 1 << f["bits"], where)
+            f["index_coding"] = _choice(rec, "index_coding", CODINGS, where)
+            sparse = f["sparse"] = _choice(rec, "sparse", (False, True), where)
+            if sparse:
+                allowed = allowed | GAP_KEYS
+        f["nonzero"] = _int(rec, "nonzero", 0, numel, where)
+        if enc == "shared" and not sparse and f["nonzero"] != numel:
+            raise RecordError(f"{where}: a dense shared tensor needs nonzero == numel ({numel}); got {f['nonzero']}")
+        if sparse:
+            f["gap_bits"] = _int(rec, "gap_bits", *GAP_BITS_RANGE, where)
+            f["gap_count"] = _int(rec, "gap_count", f["nonzero"], MAX_NUMEL, where)
+            f["gap_coding"] = _choice(rec, "gap_coding", CODINGS, where)
+            M = (1 << f["gap_bits"]) - 1
+            if numel > (f["gap_count"] + 1) * M:
+                raise RecordError(f"{where}: {f['gap_count']} gap symbols cannot cover {numel} positions")
+    extra = set(rec) - allowed
+    if extra:
+        raise RecordError(f"{where}: unknown keys {sorted(extra)}")
+    offset = _int(rec, "offset", 0, data_length, where)
+    length = _int(rec, "length", 0, data_length - offset, where)
+    crc = _int(rec, "crc32", 0, 2**32 - 1, where)
+    parts_in = rec.get("parts")
+    expected = _expected_parts(enc, f, numel, dims)
+    if not isinstance(parts_in, list) or len(parts_in) != len(expected):
+        raise RecordError(f"{where}: 'parts' must list {[p for p, _ in expected]}")
+    parts, pos = {}, 0
+    for (pname, plen), item in zip(expected, parts_in):
+        if not isinstance(item, list) or len(item) != 2 or item[0] != pname:
+            raise RecordError(f"{where}: part {item!r:.60} should be [{pname!r}, length]")
+        n = _int({"length": item[1]}, "length", 0, length, f"{where} part {pname!r}")
+        if plen is not None and n != plen:
+            raise RecordError(f"{where}: part {pname!r} must be {plen} bytes for its counts; says {n}")
+        parts[pname] = (pos, pos + n)
+        pos += n
+    if pos != length:
+        raise RecordError(f"{where}: parts sum to {pos} bytes but the record is {length}")
+    # bounds for the Huffman-coded parts, before anything is allocated
+    for stream, alphabet, count in (("index", f.get("k"), f.get("nonzero")), ("gap", 1 << f.get("gap_bits", 0), f.get("gap_count"))):
+        if stream + "_lengths" in parts:
+            t0, t1 = parts[stream + "_lengths"]
+            if not 1 <= t1 - t0 <= alphabet:
+                raise HuffmanTableError(f"{where}: {stream} code table has {t1 - t0} entries; needs 1..{alphabet}")
+            s0, s1 = parts[stream]
+            if not 1 <= count <= 8 * (s1 - s0):
+                raise RecordError(f"{where}: {count} {stream} symbols cannot come from {s1 - s0} Huffman bytes")
+    return _Spec(i, name, dims, numel, enc, f, offset, length, crc, parts)
+
+
+def _parse_header(buf, source: str) -> tuple[dict, list[_Spec]]:
+    if len(buf) < PREAMBLE:
+        raise HeaderError(f"{source}: {len(buf)} bytes is too short for an .nsk file")
+    if bytes(buf[:4]) != MAGIC:
+        raise BadMagicError(f"{source}: not an .nsk archive (magic {bytes(buf[:4])!r})")
+    version, reserved, hlen, hcrc = struct.unpack_from("<HHII", buf, 4)
+    if version != VERSION:
+        raise HeaderError(f"{source}: format version {version} is not supported (this reader knows {VERSION})")
+    if reserved != 0:
+        raise HeaderError(f"{source}: reserved preamble field is {reserved}, must be 0")
+    if not 2 <= hlen <= MAX_HEADER:
+        raise HeaderError(f"{source}: header length {hlen} is outside [2, {MAX_HEADER}]")
+    if PREAMBLE + hlen > len(buf):
+        raise HeaderError(f"{source}: header of {hlen} bytes runs past the end of the {len(buf)}-byte file")
+    hbytes = bytes(buf[PREAMBLE: PREAMBLE + hlen])
+    if zlib.crc32(hbytes) != hcrc:
+        raise ChecksumError(f"{source}: header checksum mismatch")
+    try:
+        header = json.loads(hbytes.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise HeaderError(f"{source}: header is not valid JSON ({str(exc)[:80]})") from None
+    if not isinstance(header, dict) or set(header) != {"format", "version", "data_length", "metadata", "records"}:
+        raise HeaderError(f"{source}: header must be an object with format, version, data_length, metadata, records")
+    if header["format"] != "nsk" or header["version"] != VERSION:
+        raise HeaderError(f"{source}: header format/version is {header['format']!r:.20}/{header['version']!r:.20}")
+    data_length = header["data_length"]
+    if isinstance(data_length, bool) or not isinstance(data_length, int) or data_length != len(buf) - PREAMBLE - hlen:
+        raise HeaderError(f"{source}: data_length {data_length!r:.30} does not match the file "
+                          f"({len(buf) - PREAMBLE - hlen} bytes after the header)")
+    meta = header["metadata"]
+    if not isinstance(meta, dict) or not (meta.get("model") is None or isinstance(meta.get("model"), str)) \
+            or not isinstance(meta.get("config", {}), dict):
+        raise HeaderError(f"{source}: metadata must be an object with 'model' (name or null) and 'config' (object)")
+    recs = header["records"]
+    if not isinstance(recs, list) or len(recs) > MAX_RECORDS:
+        raise HeaderError(f"{source}: records must be a list of at most {MAX_RECORDS}")
+    names: set = set()
+    try:
+        specs = [_check_record(i, r, data_length, names) for i, r in enumerate(recs)]
+    except FormatError as exc:
+        raise type(exc)(f"{source}: {exc}") from None
+    end, last = 0, None
+    for s in sorted((s for s in specs if s.length), key=lambda s: s.offset):
+        if s.offset < end:
+            raise RecordError(f"{source}: record {s.name!r} overlaps record {last!r}")
+        end, last = s.offset + s.length, s.name
+    return meta, specs
+
+
+# ---------------------------------------------------------------- decoding
+def _stream(rec: bytes, s: _Spec, stream: str, count: int, bits: int, alphabet: int, coding: str, where: str):
+    a, b = s.parts[stream]
+    data = rec[a:b]
+    if coding == "packed":
+        out = unpack_bits(data, count, bits)
+        if out is None:
+            raise StreamError(f"{where}: non-zero padding after the packed {stream} stream")
+        return out
+    t0, t1 = s.parts[stream + "_lengths"]
+    lengths = np.frombuffer(rec, np.uint8, t1 - t0, t0)
+    problem = check_lengths(lengths)
+    if problem:
+        raise HuffmanTableError(f"{where}: {stream} table: {problem}")
+    try:
+        return huffman_decode(data, count, HuffmanCode.from_lengths(lengths))
+    except CodecError as exc:
+        raise StreamError(f"{where}: {stream} stream: {exc}") from None
+
+
+def _mask(rec: bytes, s: _Spec, where: str) -> np.ndarray:
+    f = s.fields
+    gaps = _stream(rec, s, "gap", f["gap_count"], f["gap_bits"], 1 << f["gap_bits"], f["gap_coding"], where)
+    mask, count = mask_from_gaps(gaps, f["gap_bits"], s.numel)
+    if mask is None:
+        why = "runs past the end of the tensor" if count == BAD_PAST_END else "does not end with canonical fillers"
+        raise StreamError(f"{where}: gap stream {why}")
+    if count != f["nonzero"]:
+        raise StreamError(f"{where}: gap stream has {count} entries; record says nonzero = {f['nonzero']}")
+    return mask.reshape(s.shape)
+
+
+def _decode(buf, base: int, s: _Spec, source: str):
+    where = f"{source}: record {s.name!r}"
+    rec = memoryview(buf)[base + s.offset: base + s.offset + s.length]
+    if zlib.crc32(rec) != s.crc32:
+        raise ChecksumError(f"{where}: checksum mismatch")
+    f = s.fields
+
+    def part(p, dtype, count):
+        a, _ = s.parts[p]
+        return np.frombuffer(rec, dtype, count, a)
+
+    if s.encoding == "raw":
+        arr = part("data", DTYPES[f["dtype"]], s.numel)
+        if f["dtype"] == "bool":
+            if arr.size and int(arr.max()) > 1:
+                raise StreamError(f"{where}: bool bytes must be 0 or 1")
+            arr = arr.view(np.bool_)
+        arr = arr.astype(arr.dtype.newbyteorder("="), copy=False).reshape(s.shape)
+        if f["half"]:
+            return DenseTensor(arr.astype(np.float32), half=True)
+        return DenseTensor(arr)
+    if s.encoding == "binary":
+        scales = part("scales", "<f4", s.shape[0]).astype(np.float32)
+        packed = part("signs", np.uint8, (s.numel + 7) // 8)
+        if s.numel % 8 and packed[-1] & ((1 << (8 - s.numel % 8)) - 1):
+            raise StreamError(f"{where}: non-zero padding after the sign bits")
+        signs = np.unpackbits(packed, count=s.numel).astype(bool).reshape(s.shape)
+        return BinaryTensor(s.shape, signs, scales)
+    if s.encoding == "sparse_f32":
+        values = part("values", "<f4", f["nonzero"]).astype(np.float32)
+        return SparseTensor(s.shape, _mask(rec, s, where), values)
+    codebook = part("codebook", "<f4", f["k"]).astype(np.float32)
+    idx = _stream(rec, s, "index", f["nonzero"], f["bits"], f["k"], f["index_coding"], where)
+    if idx.size and int(idx.max()) >= f["k"]:
+        raise StreamError(f"{where}: index {int(idx.max())} >= codebook size {f['k']}")
+    mask = _mask(rec, s, where) if f["sparse"] else None
+    return SharedTensor(s.shape, codebook, idx, f["bits"], mask)
+
+
+def _stats(s: _Spec, t) -> dict[str, Any]:
+    """The paper's per-layer numbers for one record (bits are per stored weight)."""
+    f = s.fields
+    plen = {p: b - a for p, (a, b) in s.parts.items()}
+    nnz = f.get("nonzero")
+    if s.encoding == "raw":
+        nnz = int(np.count_nonzero(t.array))
+        wb = 16 if f["half"] else DTYPES[f["dtype"]].itemsize * 8
+        wbits, ibits = {"before": wb, "after": wb}, {"before": 0, "after": 0.0}
+    elif s.encoding == "binary":
+        nnz = s.numel
+        wbits, ibits = {"before": 1, "after": 1}, {"before": 0, "after": 0.0}
+    else:
+        before = f["bits"] if s.encoding == "shared" else 32
+        after = 8 * (plen["index"] + plen.get("index_lengths", 0)) / nnz if s.encoding == "shared" and nnz else float(before)
+        wbits = {"before": before, "after": round(after, 3)}
+        sparse = s.encoding == "sparse_f32" or f["sparse"]
+        gb = f["gap_bits"] if sparse else 0
+        gafter = 8 * (plen["gap"] + plen.get("gap_lengths", 0)) / nnz if sparse and nnz else 0.0
+        ibits = {"before": gb, "after": round(gafter, 3)}
+    return {"name": s.name, "shape": list(s.shape), "encoding": s.encoding, "params": s.numel, "nonzero": int(nnz),
+            "weight_bits": wbits, "index_bits": ibits, "bytes": s.length,
+            "index_coding": f.get("index_coding"), "gap_coding": f.get("gap_coding")}
+
+
+def parse_archive(buf: bytes | bytearray, source: str = "<archive>") -> Archive:
+    """Validate and decode an archive held in memory (``read_archive`` reads the file)."""
+    meta, specs = _parse_header(buf, source)
+    base = PREAMBLE + struct.unpack_from("<I", buf, 8)[0]
+    tensors, records = {}, []
+    for s in specs:
+        t = _decode(buf, base, s, source)
+        tensors[s.name] = t
+        records.append(_stats(s, t))
+    return Archive(meta, tensors, records, len(buf), source)

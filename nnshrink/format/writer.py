@@ -1,0 +1,188 @@
+"""Write compressed tensors into a .nsk archive (format/SPEC.md), atomically.
+
+Per tensor the writer picks the smallest form: each symbol stream Huffman or packed
+(length table included), and plain float32 when compression would not gain at all.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import zlib
+from typing import Any
+
+import numpy as np
+
+from .. import __version__
+from ..compressed import BinaryTensor, DenseTensor, SharedTensor, SparseTensor
+from ..encode.bitpack import pack_bits, packed_nbytes
+from ..encode.huffman import HuffmanCode, code_lengths, histogram, huffman_encode
+from ..encode.sparse import gaps_from_mask
+from ..errors import ConfigError
+from ..io_utils import atomic_path
+from .layout import ALIGN, DTYPES, GAP_BITS_RANGE, MAGIC, MAX_HEADER, PREAMBLE, VERSION, default_gap_bits
+
+_NP_TO_NAME = {np.dtype(np.float32): "float32", np.dtype(np.float16): "float16", np.dtype(np.float64): "float64",
+               np.dtype(np.int64): "int64", np.dtype(np.int32): "int32", np.dtype(np.int16): "int16",
+               np.dtype(np.int8): "int8", np.dtype(np.uint8): "uint8", np.dtype(np.bool_): "bool"}
+
+
+def _bytes_view(arr: np.ndarray, dtype: np.dtype) -> memoryview:
+    a = np.ascontiguousarray(arr, dtype=dtype)
+    return memoryview(a.reshape(-1).view(np.uint8))
+
+
+def encode_stream(symbols: np.ndarray, bits: int, alphabet: int, huffman: bool) -> tuple[str, bytes | None, bytes]:
+    """(coding, lengths table or None, stream bytes) for uint8 ``symbols``, whichever is smaller."""
+    packed_size = packed_nbytes(symbols.size, bits)
+    if huffman and symbols.size:
+        hist = histogram(symbols, alphabet)
+        code = HuffmanCode.from_lengths(code_lengths(hist))
+        huff_size = (code.encoded_bits(hist) + 7) // 8 + code.table_size()
+        if huff_size < packed_size:
+            table = code.lengths[: code.table_size()].tobytes()
+            return "huffman", table, huffman_encode(symbols, code, hist)
+    return "packed", None, pack_bits(symbols, bits)
+
+
+def _gap_parts(rec: dict, mask: np.ndarray, gap_bits: int, huffman: bool) -> list:
+    gaps = gaps_from_mask(mask, gap_bits)
+    coding, table, data = encode_stream(gaps, gap_bits, 1 << gap_bits, huffman)
+    rec.update(gap_bits=gap_bits, gap_count=int(gaps.size), gap_coding=coding)
+    return ([("gap_lengths", table)] if table is not None else []) + [("gap", data)]
+
+
+def _check_mask(name: str, mask, shape) -> np.ndarray:
+    mask = np.asarray(mask)
+    if mask.dtype != np.bool_ or tuple(mask.shape) != tuple(shape):
+        raise ConfigError(f"tensor {name!r}: mask must be bool of shape {tuple(shape)}; got {mask.dtype} {mask.shape}")
+    return mask
+
+
+def _raw(name: str, arr: np.ndarray, half: bool = False) -> tuple[dict, list]:
+    arr = np.asarray(arr)
+    if half:
+        return ({"encoding": "raw", "dtype": "float16", "half": True},
+                [("data", _bytes_view(arr.astype(np.float16), DTYPES["float16"]))])
+    dname = _NP_TO_NAME.get(arr.dtype)
+    if dname is None:
+        raise ConfigError(f"tensor {name!r}: dtype {arr.dtype} cannot be stored (use one of {sorted(DTYPES)})")
+    return {"encoding": "raw", "dtype": dname, "half": False}, [("data", _bytes_view(arr, DTYPES[dname]))]
+
+
+def encode_tensor(name: str, t, gap_bits: int, huffman: bool = True) -> tuple[dict, list]:
+    """Record fields (without name/shape/placement) and its ordered parts for one tensor."""
+    if isinstance(t, DenseTensor):
+        return _raw(name, t.array, t.half)
+    if isinstance(t, BinaryTensor):
+        shape = tuple(int(d) for d in t.shape)
+        signs = np.asarray(t.signs)
+        scales = np.asarray(t.scales, np.float32).reshape(-1)
+        if len(shape) < 1 or signs.shape != shape or scales.size != shape[0]:
+            raise ConfigError(f"tensor {name!r}: binary signs {signs.shape} / scales {scales.shape} do not fit {shape}")
+        rec = {"encoding": "binary"}
+        parts = [("scales", _bytes_view(scales, DTYPES["float32"])),
+                 ("signs", np.packbits(signs.astype(bool).reshape(-1)).tobytes())]
+    elif isinstance(t, SparseTensor):
+        shape = tuple(int(d) for d in t.shape)
+        mask = _check_mask(name, t.mask, shape)
+        values = np.asarray(t.values, np.float32).reshape(-1)
+        nnz = int(np.count_nonzero(mask))
+        if values.size != nnz:
+            raise ConfigError(f"tensor {name!r}: {values.size} values for {nnz} kept positions")
+        rec = {"encoding": "sparse_f32", "nonzero": nnz}
+        parts = [("values", _bytes_view(values, DTYPES["float32"]))] + _gap_parts(rec, mask, gap_bits, huffman)
+    elif isinstance(t, SharedTensor):
+        shape = tuple(int(d) for d in t.shape)
+        bits = int(t.bits)
+        codebook = np.asarray(t.codebook, np.float32).reshape(-1)
+        k = codebook.size
+        if not 1 <= bits <= 8 or not 1 <= k <= 1 << bits:
+            raise ConfigError(f"tensor {name!r}: need 1 <= bits <= 8 and 1 <= k <= 2**bits; got bits={bits}, k={k}")
+        idx = np.asarray(t.indices).reshape(-1)
+        if idx.size and (int(idx.min()) < 0 or int(idx.max()) >= k):
+            raise ConfigError(f"tensor {name!r}: indices must be in [0, {k}); got [{int(idx.min())}, {int(idx.max())}]")
+        idx = idx.astype(np.uint8)
+        sparse = t.mask is not None
+        expected = int(np.count_nonzero(_check_mask(name, t.mask, shape))) if sparse else int(np.prod(shape))
+        if idx.size != expected:
+            raise ConfigError(f"tensor {name!r}: {idx.size} indices for {expected} positions")
+        coding, table, data = encode_stream(idx, bits, k, huffman)
+        rec = {"encoding": "shared", "bits": bits, "k": k, "nonzero": int(idx.size), "sparse": sparse,
+               "index_coding": coding}
+        parts = [("codebook", _bytes_view(codebook, DTYPES["float32"]))]
+        parts += ([("index_lengths", table)] if table is not None else []) + [("index", data)]
+        if sparse:
+            parts += _gap_parts(rec, t.mask, gap_bits, huffman)
+    else:
+        raise ConfigError(f"tensor {name!r}: cannot store a {type(t).__name__} (expected a nnshrink.compressed type)")
+    size = sum(len(p) for _, p in parts)
+    if size > 4 * int(np.prod(shape)):  # too small to gain: plain float32 decodes identically
+        return _raw(name, t.to_dense().astype(np.float32))
+    return rec, parts
+
+
+def _gap_bits_for(name: str, shape, index_bits) -> int:
+    if index_bits is None:
+        w = default_gap_bits(shape)
+    elif isinstance(index_bits, dict):
+        w = index_bits.get(name, default_gap_bits(shape))
+    else:
+        w = index_bits
+    if isinstance(w, bool) or not isinstance(w, (int, np.integer)) or not GAP_BITS_RANGE[0] <= w <= GAP_BITS_RANGE[1]:
+        raise ConfigError(f"index bits for {name!r} must be an integer in [3, 8]; got {w!r}")
+    return int(w)
+
+
+def _metadata(metadata: dict[str, Any]) -> dict[str, Any]:
+    if not isinstance(metadata, dict):
+        raise ConfigError(f"archive metadata must be a dict; got {type(metadata).__name__}")
+    meta = {"model": None, "config": {}, "nnshrink_version": __version__, "report": {}}
+    meta.update(metadata)
+    if meta["model"] is not None and not isinstance(meta["model"], str):
+        raise ConfigError(f"metadata 'model' must be a name or None; got {meta['model']!r}")
+    if not isinstance(meta["config"], dict) or not isinstance(meta["report"], dict):
+        raise ConfigError("metadata 'config' and 'report' must be dicts")
+    return meta
+
+
+def write_archive(path: str | os.PathLike, tensors: dict, metadata: dict[str, Any], *,
+                  index_bits: dict[str, int] | int | None = None, huffman: bool = True) -> int:
+    """Write ``tensors`` (name -> CompressedTensor) and ``metadata`` to ``path``; return the file size."""
+    records, payloads, offset = [], [], 0
+    for name, t in tensors.items():
+        if not isinstance(name, str) or not name or len(name) > 1024:
+            raise ConfigError(f"tensor names must be non-empty strings of <= 1024 characters; got {name!r}")
+        if not isinstance(t, (DenseTensor, SparseTensor, SharedTensor, BinaryTensor)):
+            raise ConfigError(f"tensor {name!r}: cannot store a {type(t).__name__} (expected a nnshrink.compressed type)")
+        shape = [int(d) for d in t.shape]
+        rec, parts = encode_tensor(name, t, _gap_bits_for(name, shape, index_bits), huffman)
+        length = sum(len(p) for _, p in parts)
+        crc = 0
+        for _, p in parts:
+            crc = zlib.crc32(p, crc)
+        records.append({"name": name, "shape": shape, **rec, "offset": offset, "length": length, "crc32": crc,
+                        "parts": [[pn, len(p)] for pn, p in parts]})
+        pad = -length % ALIGN
+        payloads.append((parts, pad))
+        offset += length + pad
+    header = {"format": "nsk", "version": VERSION, "data_length": offset, "metadata": _metadata(metadata),
+              "records": records}
+    try:
+        hbytes = json.dumps(header, separators=(",", ":"), allow_nan=False).encode()
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"archive metadata is not JSON-serialisable: {exc}") from None
+    hbytes += b" " * (-(PREAMBLE + len(hbytes)) % ALIGN)
+    if len(hbytes) > MAX_HEADER:
+        raise ConfigError(f"archive header is {len(hbytes)} bytes, over the {MAX_HEADER}-byte limit")
+    pre = MAGIC + struct.pack("<HHII", VERSION, 0, len(hbytes), zlib.crc32(hbytes))
+    total = 0
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            total += f.write(pre) + f.write(hbytes)
+            for parts, pad in payloads:
+                for _, p in parts:
+                    total += f.write(p)
+                total += f.write(b"\0" * pad)
+    return total

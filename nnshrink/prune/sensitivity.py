@@ -1,0 +1,111 @@
+"""Sensitivity analysis: prune one layer at a time (no retraining) and watch accuracy.
+
+The curves show which layers tolerate pruning; ``sparsities_for_drop`` turns them into
+per-layer target sparsities that seed ``prune_model(overrides=...)``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+
+from ..data import Dataset
+from ..errors import ConfigError
+from ..train import evaluate
+from .criteria import TargetSparsity, _check_sparsity
+from .masks import select_layers
+
+DEFAULT_STEPS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.97, 0.99)
+
+
+@dataclass
+class SensitivityResult:
+    baseline: float
+    steps: list[float]
+    curves: dict[str, list[float]] = field(default_factory=dict)  # layer -> top1 per step
+    params: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return {"baseline_top1": self.baseline, "steps": self.steps,
+                "layers": [{"name": n, "params": self.params.get(n), "top1": c} for n, c in self.curves.items()]}
+
+
+def check_steps(steps) -> list[float]:
+    steps = [_check_sparsity(s) for s in steps]
+    if not steps:
+        raise ConfigError("sensitivity needs at least one sparsity step")
+    return sorted(set(steps))
+
+
+@torch.no_grad()
+def sensitivity_sweep(model: nn.Module, data: Dataset, *, steps=DEFAULT_STEPS, layers=None, exclude=None,
+                      device="cpu", progress: bool = False) -> SensitivityResult:
+    """Top-1 with each selected layer alone pruned to each sparsity in ``steps``.
+
+    The model is restored after every step (it comes back unchanged).
+    """
+    steps = check_steps(steps)
+    chosen = select_layers(model, layers, exclude)
+    model.to(device)
+    result = SensitivityResult(evaluate(model, data, device=device), steps)
+    for name, mod in chosen.items():
+        saved = mod.weight.detach().clone()
+        base_mask = mod._buffers.get("weight_mask")
+        base_mask = torch.ones_like(saved, dtype=torch.bool) if base_mask is None else base_mask
+        curve = []
+        for s in steps:
+            mask = TargetSparsity(s)(saved, base_mask)
+            mod.weight.mul_(mask)
+            curve.append(evaluate(model, data, device=device))
+            mod.weight.copy_(saved)
+            if progress:
+                print(f"  {name:<20} sparsity {s:5.2f}: top-1 {curve[-1]:.4f}", flush=True)
+        result.curves[name] = curve
+        result.params[name] = saved.numel()
+    return result
+
+
+def sparsities_for_drop(result: SensitivityResult, max_drop: float = 0.01) -> dict[str, float]:
+    """Per layer, the highest swept sparsity whose top-1 stays within ``max_drop`` (a
+    fraction, 0.01 = 1 point) of the baseline; 0.0 where none does."""
+    if not 0 <= max_drop < 1:
+        raise ConfigError(f"allowed accuracy drop must be in [0, 1) (a fraction); got {max_drop}")
+    out = {}
+    for name, curve in result.curves.items():
+        ok = [s for s, acc in zip(result.steps, curve) if result.baseline - acc <= max_drop]
+        # stop at the first step that fails: later lucky points are noise
+        best = 0.0
+        for s, acc in zip(result.steps, curve):
+            if result.baseline - acc > max_drop:
+                break
+            best = s
+        out[name] = best if ok else 0.0
+    return out
+
+
+def plot_sensitivity(result: SensitivityResult, path: str | os.PathLike, title: str = "") -> None:
+    """A PNG with one accuracy-vs-sparsity curve per layer (matplotlib, Agg backend)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..io_utils import atomic_path
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    xs = [100 * s for s in result.steps]
+    for name, curve in result.curves.items():
+        ax.plot(xs, [100 * a for a in curve], marker="o", ms=3, label=name)
+    ax.axhline(100 * result.baseline, color="grey", ls="--", lw=0.8, label="dense")
+    ax.set_xlabel("parameters pruned away (%)")
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_title(title or "pruning sensitivity (no retraining)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)

@@ -1,0 +1,145 @@
+"""CSR sparse weight x dense activations for pruned Linear layers (y = x W^T + b).
+
+Why hand-written: torch's CPU sparse matmul is not faster than dense at the densities
+pruning gives (5-15 %), and at batch 1 an fc layer is memory bound, so the win is
+simply reading fewer bytes: a float32 value plus a 16-bit column index per kept weight
+(``index_dtype``) instead of every float32 weight. Each kernel sits beside a plain
+numpy reference (``*_ref``) that the tests hold it to.
+
+Layout: ``W`` is (out, in) like ``nn.Linear.weight``; CSR rows are output units, so
+each output is one contiguous dot product (batch 1), and for a batch the activations
+are transposed to (in, B) so the inner loop runs over the batch with SIMD. The batch-1
+dot product is a plain in-order scalar loop: on the measured Xeon (AVX-512) it beat
+the gather-vectorised ``fastmath`` version (~8x vs ~2-7x over dense at 9 % density),
+and it keeps the summation order fixed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numba import njit
+
+
+def index_dtype(n_cols: int) -> np.dtype:
+    """The narrowest unsigned type that holds a column index (< n_cols)."""
+    return np.dtype(np.uint16) if n_cols <= 1 << 16 else np.dtype(np.int32)
+
+
+@dataclass(frozen=True)
+class CSR:
+    """A (rows x cols) float32 matrix as CSR: row r's kept columns are indices[indptr[r]:indptr[r+1]]."""
+
+    shape: tuple[int, int]
+    indptr: np.ndarray  # int64[rows + 1]
+    indices: np.ndarray  # uint16 or int32[nnz], ascending within a row
+    data: np.ndarray  # float32[nnz]
+
+    @property
+    def nnz(self) -> int:
+        return int(self.indptr[-1])
+
+    @property
+    def nbytes(self) -> int:
+        return self.indptr.nbytes + self.indices.nbytes + self.data.nbytes
+
+    def to_dense(self) -> np.ndarray:
+        out = np.zeros(self.shape, np.float32)
+        rows = np.repeat(np.arange(self.shape[0]), np.diff(self.indptr))
+        out[rows, self.indices.astype(np.int64)] = self.data
+        return out
+
+
+def csr_from_mask(mask: np.ndarray, values: np.ndarray) -> CSR:
+    """CSR from a 2-D keep-mask and the kept values in row-major order (SparseTensor's layout)."""
+    mask = np.asarray(mask, bool)
+    rows, cols = mask.shape
+    indptr = np.zeros(rows + 1, np.int64)
+    np.cumsum(mask.sum(axis=1), out=indptr[1:])
+    indices = np.nonzero(mask)[1].astype(index_dtype(cols))
+    data = np.ascontiguousarray(values, np.float32).reshape(-1)
+    return CSR((rows, cols), indptr, indices, data)
+
+
+def csr_from_dense(weight: np.ndarray) -> CSR:
+    """CSR of the non-zero entries of a 2-D float array."""
+    w = np.asarray(weight, np.float32)
+    mask = w != 0
+    return csr_from_mask(mask, w[mask])
+
+
+# --------------------------------------------------------------------------- kernels
+
+
+@njit(cache=True, nogil=True)
+def _csr_matvec(indptr, indices, data, x, bias, out):
+    """out[r] = bias[r] + sum_k data[k] * x[indices[k]] over row r's entries."""
+    for r in range(out.shape[0]):
+        acc = np.float32(0.0)
+        for k in range(indptr[r], indptr[r + 1]):
+            acc += data[k] * x[indices[k]]
+        out[r] = acc + bias[r]
+
+
+@njit(cache=True, fastmath=True, nogil=True)
+def _csr_matmul_t(indptr, indices, data, xt, bias, out_t):
+    """out_t[r, :] = bias[r] + sum_k data[k] * xt[indices[k], :]   (xt is (in, B))."""
+    nb = xt.shape[1]
+    for r in range(out_t.shape[0]):
+        row = out_t[r]
+        b0 = bias[r]
+        for b in range(nb):
+            row[b] = b0
+        k = indptr[r]
+        e = indptr[r + 1]
+        while k + 4 <= e:  # four kept weights per pass: a quarter of the row loads/stores
+            v0 = data[k]
+            v1 = data[k + 1]
+            v2 = data[k + 2]
+            v3 = data[k + 3]
+            x0 = xt[indices[k]]
+            x1 = xt[indices[k + 1]]
+            x2 = xt[indices[k + 2]]
+            x3 = xt[indices[k + 3]]
+            for b in range(nb):
+                row[b] += (v0 * x0[b] + v1 * x1[b]) + (v2 * x2[b] + v3 * x3[b])
+            k += 4
+        while k < e:
+            v = data[k]
+            xr = xt[indices[k]]
+            for b in range(nb):
+                row[b] += v * xr[b]
+            k += 1
+
+
+def csr_linear(a: CSR, x: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
+    """y = x @ W^T + bias for a CSR weight W (out, in); x is (in,) or (B, in) float32."""
+    if x.dtype != np.float32:
+        x = x.astype(np.float32)
+    rows = a.shape[0]
+    b = np.zeros(rows, np.float32) if bias is None else bias
+    if b.dtype != np.float32 or not b.flags.c_contiguous:
+        b = np.ascontiguousarray(b, np.float32)
+    if x.ndim == 1 or x.shape[0] == 1:
+        out = np.empty(rows, np.float32)
+        xv = x.reshape(-1)
+        if not xv.flags.c_contiguous:
+            xv = np.ascontiguousarray(xv)
+        _csr_matvec(a.indptr, a.indices, a.data, xv, b, out)
+        return out if x.ndim == 1 else out.reshape(1, rows)
+    out_t = np.empty((rows, x.shape[0]), np.float32)
+    _csr_matmul_t(a.indptr, a.indices, a.data, np.ascontiguousarray(x.T), b, out_t)
+    return out_t.T
+
+
+def csr_linear_ref(a: CSR, x: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
+    """Plain numpy reference for ``csr_linear``: one row at a time, float64 sums."""
+    x = np.asarray(x, np.float64)
+    out = np.zeros(x.shape[:-1] + (a.shape[0],), np.float64)
+    for r in range(a.shape[0]):
+        s, e = a.indptr[r], a.indptr[r + 1]
+        out[..., r] = x[..., a.indices[s:e].astype(np.int64)] @ a.data[s:e].astype(np.float64)
+    if bias is not None:
+        out += np.asarray(bias, np.float64)
+    return out.astype(np.float32)

@@ -1,0 +1,69 @@
+"""``nnshrink bench`` end to end on a tiny run, and the interleaved timer it uses."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from nnshrink.cli import main
+from nnshrink.commands.bench import compress_linears
+from nnshrink.models import build_model
+from nnshrink.runtime.timing import time_interleaved
+
+
+def test_time_interleaved_orders_slow_and_fast():
+    import time
+
+    med = time_interleaved({"fast": lambda: None, "slow": lambda: time.sleep(0.002)}, repeats=3, min_sample_s=1e-3)
+    assert set(med) == {"fast", "slow"} and med["slow"] > med["fast"] and med["slow"] >= 0.0019
+
+
+def test_compress_linears_prunes_and_shares():
+    model = build_model("lenet300")
+    sparse, shared = compress_linears(model, 0.9, 3)
+    assert set(sparse) == {"ip1.weight", "ip2.weight", "ip3.weight"}
+    t = shared["ip1.weight"]
+    assert len(t.codebook) <= 8 and abs(t.mask.mean() - 0.1) < 0.01
+    assert torch.equal(model.ip1.weight, torch.from_numpy(t.to_dense()))
+
+
+def test_bench_cli_json(capsys):
+    rc = main(["bench", "--model", "lenet300", "--batch", "1,3", "--repeats", "3", "--json"])
+    assert rc in (0, None)
+    rep = json.loads(capsys.readouterr().out)
+    assert [r["name"] for r in rep["layers"]] == ["ip1", "ip1", "ip2", "ip2", "ip3", "ip3"]
+    assert [r["batch"] for r in rep["model"]] == [1, 3]
+    for row in rep["layers"] + rep["model"]:
+        assert set(row["speedup_vs_dense"]) >= {"sparse", "codebook"}
+        assert all(v > 0 for v in row["median_us"].values())
+    assert rep["binary_skipped"]
+
+
+@pytest.mark.parametrize("argv, msg", [
+    (["--sparsity", "1.3"], "sparsity must be in [0, 1); got 1.3"),
+    (["--bits", "9"], "bits must be in 1..8; got 9"),
+    (["--batch", "1,x"], "--batch"),
+    (["--model", "nosuch"], "nosuch"),
+])
+def test_bench_bad_input(argv, msg, capsys):
+    assert main(["bench", "--repeats", "3", *argv]) == 2
+    assert msg in capsys.readouterr().err
+
+
+def test_bench_reads_an_archive(tmp_path, capsys):
+    pytest.importorskip("nnshrink.format.writer")
+    from nnshrink.compressed import DenseTensor
+    from nnshrink.format.writer import write_archive
+
+    model = build_model("lenet300")
+    _, shared = compress_linears(model, 0.8, 4)
+    tensors = {k: DenseTensor(v.detach().numpy().copy()) for k, v in model.state_dict().items()}
+    tensors.update(shared)
+    path = tmp_path / "m.nsk"
+    write_archive(path, tensors, {"model": "lenet300", "config": {}})
+    assert main(["bench", "--model", str(path), "--batch", "2", "--repeats", "3", "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["source"].startswith("archive") and len(rep["layers"]) == 3
+    assert set(rep["model"][0]["speedup_vs_dense"]) >= {"sparse", "codebook"}

@@ -1,0 +1,252 @@
+"""The .nsk format: golden bytes pin SPEC.md, attacks get typed errors, round trips are exact."""
+
+import json
+import struct
+import tempfile
+import zlib
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from nnshrink.compressed import BinaryTensor, DenseTensor, SharedTensor, SparseTensor
+from nnshrink.errors import ConfigError
+from nnshrink.format import (BadMagicError, ChecksumError, FormatError, HeaderError, HuffmanTableError, RecordError,
+                             StreamError, parse_archive, read_archive, write_archive)
+from nnshrink.format.fuzz import run_fuzz, sample_archives
+
+GOLDEN_META = {"model": "tiny", "config": {}, "nnshrink_version": "test", "report": {}}
+GOLDEN = (
+    b'NSK\n\x01\x00\x00\x00\x10\x02\x00\x00\xee\'\xa5I'
+    b'{"format":"nsk","version":1,"data_length":24,"metadata":{"model":"tiny","config":{},"nnshrink_version":"test",'
+    b'"report":{}},"records":[{"name":"w","shape":[2,4],"encoding":"shared","bits":1,"k":2,"nonzero":3,"sparse":true,'
+    b'"index_coding":"packed","gap_bits":5,"gap_count":3,"gap_coding":"packed","offset":0,"length":11,'
+    b'"crc32":2408706902,"parts":[["codebook",8],["index",1],["gap",2]]},{"name":"b","shape":[1],"encoding":"raw",'
+    b'"dtype":"float32","half":false,"offset":16,"length":4,"crc32":1557669231,"parts":[["data",4]]}]}       '
+    b'\x00\x00\x00?\x00\x00\x80\xbf'  # codebook 0.5, -1.0 (float32 LE)
+    b'`'  # indices 0,1,1 as 1-bit MSB-first: 011 00000
+    b'\x00\x86'  # gaps 0,2,3 as 5-bit: 00000 00010 00011 0
+    b'\x00\x00\x00\x00\x00'  # pad record to 8
+    b'\x00\x00\xc0?\x00\x00\x00\x00'  # 1.5 float32 LE + pad
+)
+
+
+def golden_tensors():
+    mask = np.array([[1, 0, 0, 1], [0, 0, 0, 1]], bool)
+    return {"w": SharedTensor((2, 4), np.array([0.5, -1.0], np.float32), np.array([0, 1, 1]), 1, mask),
+            "b": DenseTensor(np.array([1.5], np.float32))}
+
+
+def test_golden_bytes(tmp_path):
+    path = tmp_path / "g.nsk"
+    n = write_archive(path, golden_tensors(), GOLDEN_META)
+    assert path.read_bytes() == GOLDEN
+    assert n == len(GOLDEN)
+    arch = read_archive(path)
+    assert arch.metadata == GOLDEN_META
+    np.testing.assert_array_equal(arch.tensors["w"].to_dense(), [[0.5, 0, 0, -1], [0, 0, 0, -1]])
+    assert arch.records[0]["nonzero"] == 3 and arch.records[0]["bytes"] == 11
+
+
+def _edit_header(data: bytes, edit) -> bytes:
+    hlen = struct.unpack_from("<I", data, 8)[0]
+    header = json.loads(data[16: 16 + hlen])
+    edit(header)
+    hb = json.dumps(header).encode()
+    return data[:8] + struct.pack("<II", len(hb), zlib.crc32(hb)) + hb + data[16 + hlen:]
+
+
+def _with_header(data: bytes, hb: bytes) -> bytes:
+    hlen = struct.unpack_from("<I", data, 8)[0]
+    return data[:8] + struct.pack("<II", len(hb), zlib.crc32(hb)) + hb + data[16 + hlen:]
+
+
+def _rec(i, **kw):
+    def edit(h):
+        h["records"][i].update(kw)
+    return edit
+
+
+def _fix_crc(data: bytes, i: int, patch) -> bytes:
+    """Change record i's bytes with ``patch(bytearray)`` and fix its CRC (reaches the decoders)."""
+    hlen = struct.unpack_from("<I", data, 8)[0]
+    h = json.loads(data[16: 16 + hlen])
+    r = h["records"][i]
+    body = bytearray(data[16 + hlen:])
+    chunk = bytearray(body[r["offset"]: r["offset"] + r["length"]])
+    patch(chunk)
+    body[r["offset"]: r["offset"] + r["length"]] = chunk
+    return _edit_header(data[:16 + hlen] + bytes(body), _rec(i, crc32=zlib.crc32(bytes(chunk))))
+
+
+ATTACKS = [
+    ("bad magic", lambda d: b"PK\x03\x04" + d[4:], BadMagicError, "magic"),
+    ("empty", lambda d: b"", HeaderError, "too short"),
+    ("truncated", lambda d: d[:-3], HeaderError, "data_length"),
+    ("trailing junk", lambda d: d + b"\0", HeaderError, "data_length"),
+    ("huge header length", lambda d: d[:8] + struct.pack("<I", 2**32 - 1) + d[12:], HeaderError, "header length"),
+    ("header past end", lambda d: d[:8] + struct.pack("<I", 10**6) + d[12:], HeaderError, "past the end"),
+    ("version 2", lambda d: d[:4] + b"\x02" + d[5:], HeaderError, "version"),
+    ("header crc", lambda d: d[:20] + b"X" + d[21:], ChecksumError, "header checksum"),
+    ("record crc", lambda d: d[:-8] + b"\x01" + d[-7:], ChecksumError, "'b'"),
+    ("overlap", lambda d: _edit_header(d, _rec(1, offset=8)), RecordError, "overlaps"),
+    ("offset past end", lambda d: _edit_header(d, _rec(1, offset=10**9)), RecordError, "'b'"),
+    ("shape vs count", lambda d: _edit_header(d, _rec(1, shape=[2])), RecordError, "'b'"),
+    ("huge shape", lambda d: _edit_header(d, _rec(1, shape=[2**31, 2**31])), RecordError, "limit"),
+    ("bits 9", lambda d: _edit_header(d, _rec(0, bits=9)), RecordError, "'bits'"),
+    ("gap bits 2", lambda d: _edit_header(d, _rec(0, gap_bits=2)), RecordError, "'gap_bits'"),
+    ("k > 2^bits", lambda d: _edit_header(d, _rec(0, k=3)), RecordError, "'k'"),
+    ("bool as int", lambda d: _edit_header(d, _rec(0, nonzero=True)), RecordError, "'nonzero'"),
+    ("unknown key", lambda d: _edit_header(d, _rec(0, pickle="cos\nsystem")), RecordError, "unknown keys"),
+    ("wrong part order", lambda d: _edit_header(d, _rec(0, parts=[["index", 1], ["codebook", 8], ["gap", 2]])),
+     RecordError, "'w'"),
+    ("numel beyond gaps", lambda d: _edit_header(d, _rec(0, shape=[2**20, 4])), RecordError, "cannot cover"),
+    ("index >= k", lambda d: _edit_header(_fix_crc(d, 0, lambda c: c.__setitem__(slice(0, 8), c[:4] * 2)),
+                                          lambda h: None), None, None),
+    ("gap past end", lambda d: _fix_crc(d, 0, lambda c: c.__setitem__(10, 0xFE)), StreamError, "'w'"),
+    ("non-zero padding", lambda d: _fix_crc(d, 0, lambda c: c.__setitem__(8, 0x61)), StreamError, "padding"),
+    ("duplicate name", lambda d: _edit_header(d, _rec(1, name="w")), RecordError, "duplicate"),
+    ("not json", lambda d: _with_header(d, b"{" * 5000), HeaderError, "not valid JSON"),
+    ("not utf-8", lambda d: _with_header(d, b'{"\xff": 1}'), HeaderError, "not valid JSON"),
+    ("header not object", lambda d: _with_header(d, b"[]"), HeaderError, "must be an object"),
+    ("metadata model int", lambda d: _edit_header(d, lambda h: h["metadata"].update(model=3)), HeaderError, "metadata"),
+]
+
+
+@pytest.mark.parametrize("name,attack,error,needle", ATTACKS, ids=[a[0] for a in ATTACKS])
+def test_attacks_get_typed_errors(name, attack, error, needle):
+    data = attack(GOLDEN)
+    if error is None:  # a consistent edit: must still decode (codebook duplicated) -> not an error
+        parse_archive(data)
+        return
+    with pytest.raises(error) as info:
+        parse_archive(data, "g.nsk")
+    if needle:
+        assert needle in str(info.value)
+    assert isinstance(info.value, FormatError)
+
+
+def write_archive_bytes(tensors, **kw) -> bytes:
+    with tempfile.TemporaryDirectory() as d:
+        write_archive(f"{d}/a.nsk", tensors, {"model": None}, **kw)
+        with open(f"{d}/a.nsk", "rb") as f:
+            return f.read()
+
+
+def test_index_not_below_k_is_refused():
+    t = SharedTensor((16,), np.arange(3, dtype=np.float32), np.zeros(16, int), 2)
+    data = write_archive_bytes({"w": t}, huffman=False)
+    bad = _fix_crc(data, 0, lambda c: c.__setitem__(12, 0xFF))  # first index byte: indices 3,3,3,3
+    with pytest.raises(StreamError, match=r"'w'.*index 3 >= codebook size 3"):
+        parse_archive(bad)
+
+
+def test_incomplete_huffman_table_is_refused():
+    rng = np.random.default_rng(0)
+    t = SharedTensor((4000,), np.arange(16, dtype=np.float32), rng.choice(16, 4000, p=[0.5] + [0.5 / 15] * 15), 4)
+    data = write_archive_bytes({"w": t})
+    hlen = struct.unpack_from("<I", data, 8)[0]
+    rec = json.loads(data[16:16 + hlen])["records"][0]
+    assert rec["index_coding"] == "huffman"
+    bad = _fix_crc(data, 0, lambda c: c.__setitem__(64, c[64] + 1))  # first code length + 1
+    with pytest.raises(HuffmanTableError, match="'w'"):
+        parse_archive(bad)
+
+
+def test_failed_write_keeps_old_file(tmp_path):
+    path = tmp_path / "a.nsk"
+    write_archive(path, golden_tensors(), GOLDEN_META)
+    with pytest.raises(ConfigError):
+        write_archive(path, {"x": DenseTensor(np.zeros(3, np.float32)), "y": object()}, {})
+    assert path.read_bytes() == GOLDEN
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.nsk"]
+
+
+def test_writer_validates_input():
+    with pytest.raises(ConfigError, match="indices"):
+        write_archive_bytes({"w": SharedTensor((3,), np.zeros(2, np.float32), np.array([0, 1, 2]), 1)})
+    with pytest.raises(ConfigError, match=r"\[3, 8\]"):
+        write_archive_bytes({"w": DenseTensor(np.zeros(3, np.float32))}, index_bits=9)
+
+
+def test_tiny_tensor_stays_raw_and_returned_size_is_file_size(tmp_path):
+    t = SharedTensor((4,), np.arange(32, dtype=np.float32), np.array([0, 5, 9, 31]), 5)
+    n = write_archive(tmp_path / "a.nsk", {"w": t}, {})
+    arch = read_archive(tmp_path / "a.nsk")
+    assert arch.records[0]["encoding"] == "raw"
+    np.testing.assert_array_equal(arch.tensors["w"].to_dense(), t.to_dense())
+    assert n == (tmp_path / "a.nsk").stat().st_size == arch.file_bytes
+
+
+def test_dtypes_survive_and_dense_state():
+    import torch
+    ts = {"i": DenseTensor(np.array([3, -4], np.int64)), "b": DenseTensor(np.array([True, False])),
+          "h": DenseTensor(np.array([0.1, 2.0], np.float32), half=True)}
+    arch = parse_archive(write_archive_bytes(ts))
+    state = arch.dense_state()
+    assert state["i"].dtype == torch.int64 and state["b"].dtype == torch.bool
+    assert state["h"].dtype == torch.float32
+    np.testing.assert_array_equal(state["h"].numpy(), np.array([0.1, 2.0], np.float16).astype(np.float32))
+
+
+shapes = st.lists(st.integers(0, 9), min_size=1, max_size=4).map(tuple)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(shape=shapes, kind=st.sampled_from(["shared", "shared_dense", "sparse", "binary", "raw", "half"]),
+       sparsity=st.sampled_from([0.0, 0.5, 0.99, 1.0]), bits=st.integers(1, 8), gap=st.integers(3, 8),
+       huffman=st.booleans(), seed=st.integers(0, 2**32 - 1))
+def test_round_trip_is_bit_exact(shape, kind, sparsity, bits, gap, huffman, seed):
+    rng = np.random.default_rng(seed)
+    n = int(np.prod(shape))
+    mask = rng.random(shape) >= sparsity
+    big = 40 * n  # scale up sometimes so the compressed forms are used, not the raw fallback
+    if rng.random() < 0.5 and n:
+        shape, mask = (big,), rng.random(big) >= sparsity
+        n = big
+    k = int(rng.integers(1, (1 << bits) + 1))
+    codebook = rng.standard_normal(k).astype(np.float32)
+    if kind == "shared":
+        t = SharedTensor(shape, codebook, rng.integers(0, k, int(mask.sum())), bits, mask)
+    elif kind == "shared_dense":
+        t = SharedTensor(shape, codebook, rng.integers(0, k, n), bits)
+    elif kind == "sparse":
+        t = SparseTensor(shape, mask, rng.standard_normal(int(mask.sum())).astype(np.float32))
+    elif kind == "binary":
+        t = BinaryTensor(shape, rng.random(shape) < 0.5, rng.random(shape[0]).astype(np.float32))
+    else:
+        t = DenseTensor(rng.standard_normal(shape).astype(np.float32), half=kind == "half")
+    arch = parse_archive(write_archive_bytes({"t": t}, index_bits=gap, huffman=huffman))
+    back = arch.tensors["t"]
+    np.testing.assert_array_equal(back.to_dense(), t.to_dense())
+    np.testing.assert_array_equal(arch.dense_arrays()["t"], t.to_dense())  # the fast dense path
+    assert back.to_dense().shape == tuple(shape)
+    if arch.records[0]["encoding"] != "raw":
+        assert type(back) is type(t)
+        for fld in ("mask", "indices", "codebook", "values", "signs", "scales"):
+            if getattr(t, fld, None) is not None:
+                np.testing.assert_array_equal(np.asarray(getattr(back, fld)).reshape(-1),
+                                              np.asarray(getattr(t, fld)).reshape(-1))
+        if kind in ("shared", "shared_dense"):
+            assert back.bits == bits
+
+
+def test_quick_fuzz_slice(tmp_path):
+    """A 2,000-case slice of benchmarks/fuzz_archive.py (which runs >= 100,000)."""
+    result = run_fuzz(2000, seed=7, archives=sample_archives(tmp_path))
+    assert result["failures"] == []
+    assert result["max_case_s"] < 2.0
+
+
+def test_codec_scale_benchmark_quick(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "codec_scale.py"
+    out = tmp_path / "cs.json"
+    proc = subprocess.run([sys.executable, str(script), "--quick", "--repeats", "1", "--json", str(out)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    res = json.loads(out.read_text())
+    assert {"encode_s", "decode_s", "peak_rss_bytes", "dense_bytes"} <= set(res) and res["bit_exact"]

@@ -1,0 +1,129 @@
+"""The Deep Compression pipeline end to end on a tiny self-made dataset."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from nnshrink import pipeline
+from nnshrink.checkpoint import save_checkpoint
+from nnshrink.errors import ConfigError
+from nnshrink.loading import load_model
+from nnshrink.models import build_model, resolve_config
+from nnshrink.recipes import recipe_from_dict
+from nnshrink.train import TrainConfig, evaluate, fit
+
+FAST = {"stages": ["prune", "share", "encode"],
+        "prune": {"sparsity": 0.8, "rounds": 2, "retrain_epochs": 1},
+        "share": {"fc_bits": 4, "finetune_epochs": 1}}
+
+
+@pytest.fixture
+def trained(tiny_dataset, tmp_path):
+    torch.manual_seed(0)
+    model = build_model("lenet300")
+    fit(model, tiny_dataset, TrainConfig(epochs=6, batch_size=32), progress=False, eval_each_epoch=False)
+    return save_checkpoint(model, tmp_path / "base.safetensors", "lenet300", resolve_config("lenet300"))
+
+
+def test_compress_end_to_end(trained, tiny_dataset, tmp_path):
+    out = tmp_path / "m.nsk"
+    rep = pipeline.compress_checkpoint(trained, out, recipe_from_dict(FAST), data=tiny_dataset, progress=False,
+                                       plots=tmp_path / "w.png")
+    assert rep["compressed_bytes"] == out.stat().st_size
+    assert rep["ratio"] == pytest.approx(rep["original_bytes"] / out.stat().st_size)
+    assert rep["original_bytes"] == 4 * 266_610
+    assert rep["ratio"] > 8
+    assert [r["rung"] for r in rep["ladder"]] == ["dense", "pruned", "pruned+shared", "+Huffman"]
+    sizes = [r["bytes"] for r in rep["ladder"]]
+    assert sizes == sorted(sizes, reverse=True)
+    # accuracy measured from the archive itself agrees with the report
+    model, _ = load_model(out)
+    assert evaluate(model, tiny_dataset) == pytest.approx(rep["top1_after"])
+    assert rep["top1_after"] > 0.5
+    w = model.ip1.weight.detach().numpy()
+    assert 0.15 < (w != 0).mean() < 0.25 and len(np.unique(w[w != 0])) <= 16
+    assert (tmp_path / "w.png").stat().st_size > 1000
+    assert not (tmp_path / "m.nsk.work").exists()
+    for key in ("stages", "layers", "top1_before"):
+        assert key in rep
+    json.dumps(rep)
+
+
+def test_resume_after_kill_gives_same_result(trained, tiny_dataset, tmp_path, monkeypatch):
+    recipe = recipe_from_dict(FAST)
+    ref = tmp_path / "ref.nsk"
+    pipeline.compress_checkpoint(trained, ref, recipe, data=tiny_dataset, progress=False)
+
+    def killed(*a, **k):
+        raise KeyboardInterrupt
+
+    out = tmp_path / "r.nsk"
+    monkeypatch.setitem(pipeline.STAGE_FUNCS, "share", killed)
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.compress_checkpoint(trained, out, recipe, data=tiny_dataset, progress=False)
+    assert not out.exists() and (tmp_path / "r.nsk.work" / "1-prune.json").is_file()
+    monkeypatch.undo()
+    with pytest.raises(ConfigError, match="--resume"):
+        pipeline.compress_checkpoint(trained, out, recipe, data=tiny_dataset, progress=False)
+    rep = pipeline.compress_checkpoint(trained, out, recipe, data=tiny_dataset, progress=False, resume=True)
+    assert rep["stages"][0].get("resumed") is True
+    assert out.read_bytes() == ref.read_bytes()
+
+
+def test_retraining_recipe_needs_dataset(trained, tmp_path):
+    with pytest.raises(ConfigError, match="--dataset"):
+        pipeline.compress_checkpoint(trained, tmp_path / "x.nsk", recipe_from_dict(FAST), data=None)
+
+
+def test_no_retrain_without_dataset(trained, tmp_path):
+    rep = pipeline.compress_checkpoint(trained, tmp_path / "x.nsk", recipe_from_dict(FAST), data=None,
+                                       retrain=False, progress=False)
+    assert rep["top1_after"] is None and rep["ratio"] > 8
+
+
+def test_post_training_any_safetensors(tmp_path):
+    rng = np.random.default_rng(0)
+    tensors = {"enc.w": torch.from_numpy(rng.normal(size=(256, 128)).astype(np.float32)),
+               "enc.b": torch.zeros(256), "steps": torch.tensor([3], dtype=torch.int64)}
+    src = tmp_path / "foreign.safetensors"
+    save_file(tensors, str(src))
+    out = tmp_path / "f.nsk"
+    rep = pipeline.compress_tensors(src, out, sparsity=0.9, bits=4)
+    assert rep["compressed_bytes"] == out.stat().st_size and rep["ratio"] > 10
+    from nnshrink.format import read_archive
+
+    dense = read_archive(out).tensors["enc.w"].to_dense()
+    orig = tensors["enc.w"].numpy()
+    kept = dense != 0
+    assert abs(kept.mean() - 0.1) < 0.01
+    assert np.all(np.abs(orig[kept]) >= np.abs(orig[~kept]).max())
+    assert np.abs(dense[kept] - orig[kept]).max() < 0.5
+
+
+def run_cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "nnshrink", *map(str, args)], capture_output=True, text=True,
+                          timeout=600, cwd=cwd)
+
+
+def test_cli_compress_eval_inspect_agree(trained, tiny_idx_dir, tmp_path):
+    rec = tmp_path / "fast.toml"
+    rec.write_text('stages = ["prune", "share", "encode"]\n[prune]\nsparsity = 0.8\nrounds = 1\n'
+                   'retrain_epochs = 1\n[share]\nfc_bits = 4\nfinetune_epochs = 0.5\n')
+    out, rj = tmp_path / "c.nsk", tmp_path / "r.json"
+    p = run_cli("compress", trained, "-o", out, "--recipe", rec, "--dataset", "idx", "--data-dir", tiny_idx_dir,
+                "--json", rj, "--quiet")
+    assert p.returncode == 0, p.stderr
+    rep = json.loads(rj.read_text())
+    ev = json.loads(run_cli("eval", out, "--dataset", "idx", "--data-dir", tiny_idx_dir, "--json").stdout)
+    assert ev["top1"] == pytest.approx(rep["top1_after"])
+    again = run_cli("compress", trained, "-o", out, "--recipe", rec, "--dataset", "idx", "--data-dir", tiny_idx_dir)
+    assert again.returncode == 2 and "--force" in again.stderr and "Traceback" not in again.stderr
+    nodata = run_cli("compress", trained, "-o", tmp_path / "d.nsk")
+    assert nodata.returncode == 2 and "--dataset" in nodata.stderr
+    bad = run_cli("compress", trained, "-o", tmp_path / "e.nsk", "--sparsity", "1.3", "--no-retrain")
+    assert bad.returncode == 2 and "1.3" in bad.stderr

@@ -1,0 +1,175 @@
+"""SparseLinear / CodebookLinear / accelerate, with torch.nn.functional.linear as the oracle."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from nnshrink.compressed import DenseTensor, SharedTensor, SparseTensor
+from nnshrink.errors import ConfigError
+from nnshrink.runtime.layers import CodebookLinear, SparseLinear, accelerate
+
+SPARSITIES = [0.0, 0.5, 0.9, 0.99, 1.0]
+TOL = dict(rtol=1e-4, atol=1e-4)
+
+
+def pruned_linear(seed, sparsity, bias=True):
+    g = torch.Generator().manual_seed(seed)
+    out_f, in_f = (int(v) for v in torch.randint(1, 100, (2,), generator=g))
+    lin = nn.Linear(in_f, out_f, bias=bias)
+    with torch.no_grad():
+        lin.weight[torch.rand(lin.weight.shape, generator=g) < sparsity] = 0
+        if sparsity == 1.0:
+            lin.weight.zero_()
+    return lin
+
+
+def to_shared(w: np.ndarray, k: int, sparse: bool, seed: int = 0) -> SharedTensor:
+    rng = np.random.default_rng(seed)
+    cb = np.sort(rng.standard_normal(k)).astype(np.float32)
+    mask = (w != 0) if sparse else None
+    n = int(mask.sum()) if sparse else w.size
+    return SharedTensor(w.shape, cb, rng.integers(0, k, n).astype(np.uint8), max(1, int(np.log2(k))), mask)
+
+
+@pytest.mark.parametrize("sparsity", SPARSITIES)
+@pytest.mark.parametrize("batch", [(), (1,), (9,), (2, 3)])
+def test_sparse_linear_from_dense(sparsity, batch):
+    lin = pruned_linear(int(sparsity * 1000) + len(batch), sparsity)
+    layer = SparseLinear.from_dense(lin)
+    x = torch.randn(*batch, lin.in_features)
+    with torch.no_grad():
+        np.testing.assert_allclose(layer(x), F.linear(x, lin.weight, lin.bias), **TOL)
+    assert layer(x).shape == (*batch, lin.out_features)
+
+
+@pytest.mark.parametrize("sparsity", SPARSITIES)
+def test_sparse_linear_from_compressed(sparsity):
+    lin = pruned_linear(7, sparsity, bias=False)
+    w = lin.weight.detach().numpy()
+    t = SparseTensor(w.shape, w != 0, w[w != 0])
+    layer = SparseLinear.from_compressed(t)
+    x = torch.randn(4, lin.in_features)
+    np.testing.assert_allclose(layer(x), F.linear(x, torch.from_numpy(t.to_dense())), **TOL)
+    np.testing.assert_array_equal(layer.dense_weight().numpy(), t.to_dense())
+
+
+@pytest.mark.parametrize("sparsity", SPARSITIES)
+@pytest.mark.parametrize("sparse", [True, False])
+@pytest.mark.parametrize("batch", [1, 16])
+def test_codebook_linear_from_shared(sparsity, sparse, batch):
+    lin = pruned_linear(11 + int(sparsity * 100), sparsity)
+    t = to_shared(lin.weight.detach().numpy(), 16, sparse=True)
+    bias = lin.bias.detach()
+    ref_w = torch.from_numpy(t.to_dense())
+    x = torch.randn(batch, lin.in_features)
+    layer = CodebookLinear.from_compressed(t, bias, sparse=sparse)
+    assert layer.sparse == sparse
+    np.testing.assert_allclose(layer(x), F.linear(x, ref_w, bias), **TOL)
+    # SparseLinear accepts a SharedTensor too (centroids expanded to float)
+    np.testing.assert_allclose(SparseLinear.from_compressed(t, bias)(x), F.linear(x, ref_w, bias), **TOL)
+
+
+def test_codebook_linear_unpruned_and_from_dense():
+    lin = nn.Linear(33, 21)
+    t = to_shared(lin.weight.detach().numpy(), 8, sparse=False)
+    layer = CodebookLinear.from_compressed(t, lin.bias)
+    assert not layer.sparse
+    x = torch.randn(5, 33)
+    np.testing.assert_allclose(layer(x), F.linear(x, torch.from_numpy(t.to_dense()), lin.bias).detach(), **TOL)
+    with torch.no_grad():
+        lin.weight.copy_(torch.from_numpy(t.to_dense()))
+        lin.weight[:, ::3] = 0
+    cb = np.append(t.codebook, 0)
+    for sparse in (True, False):
+        layer = CodebookLinear.from_dense(lin, cb, sparse=sparse)
+        np.testing.assert_allclose(layer(x), F.linear(x, lin.weight, lin.bias).detach(), **TOL)
+
+
+def test_bad_inputs_raise_config_errors():
+    lin = pruned_linear(1, 0.5)
+    layer = SparseLinear.from_dense(lin)
+    with pytest.raises(ConfigError, match="input features"):
+        layer(torch.randn(2, lin.in_features + 1))
+    with pytest.raises(ConfigError, match="SharedTensor"):
+        CodebookLinear.from_compressed(DenseTensor(np.zeros((2, 2), np.float32)))
+    with pytest.raises(ConfigError, match="2-D"):
+        SparseLinear.from_compressed(SparseTensor((2, 2, 2), np.ones((2, 2, 2), bool), np.ones(8, np.float32)))
+    bad = SharedTensor((2, 2), np.zeros(2, np.float32), np.array([0, 1, 2, 0], np.uint8), 2)
+    with pytest.raises(ConfigError, match="out of range"):
+        CodebookLinear.from_compressed(bad)
+    with pytest.raises(ConfigError, match="bias"):
+        SparseLinear.from_dense(lin).__class__.from_compressed(
+            SparseTensor((2, 2), np.ones((2, 2), bool), np.ones(4, np.float32)), torch.zeros(3))
+    with pytest.raises(ConfigError, match="codebook values"):
+        CodebookLinear.from_dense(nn.Linear(4, 4), np.array([0.0, 1.0]))
+
+
+def test_float64_input_keeps_dtype():
+    lin = pruned_linear(5, 0.9)
+    x = torch.randn(3, lin.in_features, dtype=torch.float64)
+    y = SparseLinear.from_dense(lin)(x)
+    assert y.dtype == torch.float64
+    np.testing.assert_allclose(y, F.linear(x.float(), lin.weight, lin.bias).detach().double(), **TOL)
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 3)
+        self.body = nn.Sequential(nn.Linear(18, 12), nn.ReLU(), nn.Linear(12, 8))
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.body(self.conv(x).flatten(1))))
+
+
+def test_accelerate_swaps_only_sparse_and_shared_layers():
+    torch.manual_seed(0)
+    net = Net().eval()
+    w0 = net.body[0].weight.detach().numpy().copy()
+    w0[np.abs(w0) < 0.1] = 0
+    w2 = net.body[2].weight.detach().numpy()
+    tensors = {
+        "body.0.weight": SparseTensor(w0.shape, w0 != 0, w0[w0 != 0]),
+        "body.2.weight": to_shared(w2, 4, sparse=False),
+        "head.weight": DenseTensor(net.head.weight.detach().numpy()),
+        "conv.weight": SparseTensor((2, 1, 3, 3), np.ones((2, 1, 3, 3), bool), np.ones(18, np.float32)),
+    }
+    fast = accelerate(net, tensors)
+    assert isinstance(fast.body[0], SparseLinear) and isinstance(fast.body[2], CodebookLinear)
+    assert isinstance(fast.head, nn.Linear) and isinstance(fast.conv, nn.Conv2d)
+    assert isinstance(net.body[0], nn.Linear)  # not in place by default
+    with torch.no_grad():
+        net.body[0].weight.copy_(torch.from_numpy(w0))
+        net.body[2].weight.copy_(torch.from_numpy(tensors["body.2.weight"].to_dense()))
+        x = torch.randn(4, 1, 5, 5)
+        np.testing.assert_allclose(fast(x), net(x), **TOL)
+    bad = {"head.weight": SparseTensor((3, 9), np.ones((3, 9), bool), np.ones(27, np.float32))}
+    with pytest.raises(ConfigError, match="does not match"):
+        accelerate(net, bad)
+
+
+def test_non_contiguous_and_grad_inputs():
+    lin = pruned_linear(9, 0.9)
+    layer = SparseLinear.from_dense(lin)
+    x = torch.randn(lin.in_features, 6).T  # (6, in), not contiguous
+    np.testing.assert_allclose(layer(x), F.linear(x, lin.weight, lin.bias).detach(), **TOL)
+    np.testing.assert_allclose(layer(x[:1]), F.linear(x[:1], lin.weight, lin.bias).detach(), **TOL)
+    xg = torch.randn(2, lin.in_features, requires_grad=True)
+    np.testing.assert_allclose(layer(xg), F.linear(xg, lin.weight, lin.bias).detach(), **TOL)
+    assert layer(torch.randn(0, lin.in_features)).shape == (0, lin.out_features)
+
+
+@pytest.mark.parametrize("sparsity", [0.0, 0.9, 1.0])
+def test_sparse_linear_both_batch_paths(sparsity):
+    lin = pruned_linear(21, sparsity)
+    layer = SparseLinear.from_dense(lin)
+    x = torch.randn(12, lin.in_features)
+    want = F.linear(x, lin.weight, lin.bias).detach()
+    np.testing.assert_allclose(layer(x), want, **TOL)  # torch CSR (MKL) path
+    layer.torch_min_batch = 10**9
+    np.testing.assert_allclose(layer(x), want, **TOL)  # numba path
