@@ -12,7 +12,6 @@ import argparse
 import json
 import os
 import sys
-import time
 
 import torch
 
@@ -37,6 +36,7 @@ def main(argv=None) -> int:
     ap.add_argument("--epochs", type=float, default=1.0, help="training epochs per small model")
     ap.add_argument("--quick", action="store_true", help="30 training steps per model (smoke test)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--only", default=None, help="comma-separated small model names to train (default: all)")
     ap.add_argument("--json", default=None, help="write results here")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -50,6 +50,8 @@ def main(argv=None) -> int:
     data = load_dataset("fashion-mnist")
     print(f"\n{'Fashion-MNIST model':<36} {'params':>10} {'mult-adds':>12} {'top-1':>7} {'train s':>8}")
     for name, cfg in SMALL:
+        if args.only and name not in args.only.split(","):
+            continue
         prof = profile_named(name, **cfg)
         torch.manual_seed(0)
         model = build_model(name, **cfg)

@@ -8,7 +8,7 @@ interleaved repeats after warm-up; ``x`` ratios are dense_time / variant_time in
 same run. Single-threaded runs time the thread's CPU time (``--clock auto``), which
 leaves out the time the process sat descheduled on a shared machine.
 
-    python benchmarks/inference_speed.py --json benchmarks/results/inference_speed.json
+    python benchmarks/inference_speed.py --json benchmarks/inference_speed.json
     python benchmarks/inference_speed.py --quick        # no fc6, fewer repeats
 """
 
@@ -88,7 +88,7 @@ def main() -> None:
                    "sparse": lambda: sl(x),
                    "codebook": lambda: cl(x),
                    "torch_sparse_csr": lambda: torch.addmm(bias[:, None], torch_csr, x.T)}
-            if batch >= sl.torch_min_batch:  # SparseLinear hands these to torch CSR; show numba too
+            if batch >= sl.torch_min_batch and sl.csr.nnz >= sl.torch_min_nnz:  # torch CSR inside; show numba too
                 fns["sparse_numba"] = lambda: csr_linear(sl.csr, xn, bn)
             if batch == 1:
                 fns["codebook_bins"] = lambda: codebook_linear(cl.cw, xn, bn, bins=True)

@@ -29,16 +29,16 @@ from nnshrink.train import default_train_config, evaluate, fit
 # Final per-layer sparsities (fraction pruned) and the paper's kept fractions.
 PRESETS = {
     "lenet300": {
-        "target": {"ip1": 0.96, "ip2": 0.93, "ip3": 0.75},
+        "target": {"ip1": 0.93, "ip2": 0.9, "ip3": 0.7},
         "paper_kept": {"ip1": 0.08, "ip2": 0.09, "ip3": 0.26},
         "paper_total": "267K -> 22K (12x), error 1.64% -> 1.59% (MNIST)",
-        "rounds": 4, "epochs_per_round": 3, "final_epochs": 6,
+        "rounds": 5, "epochs_per_round": 3, "final_epochs": 10, "lr_scale": 0.5,
     },
     "lenet5": {
-        "target": {"conv1": 0.34, "conv2": 0.88, "ip1": 0.95, "ip2": 0.81},
+        "target": {"conv1": 0.34, "conv2": 0.88, "ip1": 0.94, "ip2": 0.81},
         "paper_kept": {"conv1": 0.66, "conv2": 0.12, "ip1": 0.08, "ip2": 0.19},
         "paper_total": "431K -> 36K (12x), error 0.80% -> 0.77% (MNIST)",
-        "rounds": 3, "epochs_per_round": 1, "final_epochs": 4,
+        "rounds": 4, "epochs_per_round": 1, "final_epochs": 4, "lr_scale": 0.5,
     },
 }
 
@@ -63,6 +63,7 @@ def run(name: str, ckpt: Path, data, args) -> dict:
     rounds = args.rounds or preset["rounds"]
     epr = args.epochs_per_round or preset["epochs_per_round"]
     fin = args.final_epochs or preset["final_epochs"]
+    lr_scale = args.lr_scale or preset["lr_scale"]
     target = dict(preset["target"])
     if args.target:
         target.update(json.loads(args.target))
@@ -72,7 +73,7 @@ def run(name: str, ckpt: Path, data, args) -> dict:
     if args.quick:
         rounds, epr, fin = 2, 0.2, 0.2
     t0 = time.perf_counter()
-    rep = iterative_prune(model, data, target, rounds=rounds, train_cfg=train_cfg, lr_scale=args.lr_scale,
+    rep = iterative_prune(model, data, target, rounds=rounds, train_cfg=train_cfg, lr_scale=lr_scale,
                           epochs_per_round=epr, final_epochs=fin, progress=False)
     seconds = time.perf_counter() - t0
     params, nonzero, kept = total_kept(rep.layers)
@@ -89,8 +90,8 @@ def run(name: str, ckpt: Path, data, args) -> dict:
         "params": params, "nonzero": nonzero, "kept_pct": 100 * kept, "ratio": params / nonzero,
         "weights": wp, "weights_nonzero": wn, "weights_kept_pct": 100 * wk,
         "layers": layers, "rounds": [r.__dict__ for r in rep.rounds],
-        "retrain": {"rounds": rounds, "epochs_per_round": epr, "final_epochs": fin, "lr_scale": args.lr_scale,
-                    "train_config": {**train_cfg.__dict__, "lr": train_cfg.lr * args.lr_scale}},
+        "retrain": {"rounds": rounds, "epochs_per_round": epr, "final_epochs": fin, "lr_scale": lr_scale,
+                    "train_config": {**train_cfg.__dict__, "lr": train_cfg.lr * lr_scale}},
         "seconds": seconds, "paper": preset["paper_total"],
     }
     if args.save:
@@ -126,7 +127,7 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=None)
     p.add_argument("--epochs-per-round", type=float, default=None)
     p.add_argument("--final-epochs", type=float, default=None)
-    p.add_argument("--lr-scale", type=float, default=0.1, help="retraining lr / original lr")
+    p.add_argument("--lr-scale", type=float, default=None, help="retraining lr / original lr (default: preset)")
     p.add_argument("--target", default=None, help='per-layer final sparsity as JSON, e.g. \'{"ip1": 0.95}\'')
     p.add_argument("--scale-kept", type=float, default=1.0, help="multiply every layer's kept fraction")
     p.add_argument("--threads", type=int, default=1)

@@ -97,7 +97,8 @@ def main(argv=None) -> int:
     reps = args.repeats or (5 if args.quick else 21)
     res: dict = {"machine": f"2-core shared CPU VM, no GPU, torch {torch.__version__.split('+')[0]} CPU "
                             f"({platform.processor() or platform.machine()})",
-                 "threads": 1, "note": "weights pre-packed; activation sign-and-pack inside the timed region"}
+                 "threads": 1, "note": "weights pre-packed; activation sign-and-pack inside the timed region",
+                 "loadavg_1min_before": os.getloadavg()[0]}
     for m, k, n, target in SHAPES:
         r = bench_gemm(m, k, n, reps)
         r["target"] = target
@@ -108,6 +109,8 @@ def main(argv=None) -> int:
     for key, r in res["lenet5_xnor_e2e"].items():
         print(f"lenet5-xnor {key}: packed {r['xnor_packed_ms']:.3f} ms vs float lenet5 {r['float_ms']:.3f} ms "
               f"-> {r['speedup']:.2f}x", flush=True)
+    res["loadavg_1min_after"] = os.getloadavg()[0]
+    print(f"load average (1 min) before/after: {res['loadavg_1min_before']:.1f} / {res['loadavg_1min_after']:.1f}")
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2))
     return 0

@@ -103,6 +103,7 @@ def run_prune(model: nn.Module, cfg: PruneConfig, ctx: Context, state: RunState)
         train_cfg = ctx.train_cfg.replace(l2=cfg.l2)
         rep = iterative_prune(model, ctx.data, target, rounds=cfg.rounds, train_cfg=train_cfg,
                               lr_scale=cfg.lr_factor, epochs_per_round=cfg.retrain_epochs,
+                              final_epochs=None if cfg.final_epochs < 0 else cfg.final_epochs,
                               exclude=None if isinstance(target, dict) else exclude,
                               device=ctx.device, progress=ctx.progress, evaluate_rounds=False)
         rounds = [r.__dict__ for r in rep.rounds]
@@ -189,6 +190,23 @@ def index_bits_for(model_layers: dict[str, nn.Module], cfg: EncodeConfig) -> dic
         hit = next((v for p, v in cfg.layers.items() if fnmatch.fnmatchcase(name, p)), None)
         out[f"{name}.weight"] = hit or (cfg.conv_index_bits if _layer_kind(mod) == "conv" else cfg.fc_index_bits)
     return out
+
+
+def search_index_bits(tensors: dict[str, CompressedTensor], index_bits: dict[str, int], metadata: dict,
+                      huffman: bool) -> dict[str, int]:
+    """Per sparse tensor, the gap width in 3..8 whose encoding is smallest (measured)."""
+    best = dict(index_bits)
+    for name, t in tensors.items():
+        if getattr(t, "mask", None) is None:
+            continue
+        sizes = {w: archive_size({name: t}, metadata, {name: w}, huffman) for w in range(3, 9)}
+        best[name] = min(sizes, key=lambda w: (sizes[w], w))
+    return best
+
+
+def halve_dense(tensors: dict[str, CompressedTensor]) -> dict[str, CompressedTensor]:
+    return {n: DenseTensor(t.array, half=True) if isinstance(t, DenseTensor) and t.array.dtype == np.float32 else t
+            for n, t in tensors.items()}
 
 
 def write(path: Path, tensors: dict[str, CompressedTensor], metadata: dict, index_bits: dict[str, int],
@@ -289,6 +307,10 @@ def compress_checkpoint(
 
     t0 = time.perf_counter()
     tensors = to_compressed(model, state)
+    if recipe.encode.half_dense:
+        tensors = halve_dense(tensors)
+    if recipe.encode.search_index_bits:
+        idx_bits = search_index_bits(tensors, idx_bits, meta_small, recipe.encode.huffman)
     write(output, tensors, meta_small, idx_bits, recipe.encode.huffman)
     encode_s = time.perf_counter() - t0
     from .format import read_archive

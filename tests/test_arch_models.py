@@ -9,11 +9,12 @@ import torch
 import torch.nn as nn
 
 from nnshrink.arch.profile import profile_named
+from nnshrink.data import Dataset
 from nnshrink.checkpoint import load_checkpoint, save_checkpoint
 from nnshrink.errors import ConfigError
 from nnshrink.models import build_model, model_names, resolve_config
 from nnshrink.models.blocks import DepthwiseSeparable, Fire
-from nnshrink.train import TrainConfig, default_train_config, evaluate, fit
+from nnshrink.train import TrainConfig, default_train_config, fit
 
 SMALL = [("squeezenet-small", {}), ("mobilenet-small", {}), ("mobilenet-small", {"width": 0.5}),
          ("mobilenet-small", {"width": 0.25}), ("vgg-small", {})]
@@ -61,8 +62,8 @@ def test_mobilenet_width_scales_channels():
 
 
 def test_mobilenet_resolution_scales_macs_not_params():
-    a, b = profile_named("mobilenet_v1", resolution=224), profile_named("mobilenet_v1", resolution=112)
-    assert a.total_params == b.total_params and 3.5 < a.total_macs / b.total_macs < 4.1
+    a, b = profile_named("mobilenet_v1", resolution=224), profile_named("mobilenet_v1", resolution=128)
+    assert a.total_params == b.total_params and 2.9 < a.total_macs / b.total_macs < 3.2  # ~ (224/128)^2
 
 
 @pytest.mark.parametrize("name, kw, word", [
@@ -84,15 +85,17 @@ def test_bad_config(name, kw, word):
 def test_small_models_learn_and_roundtrip(name, cfg, tiny_dataset, tmp_path):
     torch.manual_seed(0)
     model = build_model(name, **cfg)
-    before = evaluate(model, tiny_dataset)
-    res = fit(model, tiny_dataset, default_train_config(name).replace(epochs=3), progress=False,
-              eval_each_epoch=False)
-    assert res.epochs[-1]["loss"] < res.epochs[0]["loss"]
-    after = evaluate(model, tiny_dataset)
-    assert after > max(before, 0.3)
+    small = Dataset("tiny", tiny_dataset.train_x[:120], tiny_dataset.train_y[:120], tiny_dataset.test_x[:50],
+                    tiny_dataset.test_y[:50])
+    res = fit(model, small, default_train_config(name).replace(epochs=4, batch_size=40, lr=0.01,
+                                                                 optimizer="adam", weight_decay=0.0),
+              progress=False, eval_each_epoch=False)
+    assert res.epochs[-1]["loss"] < 0.9 * res.epochs[0]["loss"]
     path = save_checkpoint(model, tmp_path / "m.safetensors", name, resolve_config(name, **cfg))
     loaded, _ = load_checkpoint(path)
-    assert evaluate(loaded, tiny_dataset) == after
+    model.eval(), loaded.eval()
+    x = small.test_x[:8]
+    torch.testing.assert_close(loaded(x), model(x))
 
 
 def _cli(*args):

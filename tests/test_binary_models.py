@@ -80,6 +80,20 @@ def _tiny(n=256, seed=0):
 
 
 @pytest.mark.parametrize("name", ["lenet5-bwn", "lenet5-xnor"])
+def test_few_steps_lower_the_loss_and_clip(name):
+    data = _tiny(n=160)
+    torch.manual_seed(0)
+    m = build_model(name)
+    cfg = TrainConfig(epochs=1, lr=5e-3, optimizer="adam", weight_decay=0.0, batch_size=48, max_steps=2)
+    first = fit(m, data, cfg, after_step=[clip_binary_weights], progress=False, eval_each_epoch=False)
+    later = fit(m, data, cfg.replace(max_steps=6, seed=1), after_step=[clip_binary_weights], progress=False,
+                eval_each_epoch=False)
+    assert later.epochs[-1]["loss"] < first.epochs[0]["loss"]
+    assert all(mod.weight.abs().max() <= 1 for mod in m.modules() if isinstance(mod, (BinaryConv2d, BinaryLinear)))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["lenet5-bwn", "lenet5-xnor"])
 def test_trains_on_tiny_data_and_clips(name):
     data = _tiny(n=224)
     m = build_model(name)

@@ -57,7 +57,7 @@ def test_truncation_error_matches_svd_and_shrinks(kind, make):
             w = torch.einsum("or,rcij->ocij", pair.second.weight[:, :, 0, 0], pair.first.weight)
         else:
             w = torch.einsum("rci,orj->ocij", pair.first.weight[..., 0], pair.second.weight[:, :, 0, :])
-        errors.append(float((w - ref.weight).norm()))
+        errors.append(float((w - ref.weight).detach().norm()))
         assert sum(p.numel() for n, p in pair.named_parameters() if n.endswith("weight")) == \
             factorized_weights(ref, kind, rank)
     assert all(a >= b - 1e-5 for a, b in zip(errors, errors[1:]))
@@ -145,21 +145,35 @@ def test_refactorising_merges_plans():
     assert set(rebuilt.state_dict()) == set(model.state_dict())
 
 
-def test_cli_factorize_then_eval(tiny_idx_dir, tmp_path):
+def test_cli_factorize_then_eval(tiny_idx_dir, tmp_path, capsys):
+    # In-process through nnshrink.cli.main (the same parser and error handling as the
+    # command line, without three interpreter start-ups).
+    from nnshrink.cli import main
+
+    base, out = tmp_path / "base.safetensors", tmp_path / "f.safetensors"
+    data = ["--dataset", "idx", "--data-dir", str(tiny_idx_dir)]
+    assert main(["train", "--model", "lenet5", *data, "--epochs", "1", "--quiet", "-o", str(base)]) == 0
+    capsys.readouterr()
+    assert main(["factorize", str(base), *data, "--energy", "0.9", "--epochs", "0.5", "--quiet", "--json",
+                 "-o", str(out)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["params_after"] < report["params_before"]
+    assert {"top1_before", "top1_after", "factorized_ratio", "layers"} <= set(report)
+    assert main(["eval", str(out), *data, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["top1"] == pytest.approx(report["top1_after"])
+    assert main(["factorize", str(base), *data, "--rank", "5000", "--layers", "ip1",
+                 "-o", str(tmp_path / "x.safetensors")]) == 2
+    assert "rank 5000 is larger than layer 'ip1' allows (at most 500)" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_cli_subprocess_factorize(tiny_idx_dir, tmp_path):
     base, out = tmp_path / "base.safetensors", tmp_path / "f.safetensors"
     cmd = [sys.executable, "-m", "nnshrink"]
     data = ["--dataset", "idx", "--data-dir", str(tiny_idx_dir)]
-    subprocess.run([*cmd, "train", "--model", "lenet5", *data, "--epochs", "2", "--quiet", "-o", str(base)],
+    subprocess.run([*cmd, "train", "--model", "lenet5", *data, "--epochs", "1", "--quiet", "-o", str(base)],
                    check=True, capture_output=True, timeout=300)
-    proc = subprocess.run([*cmd, "factorize", str(base), *data, "--energy", "0.9", "--epochs", "1", "--quiet",
-                           "--json", "-o", str(out)], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([*cmd, "factorize", str(base), *data, "--rank", "10", "--epochs", "0", "-o", str(out)],
+                          capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    report = json.loads(proc.stdout)
-    assert report["params_after"] < report["params_before"]
-    assert {"top1_before", "top1_after", "factorized_ratio", "layers"} <= set(report)
-    ev = subprocess.run([*cmd, "eval", str(out), *data, "--json"], capture_output=True, text=True, timeout=300)
-    assert ev.returncode == 0, ev.stderr
-    assert json.loads(ev.stdout)["top1"] == pytest.approx(report["top1_after"])
-    bad = subprocess.run([*cmd, "factorize", str(base), *data, "--rank", "5000", "--layers", "ip1",
-                          "-o", str(tmp_path / "x.safetensors")], capture_output=True, text=True, timeout=300)
-    assert bad.returncode == 2 and "rank 5000" in bad.stderr
+    assert "factorised layers" in proc.stdout and out.is_file()

@@ -42,7 +42,7 @@ def lloyd_reference(x, c, iters=100_000):
 def test_matches_plain_lloyd(init, seed):
     rng = np.random.default_rng(seed)
     x = np.concatenate([rng.normal(0, 1, 300), rng.normal(4, 0.3, 60)]).astype(np.float32)
-    r = kmeans_1d_full(x, 8, init=init, seed=seed)
+    r = kmeans_1d_full(x, 8, init=init, seed=seed, accelerate=False)
     c0 = init_centroids(np.sort(x).astype(np.float64), 8, init, seed)
     ref_c, ref_l = lloyd_reference(x, c0)
     assert r.converged
@@ -86,13 +86,30 @@ def test_empty_clusters_relocated():
     # linear init over [0, 10.1] puts centroids at 0, 3.37, 6.73, 10.1: the middle two start
     # empty and must be moved into the two real groups, so all 4 codes are used
     x = np.array([0, 0.1, 0.2, 9.9, 10, 10.1, 0.05, 9.95], np.float32)
-    r = kmeans_1d_full(x, 4, init="linear")
+    r = kmeans_1d_full(x, 4, init="linear", accelerate=False)
     assert r.k_used == 4 and r.converged
     assert (r.centroids < 5).sum() == 2
     ref_c, ref_l = lloyd_reference(x, init_centroids(np.sort(x).astype(np.float64), 4, "linear"))
     np.testing.assert_allclose(r.centroids, ref_c, rtol=1e-6)
     np.testing.assert_array_equal(r.labels, ref_l)
     assert r.inertia < 0.02
+
+
+@pytest.mark.parametrize("init", ["linear", "density"])
+def test_accelerated_reaches_a_fixed_point_no_worse(init):
+    x = np.random.default_rng(3).laplace(size=50_000).astype(np.float32)
+    fast = kmeans_1d_full(x, 64, init=init)
+    plain = kmeans_1d_full(x, 64, init=init, accelerate=False)
+    assert fast.converged and plain.converged and fast.k_used == 64
+    assert fast.n_iter < plain.n_iter
+    assert fast.inertia <= plain.inertia * 1.01
+    # a fixed point: re-running plain Lloyd from its centroids changes nothing
+    c64 = fast.centroids.astype(np.float64)
+    mid = 0.5 * (c64[1:] + c64[:-1])
+    labels = np.searchsorted(mid, x.astype(np.float64), side="left")
+    np.testing.assert_array_equal(labels, fast.labels)
+    means = np.array([x[labels == j].astype(np.float64).mean() for j in range(64)])
+    np.testing.assert_allclose(fast.centroids, means.astype(np.float32), rtol=1e-6, atol=1e-7)
 
 
 def test_random_init_deterministic():

@@ -164,12 +164,25 @@ def test_non_contiguous_and_grad_inputs():
     assert layer(torch.randn(0, lin.in_features)).shape == (0, lin.out_features)
 
 
-@pytest.mark.parametrize("sparsity", [0.0, 0.9, 1.0])
+@pytest.mark.parametrize("sparsity", [0.0, 0.5, 0.9, 0.99, 1.0])
 def test_sparse_linear_both_batch_paths(sparsity):
     lin = pruned_linear(21, sparsity)
     layer = SparseLinear.from_dense(lin)
+    layer.torch_min_nnz = 1
     x = torch.randn(12, lin.in_features)
     want = F.linear(x, lin.weight, lin.bias).detach()
     np.testing.assert_allclose(layer(x), want, **TOL)  # torch CSR (MKL) path
     layer.torch_min_batch = 10**9
     np.testing.assert_allclose(layer(x), want, **TOL)  # numba path
+
+
+def test_accelerate_leaves_linear_subclasses_alone():
+    class Scaled(nn.Linear):  # e.g. a binary layer: same weight name, different forward
+        def forward(self, x):
+            return 2 * super().forward(x)
+
+    net = nn.Sequential(Scaled(6, 4), nn.Linear(4, 3))
+    tensors = {k: SparseTensor((o, i), np.ones((o, i), bool), np.ones(o * i, np.float32))
+               for k, (o, i) in {"0.weight": (4, 6), "1.weight": (3, 4)}.items()}
+    fast = accelerate(net, tensors)
+    assert type(fast[0]) is Scaled and isinstance(fast[1], SparseLinear)

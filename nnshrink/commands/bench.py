@@ -41,7 +41,7 @@ def _batches(text: str) -> list[int]:
 
 
 def compress_linears(model, sparsity: float, bits: int) -> tuple[dict, dict]:
-    """Magnitude-prune and k-means-share every nn.Linear weight of ``model`` IN PLACE.
+    """Magnitude-prune and k-means-share every plain nn.Linear weight of ``model`` IN PLACE.
 
     Returns ({name.weight: SparseTensor}, {name.weight: SharedTensor}); afterwards the
     model's dense weights equal the shared ones, so all variants compute one function.
@@ -55,7 +55,7 @@ def compress_linears(model, sparsity: float, bits: int) -> tuple[dict, dict]:
 
     sparse, shared = {}, {}
     for name, mod in model.named_modules():
-        if not isinstance(mod, nn.Linear):
+        if type(mod) is not nn.Linear:  # binary layers etc. keep their own weights
             continue
         w = mod.weight.detach().to("cpu", torch.float32).numpy().copy()
         keep = max(1, int(round(w.size * (1.0 - sparsity))))
@@ -174,7 +174,7 @@ def run(args) -> int:
         for key in for_sparse:
             name = key[: -len(".weight")]
             dense = model.get_submodule(name)
-            if not isinstance(dense, nn.Linear):
+            if type(dense) is not nn.Linear:
                 continue
             for b in batches:
                 x = torch.randn(b, dense.in_features)

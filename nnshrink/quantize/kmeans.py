@@ -1,11 +1,12 @@
 """Exact 1-D k-means (Lloyd) in O(k log n) per iteration.
 
 In one dimension every k-means cluster is a contiguous run of the sorted data, bounded by
-the midpoints between neighbouring centroids. So we sort once, keep prefix sums of x and
-x^2, and each Lloyd iteration is: midpoints -> ``searchsorted`` boundaries -> cluster
+the midpoints between neighbouring centroids. So we sort once, keep prefix sums of x,
+and each Lloyd iteration is: midpoints -> ``searchsorted`` boundaries -> cluster
 sums from prefix sums -> new means. No pass over the n weights per iteration; the only
-O(n) work is the sort, the prefix sums and the final labelling. Converged means the
-boundaries stopped moving (an exact Lloyd fixed point), not "centroids moved < tol".
+O(n) work is the sort, the prefix sums and the final labelling. Converged means an exact
+Lloyd fixed point (every centroid is the mean of the points nearest to it), not
+"centroids moved < tol".
 
 Initialisations (Deep Compression section 3.2): ``linear`` spaces k centroids evenly
 between min and max (keeps the rare large weights; the paper's best), ``density`` puts
@@ -77,12 +78,14 @@ def init_centroids(xs: np.ndarray, k: int, init: str, seed: int = 0) -> np.ndarr
 
 
 def kmeans_1d_full(weights: np.ndarray, k: int, init: str = "linear", seed: int = 0,
-                   max_iter: int = 10_000, tol: float = 0.0) -> KMeansResult:
+                   max_iter: int = 100_000, tol: float = 0.0, accelerate: bool = True) -> KMeansResult:
     """Cluster ``weights`` (any shape) into at most ``k`` centroids; see module doc.
 
     ``tol`` > 0 also stops when the summed squared centroid move is <= ``tol`` * var(x)
-    (scikit-learn's rule); the default 0 runs to the exact fixed point (or ``max_iter``):
-    on 1-D data sklearn's 1e-4 stops far too early (inertia 1.5-4x the fixed point's).
+    (scikit-learn's rule). The default tol 0 runs to the exact fixed point (or
+    ``max_iter``): on 1-D data sklearn's 1e-4 stops far too early (10M Laplace weights,
+    k=256: inertia 3-4x the fixed point's). ``accelerate`` over-relaxes the Lloyd step
+    (safeguarded, so the inertia never rises): ~4x fewer iterations than plain Lloyd's ~2*10^4.
     """
     x = _check(weights, k)
     if init not in INITS:
@@ -92,7 +95,7 @@ def kmeans_1d_full(weights: np.ndarray, k: int, init: str = "linear", seed: int 
     if not tol >= 0:
         raise ConfigError(f"tol must be >= 0; got {tol}")
     flat = x.reshape(-1)
-    xs = np.sort(flat).astype(np.float64)  # float64 once: searchsorted must not cast per call
+    xs = np.sort(flat)
     n = len(xs)
     # fewer distinct values than k: each value is its own exact centroid
     n_distinct = 1 + int(np.count_nonzero(xs[1:] != xs[:-1]))
@@ -101,18 +104,15 @@ def kmeans_1d_full(weights: np.ndarray, k: int, init: str = "linear", seed: int 
         labels = np.searchsorted(cents, flat).astype(np.int32)
         return KMeansResult(cents.astype(np.float32), labels.reshape(x.shape), 0.0, 0, True)
 
-    s1 = np.empty(n + 1, np.float64)
-    s1[0] = 0.0
-    np.cumsum(xs, out=s1[1:])
-    s2 = np.empty(n + 1, np.float64)
-    s2[0] = 0.0
-    np.cumsum(xs * xs, out=s2[1:])
+    s1 = _prefix_sums(xs)
     c = init_centroids(xs, k, init, seed)
     tol_abs = tol * float(xs.var()) if tol > 0 else 0.0
-    c, it, converged = _lloyd(xs, s1, s2, c, int(max_iter), float(tol_abs))
+    lloyd = _lloyd_acc if accelerate else _lloyd
+    c, it, converged = lloyd(xs, s1, c, int(max_iter), float(tol_abs))
 
-    mid = 0.5 * (c[1:] + c[:-1])
-    bounds = np.concatenate(([0], np.searchsorted(xs, mid, side="right"), [n]))
+    bounds = np.zeros(len(c) + 1, np.int64)
+    bounds[-1] = n
+    _assign(xs, c, np.full(len(c) + 1, -1, np.int64), bounds)
     keep = np.diff(bounds) > 0
     c = c[keep]  # drop empty clusters; the partition is unchanged (they held no point)
     bounds = bounds[np.concatenate((keep, [True]))]
@@ -121,6 +121,18 @@ def kmeans_1d_full(weights: np.ndarray, k: int, init: str = "linear", seed: int 
     labels = _label(flat, mid, float(xs[0]), float(xs[-1]))
     inertia = float(_inertia_sorted(xs, bounds, cents.astype(np.float64)))
     return KMeansResult(cents, labels.reshape(x.shape), inertia, int(it), bool(converged))
+
+
+@numba.njit(cache=True, nogil=True)
+def _prefix_sums(xs):
+    """s[i] = sum of xs[:i] in float64 (one pass, no float64 copy of xs)."""
+    s = np.empty(len(xs) + 1, np.float64)
+    acc = 0.0
+    s[0] = 0.0
+    for i in range(len(xs)):
+        acc += xs[i]
+        s[i + 1] = acc
+    return s
 
 
 @numba.njit(cache=True, nogil=True)
@@ -157,7 +169,7 @@ def _count_le(xs, v, guess):
 
 
 @numba.njit(cache=True, nogil=True)
-def _relocate_empty(xs, s1, s2, bounds, c, new, empty_idx):
+def _relocate_empty(xs, s1, bounds, c, new, empty_idx):
     """Move each empty cluster's centroid (in index order) onto the far end of the cluster
     with the largest squared error (each donor used once; donors hold >= 2 distinct values).
 
@@ -168,9 +180,12 @@ def _relocate_empty(xs, s1, s2, bounds, c, new, empty_idx):
     for j in range(k):
         lo, hi = bounds[j], bounds[j + 1]
         cnt = hi - lo
-        if cnt > 0 and xs[lo] != xs[hi - 1]:
-            a = s1[hi] - s1[lo]
-            sse[j] = max(s2[hi] - s2[lo] - a * a / cnt, 0.0)
+        if cnt > 0 and xs[lo] != xs[hi - 1]:  # rare event: an O(n) scan is fine
+            m = (s1[hi] - s1[lo]) / cnt
+            e = 0.0
+            for i in range(lo, hi):
+                e += (xs[i] - m) ** 2
+            sse[j] = e
         else:
             sse[j] = -1.0
     for e in empty_idx:
@@ -187,9 +202,9 @@ def _relocate_empty(xs, s1, s2, bounds, c, new, empty_idx):
 
 
 @numba.njit(cache=True, nogil=True)
-def _lloyd(xs, s1, s2, c, max_iter, tol_abs):
-    """Lloyd iterations on sorted ``xs`` with prefix sums ``s1``/``s2`` of x and x^2;
-    returns (c, iters, converged)."""
+def _lloyd(xs, s1, c, max_iter, tol_abs):
+    """Plain Lloyd iterations on sorted ``xs`` with prefix sums ``s1``; returns
+    (c, iters, converged)."""
     k = len(c)
     n = len(xs)
     bounds = np.empty(k + 1, np.int64)
@@ -221,13 +236,98 @@ def _lloyd(xs, s1, s2, c, max_iter, tol_abs):
                 empty_idx[n_empty] = j
                 n_empty += 1
         if n_empty:
-            _relocate_empty(xs, s1, s2, bounds, c, new, empty_idx[:n_empty])
+            _relocate_empty(xs, s1, bounds, c, new, empty_idx[:n_empty])
             new.sort()
         shift = 0.0  # sum of squared centroid moves (sklearn's convergence measure)
         for j in range(k):
             shift += (new[j] - c[j]) ** 2
             c[j] = new[j]
         prev[:] = bounds
+        if tol_abs > 0 and shift <= tol_abs:
+            return c, it, True
+    return c, it, False
+
+
+@numba.njit(cache=True, nogil=True)
+def _assign(xs, c, guess, bounds):
+    """bounds[j] = number of xs <= midpoint(c[j-1], c[j]); returns True if it equals ``guess``."""
+    same = True
+    for j in range(1, len(c)):
+        b = _count_le(xs, 0.5 * (c[j - 1] + c[j]), guess[j])
+        bounds[j] = b
+        if b != guess[j]:
+            same = False
+    return same
+
+
+@numba.njit(cache=True, nogil=True)
+def _objective(s1, bounds, c):
+    """Inertia minus the constant sum(x^2): sum_j n_j c_j^2 - 2 c_j S_j (no cancellation)."""
+    total = 0.0
+    for j in range(len(c)):
+        cnt = bounds[j + 1] - bounds[j]
+        total += cnt * c[j] * c[j] - 2.0 * c[j] * (s1[bounds[j + 1]] - s1[bounds[j]])
+    return total
+
+
+@numba.njit(cache=True, nogil=True)
+def _lloyd_acc(xs, s1, c, max_iter, tol_abs):
+    """Lloyd with safeguarded over-relaxation: try c + w (T(c) - c) for a growing w, keep it
+    only if its inertia (with its own assignment) is <= that of the plain step T(c) under
+    the old assignment, which itself is <= the current inertia, so the objective still
+    never increases. Converged = the exact Lloyd fixed point, c == means(assign(c))."""
+    k = len(c)
+    n = len(xs)
+    b = np.empty(k + 1, np.int64)
+    be = np.empty(k + 1, np.int64)
+    b[0] = be[0] = 0
+    b[k] = be[k] = n
+    none = np.full(k + 1, -1, np.int64)
+    c = c.copy()
+    t = c.copy()
+    ce = c.copy()
+    empty_idx = np.empty(k, np.int64)
+    _assign(xs, c, none, b)
+    w = 1.0
+    it = 0
+    while it < max_iter:
+        it += 1
+        n_empty = 0
+        for j in range(k):
+            cnt = b[j + 1] - b[j]
+            if cnt > 0:
+                t[j] = (s1[b[j + 1]] - s1[b[j]]) / cnt
+            else:
+                t[j] = c[j]
+                empty_idx[n_empty] = j
+                n_empty += 1
+        if n_empty:
+            _relocate_empty(xs, s1, b, c, t, empty_idx[:n_empty])
+            t.sort()
+        shift = 0.0
+        for j in range(k):
+            shift += (t[j] - c[j]) ** 2
+        if shift == 0.0:
+            return c, it, True
+        accepted = False
+        if w > 1.0 and n_empty == 0:
+            ok = True
+            for j in range(k):
+                ce[j] = c[j] + w * (t[j] - c[j])
+                if j > 0 and ce[j] <= ce[j - 1]:
+                    ok = False
+            if ok:
+                same = _assign(xs, ce, b, be)
+                if not same and _objective(s1, be, ce) <= _objective(s1, b, t):
+                    c[:] = ce
+                    b[:] = be
+                    accepted = True
+                    w = min(w * 1.5, 1e6)
+        if not accepted:
+            w = 2.0 if w <= 1.0 else 1.0  # after a rejection take one plain step, then retry
+            c[:] = t
+            be[:] = b
+            _assign(xs, c, be, b)
         if tol_abs > 0 and shift <= tol_abs:
             return c, it, True
     return c, it, False
@@ -268,13 +368,13 @@ def _inertia_sorted(xs, bounds, cents):
     for j in range(len(cents)):
         cj = cents[j]
         for i in range(bounds[j], bounds[j + 1]):
-            d = xs[i] - cj
+            d = np.float64(xs[i]) - cj
             total += d * d
     return total
 
 
 def kmeans_1d(weights: np.ndarray, k: int, init: str = "linear", seed: int = 0,
-              max_iter: int = 10_000, tol: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+              max_iter: int = 100_000, tol: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """``(centroids float32[k_used], labels int32 like weights)``; see ``kmeans_1d_full``."""
     r = kmeans_1d_full(weights, k, init=init, seed=seed, max_iter=max_iter, tol=tol)
     return r.centroids, r.labels

@@ -117,10 +117,12 @@ class SparseLinear(_KernelLinear):
     def dense_weight(self) -> torch.Tensor:
         return torch.from_numpy(self.csr.to_dense())
 
-    #: from this batch size on, the product goes to torch's sparse CSR matmul (MKL), which
-    #: beat the numba kernel on the big VGG layers at batch 16-64 here; below it, numba
-    #: wins clearly (2-3x over torch CSR at batch 1). See benchmarks/sections/80-inference.md.
+    #: from this batch size and this many kept weights on, the product goes to torch's
+    #: sparse CSR matmul (MKL), which beat the numba kernel on the big VGG layers at batch
+    #: 16-64 here; below them numba wins (2-3x over torch CSR at batch 1, and torch's
+    #: ~10 us fixed cost sinks small layers). See benchmarks/sections/80-inference.md.
     torch_min_batch = 4
+    torch_min_nnz = 16384
 
     def _torch_csr(self) -> torch.Tensor:
         t = getattr(self, "_tcsr", None)
@@ -135,7 +137,7 @@ class SparseLinear(_KernelLinear):
         return t
 
     def _run(self, x2d, b):
-        if x2d.shape[0] >= self.torch_min_batch and self.csr.nnz:
+        if x2d.shape[0] >= self.torch_min_batch and self.csr.nnz >= self.torch_min_nnz:
             x = torch.from_numpy(x2d)
             return torch.addmm(torch.from_numpy(b)[:, None], self._torch_csr(), x.T).T
         return csr_linear(self.csr, x2d, b)
@@ -213,7 +215,7 @@ def _bias_for(name: str, mod: nn.Linear, tensors) -> object:
 
 def accelerate(model: nn.Module, tensors: dict[str, CompressedTensor], *, inplace: bool = False,
                sparse_linear_for_shared: bool = False) -> nn.Module:
-    """Swap each ``nn.Linear`` whose ``<name>.weight`` in ``tensors`` is sparse or shared.
+    """Swap each plain ``nn.Linear`` whose ``<name>.weight`` in ``tensors`` is sparse or shared.
 
     SparseTensor -> SparseLinear; SharedTensor -> CodebookLinear (or SparseLinear with
     ``sparse_linear_for_shared``). Other layers are left as they are. Returns a copy
@@ -223,7 +225,7 @@ def accelerate(model: nn.Module, tensors: dict[str, CompressedTensor], *, inplac
         model = copy.deepcopy(model)
     swaps = []
     for name, mod in model.named_modules():
-        if not isinstance(mod, nn.Linear):
+        if type(mod) is not nn.Linear:  # subclasses (binary layers, MHA's out_proj) compute something else
             continue
         t = tensors.get(f"{name}.weight" if name else "weight")
         if not isinstance(t, (SparseTensor, SharedTensor)):

@@ -31,13 +31,13 @@ def pick_clock(clock: str = "auto") -> str:
     return clock
 
 
-def _calibrate(fn: Callable[[], object], min_sample_s: float) -> int:
+def _calibrate(fn: Callable[[], object], min_sample_s: float, now: Callable[[], float]) -> int:
     n = 1
     while True:
-        t = time.perf_counter()
+        t, w = now(), time.perf_counter()
         for _ in range(n):
             fn()
-        if time.perf_counter() - t >= min_sample_s or n >= 1 << 16:
+        if now() - t >= min_sample_s or time.perf_counter() - w >= 10 * min_sample_s or n >= 1 << 16:
             return n
         n *= 4
 
@@ -49,7 +49,7 @@ def time_interleaved(fns: dict[str, Callable[[], object]], repeats: int = 9, war
     for fn in fns.values():
         for _ in range(warmup):
             fn()
-    number = {k: _calibrate(fn, min_sample_s) for k, fn in fns.items()}
+    number = {k: _calibrate(fn, min_sample_s, now) for k, fn in fns.items()}
     samples: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(repeats):
         for k, fn in fns.items():

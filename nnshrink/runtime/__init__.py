@@ -1,0 +1,1 @@
+"""Running compressed models: decoding archives, packed / sparse kernels."""
