@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
 import sys
 
@@ -32,10 +33,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _set_threads() -> None:
+    """NNSHRINK_THREADS caps torch's intra-op threads: on a shared, oversubscribed machine a
+    2-thread team can run 10x slower than one thread (measured while several jobs ran)."""
+    value = os.environ.get("NNSHRINK_THREADS")
+    if not value:
+        return
+    if not value.isdigit() or int(value) < 1:
+        raise NNShrinkError(f"NNSHRINK_THREADS must be a positive integer; got {value!r}")
+    import torch
+
+    torch.set_num_threads(int(value))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        _set_threads()
         return int(args.func(args) or 0)
     except NNShrinkError as exc:
         print(f"nnshrink {args.command}: error: {exc}", file=sys.stderr)

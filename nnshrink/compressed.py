@@ -76,10 +76,12 @@ class BinaryTensor:
     shape: tuple[int, ...]
     signs: np.ndarray  # bool, ``shape``; True = +1
     scales: np.ndarray  # float32, (shape[0],)
+    half_scales: bool = False  # store the scales as float16 (lossy, 2 bytes per channel)
 
     def to_dense(self) -> np.ndarray:
         pm = np.where(self.signs, np.float32(1), np.float32(-1))
-        return pm * self.scales.astype(np.float32).reshape((-1,) + (1,) * (len(self.shape) - 1))
+        scales = self.scales.astype(np.float16) if self.half_scales else self.scales
+        return pm * scales.astype(np.float32).reshape((-1,) + (1,) * (len(self.shape) - 1))
 
 
 CompressedTensor = DenseTensor | SparseTensor | SharedTensor | BinaryTensor

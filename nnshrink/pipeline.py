@@ -17,7 +17,7 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,7 @@ class RunState:
     pruned: list[str] = field(default_factory=list)
     shared_bits: dict[str, int] = field(default_factory=dict)
     binary: list[str] = field(default_factory=list)
+    half_scales: bool = False
 
 
 def _layer_kind(module: nn.Module) -> str:
@@ -140,6 +141,7 @@ def run_binary(model: nn.Module, cfg, ctx: Context, state: RunState) -> dict:
     from .quantize.binary import export_binary
 
     state.binary = sorted(export_binary(model))
+    state.half_scales = cfg.half_scales
     if not state.binary:
         raise ConfigError("recipe 'binary' needs a model with binary layers (e.g. lenet5-bwn, lenet5-xnor)")
     return {"layers": state.binary}
@@ -168,7 +170,7 @@ def to_compressed(model: nn.Module, state: RunState, *, share: bool = True) -> d
     if state.binary:
         from .quantize.binary import export_binary
 
-        binary = export_binary(model)
+        binary = {n: replace(t, half_scales=state.half_scales) for n, t in export_binary(model).items()}
     out: dict[str, CompressedTensor] = {}
     for name, t in model.state_dict().items():
         arr = t.detach().cpu().numpy()

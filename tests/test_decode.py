@@ -107,3 +107,14 @@ def test_corrupt_archive_is_one_line_error(tmp_path):
     bad.write_bytes(b"NSK\n" + b"\xff" * 40)
     proc = _cli("inspect", bad)
     assert proc.returncode == 2 and "error" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_zero_dim_tensor_keeps_its_shape(tmp_path):
+    import numpy as np
+
+    from nnshrink.compressed import DenseTensor
+    from nnshrink.format import read_archive, write_archive
+
+    write_archive(tmp_path / "s.nsk", {"steps": DenseTensor(np.array(5, dtype=np.int64))}, {})
+    state = read_archive(tmp_path / "s.nsk").dense_state()
+    assert state["steps"].shape == () and int(state["steps"]) == 5

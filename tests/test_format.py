@@ -250,3 +250,24 @@ def test_codec_scale_benchmark_quick(tmp_path):
     assert proc.returncode == 0, proc.stderr
     res = json.loads(out.read_text())
     assert {"encode_s", "decode_s", "peak_rss_bytes", "dense_bytes"} <= set(res) and res["bit_exact"]
+
+
+def test_binary_half_scales_roundtrip_and_size(tmp_path):
+    from nnshrink.compressed import BinaryTensor
+    from nnshrink.format import read_archive, write_archive
+
+    rng = np.random.default_rng(3)
+    signs = rng.random((50, 500)) > 0.5
+    scales = rng.random(50).astype(np.float32) + 0.1
+    sizes = {}
+    for half in (False, True):
+        p = tmp_path / f"b{half}.nsk"
+        write_archive(p, {"w": BinaryTensor((50, 500), signs, scales, half_scales=half)}, {})
+        arch = read_archive(p)
+        sizes[half] = arch.records[0]["bytes"]
+        back = arch.tensors["w"]
+        assert back.half_scales is half and np.array_equal(back.signs, signs)
+        want = scales.astype(np.float16).astype(np.float32) if half else scales
+        np.testing.assert_array_equal(back.scales, want)
+        np.testing.assert_array_equal(back.to_dense(), BinaryTensor((50, 500), signs, scales, half).to_dense())
+    assert sizes[False] - sizes[True] == 2 * 50

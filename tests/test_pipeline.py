@@ -127,3 +127,49 @@ def test_cli_compress_eval_inspect_agree(trained, tiny_idx_dir, tmp_path):
     assert nodata.returncode == 2 and "--dataset" in nodata.stderr
     bad = run_cli("compress", trained, "-o", tmp_path / "e.nsk", "--sparsity", "1.3", "--no-retrain")
     assert bad.returncode == 2 and "1.3" in bad.stderr
+
+
+def test_demo_quick_on_tiny_data(tiny_idx_dir, tmp_path):
+    p = run_cli("demo", "--quick", "--dataset", "idx", "--data-dir", tiny_idx_dir, "--out-dir", tmp_path / "d",
+                "--quiet")
+    assert p.returncode == 0, p.stderr
+    assert "paper" in p.stdout and "LeNet-300-100" in p.stdout and "LeNet-5" in p.stdout
+    summary = json.loads((tmp_path / "d" / "demo.json").read_text())
+    for rep in summary["reports"]:
+        assert rep["compressed_bytes"] == (tmp_path / "d" / f"{rep['model']}.nsk").stat().st_size
+
+
+@pytest.mark.slow
+def test_demo_quick_on_fashion_mnist(tmp_path):
+    p = run_cli("demo", "--quick", "--out-dir", tmp_path / "d", "--quiet")
+    assert p.returncode == 0, p.stderr
+    summary = json.loads((tmp_path / "d" / "demo.json").read_text())
+    assert all(r["ratio"] > 20 and r["top1_after"] > 0.8 for r in summary["reports"])
+
+
+def test_binary_recipe_packs_one_bit(tiny_dataset, tmp_path):
+    from nnshrink.format import read_archive
+    from nnshrink.recipes import load_recipe
+
+    torch.manual_seed(0)
+    model = build_model("lenet5-bwn")
+    fit(model, tiny_dataset, TrainConfig(epochs=1, batch_size=64, optimizer="adam", lr=2e-3, weight_decay=0),
+        progress=False, eval_each_epoch=False)
+    ckpt = save_checkpoint(model, tmp_path / "b.safetensors", "lenet5-bwn", resolve_config("lenet5-bwn"))
+    out = tmp_path / "b.nsk"
+    rep = pipeline.compress_checkpoint(ckpt, out, load_recipe("binary", "lenet5-bwn"), data=tiny_dataset,
+                                       progress=False)
+    model.eval()
+    assert rep["top1_after"] == pytest.approx(evaluate(model, tiny_dataset), abs=0.02)
+    arch = read_archive(out)
+    binary = [r for r in arch.records if r["encoding"] == "binary"]
+    assert {r["name"] for r in binary} == {"conv2.weight", "ip1.weight"}
+    stored = sum(r["bytes"] for r in binary)
+    assert 4 * sum(r["params"] for r in binary) / stored >= 31
+    with pytest.raises(ConfigError, match="binary layers"):
+        pipeline.compress_checkpoint(trained_plain(tmp_path), tmp_path / "x.nsk", load_recipe("binary"),
+                                     data=None, progress=False)
+
+
+def trained_plain(tmp_path):
+    return save_checkpoint(build_model("lenet5"), tmp_path / "plain.safetensors", "lenet5", resolve_config("lenet5"))

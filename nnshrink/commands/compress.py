@@ -60,7 +60,7 @@ def run(args) -> int:
         data = load_dataset(args.dataset, args.data_dir) if args.dataset else None
         report = compress_checkpoint(args.input, out, recipe, data=data, device=args.device,
                                      retrain=not args.no_retrain, resume=args.resume, progress=not args.quiet,
-                                     plots=args.plots)
+                                     plots=args.plots, keep_work=args.keep_work)
     if args.json:
         emit_json(report, args.json)
     if args.json != "-":

@@ -25,7 +25,7 @@ COMMON_KEYS = {"name", "shape", "encoding", "offset", "length", "crc32", "parts"
 GAP_KEYS = {"gap_bits", "gap_count", "gap_coding"}
 EXTRA_KEYS = {
     "raw": {"dtype", "half"},
-    "binary": set(),
+    "binary": {"scale_dtype"},  # optional; absent = float32
     "shared": {"bits", "k", "nonzero", "sparse", "index_coding"},  # + GAP_KEYS when sparse
     "sparse_f32": {"nonzero"} | GAP_KEYS,
 }

@@ -65,7 +65,7 @@ class Archive:
         for name, t in self.tensors.items():
             if isinstance(t, DenseTensor) and not t.half:
                 arr = t.array if t.array.flags.writeable else t.array.copy()
-                out[name] = np.ascontiguousarray(arr)
+                out[name] = np.ascontiguousarray(arr).reshape(arr.shape)  # keeps 0-d tensors 0-d
             elif isinstance(t, SharedTensor) and t.mask is not None:
                 out[name] = scatter_dense(t.mask, t.codebook[t.indices.astype(np.intp)])
             elif isinstance(t, SparseTensor):
@@ -123,7 +123,7 @@ def _expected_parts(enc: str, f: dict, numel: int, shape: tuple) -> list[tuple[s
     if enc == "raw":
         return [("data", numel * DTYPES[f["dtype"]].itemsize)]
     if enc == "binary":
-        return [("scales", 4 * shape[0]), ("signs", (numel + 7) // 8)]
+        return [("scales", DTYPES[f["scale_dtype"]].itemsize * shape[0]), ("signs", (numel + 7) // 8)]
     if enc == "sparse_f32":
         return [("values", 4 * f["nonzero"])] + gap_parts()
     parts = [("codebook", 4 * f["k"])]
@@ -167,6 +167,8 @@ def _check_record(i: int, rec: Any, data_length: int, names: set) -> _Spec:
     elif enc == "binary":
         if len(dims) < 1:
             raise RecordError(f"{where}: a binary tensor needs at least one dimension")
+        f["scale_dtype"] = _choice(rec, "scale_dtype", ("float32", "float16"), where) if "scale_dtype" in rec \
+            else "float32"
     else:
         sparse = True
         if enc == "shared":
@@ -322,12 +324,13 @@ def _decode(buf, base: int, s: _Spec, source: str):
             return DenseTensor(arr.astype(np.float32), half=True)
         return DenseTensor(arr)
     if s.encoding == "binary":
-        scales = part("scales", "<f4", s.shape[0]).astype(np.float32)
+        half = f["scale_dtype"] == "float16"
+        scales = part("scales", "<f2" if half else "<f4", s.shape[0]).astype(np.float32)
         packed = part("signs", np.uint8, (s.numel + 7) // 8)
         if s.numel % 8 and packed[-1] & ((1 << (8 - s.numel % 8)) - 1):
             raise StreamError(f"{where}: non-zero padding after the sign bits")
         signs = np.unpackbits(packed, count=s.numel).astype(bool).reshape(s.shape)
-        return BinaryTensor(s.shape, signs, scales)
+        return BinaryTensor(s.shape, signs, scales, half_scales=half)
     if s.encoding == "sparse_f32":
         values = part("values", "<f4", f["nonzero"]).astype(np.float32)
         return SparseTensor(s.shape, _mask(rec, s, where), values)

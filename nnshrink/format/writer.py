@@ -82,7 +82,9 @@ def encode_tensor(name: str, t, gap_bits: int, huffman: bool = True) -> tuple[di
         if len(shape) < 1 or signs.shape != shape or scales.size != shape[0]:
             raise ConfigError(f"tensor {name!r}: binary signs {signs.shape} / scales {scales.shape} do not fit {shape}")
         rec = {"encoding": "binary"}
-        parts = [("scales", _bytes_view(scales, DTYPES["float32"])),
+        if t.half_scales:
+            rec["scale_dtype"] = "float16"
+        parts = [("scales", _bytes_view(scales, DTYPES["float16" if t.half_scales else "float32"])),
                  ("signs", np.packbits(signs.astype(bool).reshape(-1)).tobytes())]
     elif isinstance(t, SparseTensor):
         shape = tuple(int(d) for d in t.shape)
