@@ -39,10 +39,12 @@ def main() -> None:
     results = {"machine": machine(), "recipe": args.recipe, "models": {}}
     for name in args.models.split(","):
         ckpt, nsk, rep = out / f"{name}.safetensors", out / f"{name}.nsk", out / f"{name}.json"
+        train_rep = out / f"{name}-train.json"
         t0 = time.perf_counter()
         if not (args.reuse and ckpt.is_file()):
-            sh("train", "--model", name, "--quiet", "-o", ckpt)
+            sh("train", "--model", name, "--quiet", "-o", ckpt, "--json", train_rep)
         train_s = time.perf_counter() - t0
+        training = json.loads(train_rep.read_text()) if train_rep.is_file() else {}
         t0 = time.perf_counter()
         sh("compress", ckpt, "-o", nsk, "--recipe", args.recipe, "--dataset", "fashion-mnist", "--json", rep,
            "--quiet", "--force", "--plots", out / f"{name}-weights.png")
@@ -56,7 +58,11 @@ def main() -> None:
             "file_bytes": nsk.stat().st_size, "ratio": report["ratio"], "ladder": report["ladder"],
             "layers": report["layers"], "stages": [{k: s.get(k) for k in ("stage", "seconds", "top1")}
                                                    for s in report["stages"]],
-            "train_s": train_s, "compress_s": compress_s, "recipe": report["recipe"]}
+            "train_s": train_s, "compress_s": compress_s, "recipe": report["recipe"],
+            "train_epochs": len(training.get("epochs", [])),
+            "epoch_s": [round(e["seconds"], 2) for e in training.get("epochs", [])],
+            "dense_top1_at_training": training.get("top1")}
+    results["total_s"] = sum(m["train_s"] + m["compress_s"] for m in results["models"].values())
     write_json(results, args.json)
 
 

@@ -212,6 +212,12 @@ MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
         "share": {"fc_bits": 4, "finetune_epochs": 1},
         "encode": {"half_dense": True},
     },
+    "lenet5": {
+        "prune": {"method": "sparsity", "layers": {"conv1": 0.3, "conv2": 0.85, "ip1": 0.95, "ip2": 0.8},
+                  "rounds": 4, "retrain_epochs": 2, "final_epochs": 6, "lr_factor": 0.5},
+        "share": {"fc_bits": 5, "conv_bits": 8, "finetune_epochs": 1},
+        "encode": {"half_dense": True},
+    },
 }
 
 
