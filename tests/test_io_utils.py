@@ -20,3 +20,13 @@ def test_failed_write_leaves_old_file_and_no_temp(tmp_path):
             raise RuntimeError("killed")
     assert p.read_bytes() == b"old"
     assert [x.name for x in tmp_path.iterdir()] == ["f.bin"]
+
+
+def test_written_file_gets_the_usual_mode(tmp_path):
+    import os
+
+    p = tmp_path / "m.bin"
+    atomic_write_bytes(p, b"x")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert p.stat().st_mode & 0o777 == 0o666 & ~mask

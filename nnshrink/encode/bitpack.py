@@ -15,14 +15,20 @@ def packed_nbytes(count: int, bits: int) -> int:
 
 
 @numba.njit(cache=True, nogil=True)
-def _pack_kernel(values, bits, out):
+def write_codes(symbols, codes, lengths, out):
+    """MSB-first bit writer: append ``codes[s]`` in ``lengths[s]`` bits for each symbol.
+
+    Serves both fixed-width packing (every length = b) and Huffman coding. Returns the
+    number of bytes written; the last byte is zero-padded.
+    """
     acc = 0
     nacc = 0
     o = 0
-    mask = (1 << bits) - 1
-    for i in range(values.shape[0]):
-        acc = (acc << bits) | (np.int64(values[i]) & mask)
-        nacc += bits
+    for i in range(symbols.shape[0]):
+        s = symbols[i]
+        l = lengths[s]
+        acc = (acc << l) | codes[s]
+        nacc += l
         if nacc >= 32:
             nacc -= 32
             v = acc >> nacc
@@ -65,8 +71,10 @@ def pack_bits(values: np.ndarray, bits: int) -> bytes:
     """Pack ``values`` (each < 2**bits, 1 <= bits <= 8) MSB-first."""
     values = np.ascontiguousarray(values, dtype=np.uint8).reshape(-1)
     out = np.zeros(packed_nbytes(values.size, bits), np.uint8)
-    n = _pack_kernel(values, bits, out)
-    assert n == out.size  # internal invariant, not input validation
+    codes = np.arange(256, dtype=np.int64) & ((1 << bits) - 1)
+    n = write_codes(values, codes, np.full(256, bits, np.int64), out)
+    if n != out.size:
+        raise RuntimeError(f"bit packing wrote {n} bytes, expected {out.size}")  # a bug, not bad input
     return out.tobytes()
 
 

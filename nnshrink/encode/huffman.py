@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
+from .bitpack import write_codes
+
 MAX_CODE_LEN = 16
 PRIMARY_BITS = 11  # primary lookup table: 2K entries stay in L1; longer codes are rare
 
@@ -155,35 +157,6 @@ def histogram(symbols: np.ndarray, alphabet: int = 256) -> np.ndarray:
 
 
 @numba.njit(cache=True, nogil=True)
-def _encode_kernel(symbols, codes, lengths, out):
-    acc = 0
-    nacc = 0
-    o = 0
-    for i in range(symbols.shape[0]):
-        s = symbols[i]
-        l = lengths[s]
-        acc = (acc << l) | codes[s]
-        nacc += l
-        if nacc >= 32:
-            nacc -= 32
-            v = acc >> nacc
-            out[o] = (v >> 24) & 0xFF
-            out[o + 1] = (v >> 16) & 0xFF
-            out[o + 2] = (v >> 8) & 0xFF
-            out[o + 3] = v & 0xFF
-            o += 4
-            acc &= (1 << nacc) - 1
-    while nacc >= 8:
-        nacc -= 8
-        out[o] = (acc >> nacc) & 0xFF
-        o += 1
-    if nacc > 0:
-        out[o] = (acc << (8 - nacc)) & 0xFF
-        o += 1
-    return o
-
-
-@numba.njit(cache=True, nogil=True)
 def _decode_kernel(data, count, P, table, canon, by_len, out):
     """Decode ``count`` symbols. Returns bits consumed, or -(i + 1) for a bad code at symbol i."""
     nbytes = data.shape[0]
@@ -244,7 +217,7 @@ def huffman_encode(symbols: np.ndarray, code: HuffmanCode, hist: np.ndarray | No
         raise ValueError("a symbol in the stream has no code")
     nbits = code.encoded_bits(hist)
     out = np.empty((nbits + 7) // 8 + 8, np.uint8)
-    n = _encode_kernel(symbols, code.codes.astype(np.int64), code.lengths, out)
+    n = write_codes(symbols, code.codes.astype(np.int64), code.lengths, out)
     assert n == (nbits + 7) // 8  # internal invariant
     return out[:n].tobytes()
 

@@ -40,6 +40,27 @@ def popcount64(typingctx, x):
     return types.uint64(types.uint64), codegen
 
 
+@intrinsic
+def _sign_word64(typingctx, arr, m, base):
+    """Bits j = (arr[m, base + j] >= 0) for j < 64 as one uint64: a <64 x float> load, an
+    ordered ``>=`` compare and a bitcast of the <64 x i1> mask (vcmpps into mask registers).
+    ``arr`` must be a C-contiguous 2-D float32 array with base + 64 <= arr.shape[1]."""
+    if not (isinstance(arr, types.Array) and arr.ndim == 2 and arr.dtype == types.float32
+            and arr.layout == "C"):
+        return None
+
+    def codegen(context, builder, sig, args):
+        aty = sig.args[0]
+        ary = context.make_array(aty)(context, builder, args[0])
+        ptr = cgutils.get_item_pointer(context, builder, aty, ary, [args[1], args[2]], wraparound=False)
+        vty = ir.VectorType(ir.FloatType(), WORD)
+        v = builder.load(builder.bitcast(ptr, vty.as_pointer()), align=4)
+        mask = builder.fcmp_ordered(">=", v, ir.Constant(vty, None))
+        return builder.bitcast(mask, ir.IntType(64))
+
+    return types.uint64(arr, types.intp, types.intp), codegen
+
+
 def n_words(k: int) -> int:
     return (int(k) + WORD - 1) // WORD
 
@@ -50,11 +71,9 @@ def n_words(k: int) -> int:
 def _pack_word(x, m, base, k):
     """Word of signs of x[m, base:base+64] (bits past k are 0)."""
     end = min(WORD, k - base)
+    if end == WORD:
+        return _sign_word64(x, m, base)
     v = np.uint64(0)
-    if end == WORD:  # constant trip count: LLVM vectorises the shift-or reduction
-        for j in range(WORD):
-            v |= np.uint64(x[m, base + j] >= 0) << np.uint64(j)
-        return v
     for j in range(end):
         v |= np.uint64(x[m, base + j] >= 0) << np.uint64(j)
     return v
@@ -109,95 +128,164 @@ def unpack_rows_ref(packed: np.ndarray, k: int) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- GEMM
 
-@njit(cache=True, fastmath=True)
+_FAST = dict(fastmath=True, boundscheck=False, error_model="numpy")
+
+
+@njit(cache=True, **_FAST)
 def _gemm_wide(a, b, k, alpha, out):
-    """out[m, n] = (k - 2 popc(a[m] ^ b[n])) * alpha[n]; tiles of B stay in L2, 4 rows of A share each B load."""
+    """out[m, n] = (k - 2 popc(a[m] ^ b[n])) * alpha[n].
+
+    Register blocking: 4 rows of A x 4 rows of B per pass over K (16 independent
+    popcount sums, each loaded word used 4 times; the K loop vectorises to vpopcntq);
+    tiles of B stay in L2 while all rows of A stream past them.
+    """
     m_rows, w_len = a.shape
     n_rows = b.shape[0]
-    nb = max(1, 262144 // (w_len * 8))
+    nb = max(4, (262144 // (w_len * 8)) // 4 * 4)
     for n0 in range(0, n_rows, nb):
         n1 = min(n_rows, n0 + nb)
         m = 0
         while m + 3 < m_rows:
-            for n in range(n0, n1):
-                s0 = np.uint64(0)
-                s1 = np.uint64(0)
-                s2 = np.uint64(0)
-                s3 = np.uint64(0)
+            a0, a1, a2, a3 = a[m], a[m + 1], a[m + 2], a[m + 3]
+            o0, o1, o2, o3 = out[m], out[m + 1], out[m + 2], out[m + 3]
+            n = n0
+            while n + 3 < n1:
+                b0, b1, b2, b3 = b[n], b[n + 1], b[n + 2], b[n + 3]
+                s00 = s01 = s02 = s03 = np.uint64(0)
+                s10 = s11 = s12 = s13 = np.uint64(0)
+                s20 = s21 = s22 = s23 = np.uint64(0)
+                s30 = s31 = s32 = s33 = np.uint64(0)
                 for w in range(w_len):
-                    bw = b[n, w]
-                    s0 += popcount64(a[m, w] ^ bw)
-                    s1 += popcount64(a[m + 1, w] ^ bw)
-                    s2 += popcount64(a[m + 2, w] ^ bw)
-                    s3 += popcount64(a[m + 3, w] ^ bw)
+                    x0, x1, x2, x3 = a0[w], a1[w], a2[w], a3[w]
+                    y0, y1, y2, y3 = b0[w], b1[w], b2[w], b3[w]
+                    s00 += popcount64(x0 ^ y0)
+                    s01 += popcount64(x0 ^ y1)
+                    s02 += popcount64(x0 ^ y2)
+                    s03 += popcount64(x0 ^ y3)
+                    s10 += popcount64(x1 ^ y0)
+                    s11 += popcount64(x1 ^ y1)
+                    s12 += popcount64(x1 ^ y2)
+                    s13 += popcount64(x1 ^ y3)
+                    s20 += popcount64(x2 ^ y0)
+                    s21 += popcount64(x2 ^ y1)
+                    s22 += popcount64(x2 ^ y2)
+                    s23 += popcount64(x2 ^ y3)
+                    s30 += popcount64(x3 ^ y0)
+                    s31 += popcount64(x3 ^ y1)
+                    s32 += popcount64(x3 ^ y2)
+                    s33 += popcount64(x3 ^ y3)
+                l0, l1, l2, l3 = alpha[n], alpha[n + 1], alpha[n + 2], alpha[n + 3]
+                o0[n] = (k - 2 * np.int64(s00)) * l0
+                o0[n + 1] = (k - 2 * np.int64(s01)) * l1
+                o0[n + 2] = (k - 2 * np.int64(s02)) * l2
+                o0[n + 3] = (k - 2 * np.int64(s03)) * l3
+                o1[n] = (k - 2 * np.int64(s10)) * l0
+                o1[n + 1] = (k - 2 * np.int64(s11)) * l1
+                o1[n + 2] = (k - 2 * np.int64(s12)) * l2
+                o1[n + 3] = (k - 2 * np.int64(s13)) * l3
+                o2[n] = (k - 2 * np.int64(s20)) * l0
+                o2[n + 1] = (k - 2 * np.int64(s21)) * l1
+                o2[n + 2] = (k - 2 * np.int64(s22)) * l2
+                o2[n + 3] = (k - 2 * np.int64(s23)) * l3
+                o3[n] = (k - 2 * np.int64(s30)) * l0
+                o3[n + 1] = (k - 2 * np.int64(s31)) * l1
+                o3[n + 2] = (k - 2 * np.int64(s32)) * l2
+                o3[n + 3] = (k - 2 * np.int64(s33)) * l3
+                n += 4
+            while n < n1:
+                bn = b[n]
+                s0 = s1 = s2 = s3 = np.uint64(0)
+                for w in range(w_len):
+                    y = bn[w]
+                    s0 += popcount64(a0[w] ^ y)
+                    s1 += popcount64(a1[w] ^ y)
+                    s2 += popcount64(a2[w] ^ y)
+                    s3 += popcount64(a3[w] ^ y)
                 al = alpha[n]
-                out[m, n] = (k - 2 * np.int64(s0)) * al
-                out[m + 1, n] = (k - 2 * np.int64(s1)) * al
-                out[m + 2, n] = (k - 2 * np.int64(s2)) * al
-                out[m + 3, n] = (k - 2 * np.int64(s3)) * al
+                o0[n] = (k - 2 * np.int64(s0)) * al
+                o1[n] = (k - 2 * np.int64(s1)) * al
+                o2[n] = (k - 2 * np.int64(s2)) * al
+                o3[n] = (k - 2 * np.int64(s3)) * al
+                n += 1
             m += 4
-        while m < m_rows:
-            for n in range(n0, n1):
+        while m < m_rows:  # 1-3 leftover rows (and M = 1): 4 rows of B per pass
+            a0 = a[m]
+            o0 = out[m]
+            n = n0
+            while n + 3 < n1:
+                b0, b1, b2, b3 = b[n], b[n + 1], b[n + 2], b[n + 3]
+                s0 = s1 = s2 = s3 = np.uint64(0)
+                for w in range(w_len):
+                    x = a0[w]
+                    s0 += popcount64(x ^ b0[w])
+                    s1 += popcount64(x ^ b1[w])
+                    s2 += popcount64(x ^ b2[w])
+                    s3 += popcount64(x ^ b3[w])
+                o0[n] = (k - 2 * np.int64(s0)) * alpha[n]
+                o0[n + 1] = (k - 2 * np.int64(s1)) * alpha[n + 1]
+                o0[n + 2] = (k - 2 * np.int64(s2)) * alpha[n + 2]
+                o0[n + 3] = (k - 2 * np.int64(s3)) * alpha[n + 3]
+                n += 4
+            while n < n1:
+                bn = b[n]
                 s0 = np.uint64(0)
                 for w in range(w_len):
-                    s0 += popcount64(a[m, w] ^ b[n, w])
-                out[m, n] = (k - 2 * np.int64(s0)) * alpha[n]
+                    s0 += popcount64(a0[w] ^ bn[w])
+                o0[n] = (k - 2 * np.int64(s0)) * alpha[n]
+                n += 1
             m += 1
 
 
-@njit(cache=True, fastmath=True, inline="always")
-def _narrow_acc(at, cnt, b, n, acc):
-    """acc[m] = popcount(at[:, m] ^ b[n]) for m < cnt; 4 words per pass over m (less acc traffic)."""
-    w_len = at.shape[0]
-    acc[:cnt] = 0
-    w = 0
-    while w + 4 <= w_len:
-        b0, b1, b2, b3 = b[n, w], b[n, w + 1], b[n, w + 2], b[n, w + 3]
-        a0, a1, a2, a3 = at[w], at[w + 1], at[w + 2], at[w + 3]
-        for m in range(cnt):
-            acc[m] += ((popcount64(a0[m] ^ b0) + popcount64(a1[m] ^ b1))
-                       + (popcount64(a2[m] ^ b2) + popcount64(a3[m] ^ b3)))
-        w += 4
-    while w < w_len:
-        bw = b[n, w]
-        a = at[w]
-        for m in range(cnt):
-            acc[m] += popcount64(a[m] ^ bw)
-        w += 1
+_NARROW_MB = 512  # columns per block: (words x 512) uint64 stays in L1/L2
 
 
-@njit(cache=True, fastmath=True)
+_narrow_kernels: dict = {}
+
+
+def _narrow_kernel(w_len: int):
+    """Short-K GEMM specialised on the word count (a compile-time constant, so the K loop
+    unrolls fully and the M loop vectorises with all partial sums in registers)."""
+    fn = _narrow_kernels.get(w_len)
+    if fn is not None:
+        return fn
+    n_w = int(w_len)
+
+    @njit(**_FAST)
+    def gemm_t(at, cols, b, k, alpha, out_t, c0):
+        """out_t[n, c0 + m] = (k - 2 popc(at[:, m] ^ b[n])) * alpha[n] for columns m < cols of at."""
+        for n in range(b.shape[0]):
+            bn = b[n]
+            al = alpha[n]
+            o = out_t[n, c0:c0 + cols]
+            for m in range(cols):  # from 0: indices provably >= 0, contiguous vector loads
+                s = np.uint64(0)
+                for w in range(n_w):
+                    s += popcount64(at[w, m] ^ bn[w])
+                o[m] = (k - 2 * np.int64(s)) * al
+
+    @njit(**_FAST)
+    def pack_gemm(x, b, k, alpha, out_t):
+        """Fused sign-and-pack + GEMM over blocks of rows of x that stay in cache."""
+        m_rows = x.shape[0]
+        at = np.empty((n_w, _NARROW_MB), np.uint64)
+        for m0 in range(0, m_rows, _NARROW_MB):
+            cnt = min(_NARROW_MB, m_rows - m0)
+            for m in range(cnt):
+                for w in range(n_w):
+                    at[w, m] = _pack_word(x, m0 + m, w * WORD, k)
+            gemm_t(at, cnt, b, k, alpha, out_t, m0)
+
+    fn = _narrow_kernels[w_len] = (gemm_t, pack_gemm)
+    return fn
+
+
 def _gemm_narrow_t(at, b, k, alpha, out_t):
     """Short K: out_t[n, m] from transposed activations at (W, M), vectorised over m."""
-    m_rows = at.shape[1]
-    acc = np.empty(m_rows, np.uint64)
-    for n in range(b.shape[0]):
-        _narrow_acc(at, m_rows, b, n, acc)
-        al = alpha[n]
-        o = out_t[n]
-        for m in range(m_rows):
-            o[m] = (k - 2 * np.int64(acc[m])) * al
+    _narrow_kernel(at.shape[0])[0](at, at.shape[1], b, k, alpha, out_t, 0)
 
 
-@njit(cache=True, fastmath=True)
 def _pack_gemm_narrow(x, b, k, alpha, out_t):
-    """Fused sign-and-pack + narrow GEMM over blocks of rows that stay in L1/L2."""
-    m_rows = x.shape[0]
-    w_len = b.shape[1]
-    mb = 1024
-    at = np.empty((w_len, mb), np.uint64)
-    acc = np.empty(mb, np.uint64)
-    for m0 in range(0, m_rows, mb):
-        cnt = min(mb, m_rows - m0)
-        for m in range(cnt):
-            for w in range(w_len):
-                at[w, m] = _pack_word(x, m0 + m, w * WORD, k)
-        for n in range(b.shape[0]):
-            _narrow_acc(at, cnt, b, n, acc)
-            al = alpha[n]
-            o = out_t[n, m0:m0 + cnt]
-            for m in range(cnt):
-                o[m] = (k - 2 * np.int64(acc[m])) * al
+    _narrow_kernel(b.shape[1])[1](x, b, k, alpha, out_t)
 
 
 def xnor_gemm(a_packed: np.ndarray, b_packed: np.ndarray, k: int, alpha: np.ndarray | None = None) -> np.ndarray:
