@@ -92,3 +92,22 @@ def test_popcount_intrinsic_counts_bits():
 
     for v in [0, 1, 0xFF, 2**63, 2**64 - 1, 0x5555555555555555]:
         assert pc(np.uint64(v)) == bin(v).count("1")
+
+
+@pytest.mark.parametrize("m,k,n", [(1100, 200, 9), (513, 64, 4), (1030, 1024, 6), (4, 9216, 9), (2, 700, 13),
+                                   (9, 3000, 4099)])
+def test_blocked_kernels_equal_popcount_reference_exactly(m, k, n):
+    # row blocks of the fused short-K kernel (512 rows), 4x4 / 1x4 register blocks and their
+    # tails, B tiles of the wide kernel (n > tile): all must equal the plain reference bit for bit
+    x, w = _rand((m, k), 7 + k), _rand((n, k), 8 + n)
+    x[:, :5] = 0.0
+    alpha = np.abs(_rand((n,), 9)) + 0.1
+    a, b = X.pack_rows(x), X.pack_rows(w)
+    ref = X.xnor_gemm_ref(a, b, k, alpha)
+    np.testing.assert_array_equal(X.xnor_gemm(a, b, k, alpha), ref)
+    np.testing.assert_array_equal(X.xnor_matmul(x, b, k, alpha), ref)
+    np.testing.assert_array_equal(X.xnor_matmul(x, b, k, alpha, channels_first=True), ref.T)
+    if X.n_words(k) <= X._NARROW_WORDS:
+        out_t = np.empty((n, m), np.float32)
+        X._gemm_narrow_t(np.ascontiguousarray(a.T), b, k, alpha, out_t)
+        np.testing.assert_array_equal(out_t, ref.T)
