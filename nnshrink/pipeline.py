@@ -91,11 +91,7 @@ def run_prune(model: nn.Module, cfg: PruneConfig, ctx: Context, state: RunState)
     else:
         target, overrides = cfg.sparsity, dict(cfg.layers)
     if overrides:
-        names = weight_layers(model)
-        plan = {n: next((v for p, v in overrides.items() if fnmatch.fnmatchcase(n, p)), target) for n in names}
-        for pat in overrides:
-            if not any(fnmatch.fnmatchcase(n, pat) for n in names):
-                raise ConfigError(f"prune.layers pattern {pat!r} matches no layer; layers are {', '.join(names)}")
+        plan = per_layer(model, overrides, target, target)
         for pat in cfg.exclude:
             plan = {n: v for n, v in plan.items() if not fnmatch.fnmatchcase(n, pat)}
         target = plan

@@ -173,3 +173,9 @@ def test_binary_recipe_packs_one_bit(tiny_dataset, tmp_path):
 
 def trained_plain(tmp_path):
     return save_checkpoint(build_model("lenet5"), tmp_path / "plain.safetensors", "lenet5", resolve_config("lenet5"))
+
+
+def test_layer_pattern_that_matches_nothing(trained, tmp_path):
+    recipe = recipe_from_dict({"stages": ["prune", "encode"], "prune": {"layers": {"fc9": 0.5}}})
+    with pytest.raises(ConfigError, match="'fc9' matches no layer"):
+        pipeline.compress_checkpoint(trained, tmp_path / "x.nsk", recipe, data=None, retrain=False, progress=False)
