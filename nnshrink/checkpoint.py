@@ -1,8 +1,8 @@
 """Checkpoints as safetensors, with the model's name and config in the metadata.
 
 A file written here rebuilds its own model (``load_checkpoint``); any other safetensors
-file still loads as a plain dict of tensors (``load_tensors``). safetensors never runs
-code on load, unlike pickle.
+file still loads as a plain dict of tensors (``load_tensors``). safetensors holds only
+tensors and a string map, so loading a file never runs code.
 """
 
 from __future__ import annotations

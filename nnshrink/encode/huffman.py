@@ -218,7 +218,8 @@ def huffman_encode(symbols: np.ndarray, code: HuffmanCode, hist: np.ndarray | No
     nbits = code.encoded_bits(hist)
     out = np.empty((nbits + 7) // 8 + 8, np.uint8)
     n = write_codes(symbols, code.codes.astype(np.int64), code.lengths, out)
-    assert n == (nbits + 7) // 8  # internal invariant
+    if n != (nbits + 7) // 8:
+        raise RuntimeError(f"Huffman encoder wrote {n} bytes, expected {(nbits + 7) // 8}")  # a bug
     return out[:n].tobytes()
 
 

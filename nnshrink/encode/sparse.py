@@ -82,7 +82,8 @@ def gaps_from_mask(mask: np.ndarray, gap_bits: int) -> np.ndarray:
     M = (1 << gap_bits) - 1
     out = np.empty(_count_gaps(flat, M), np.uint8)
     n = _fill_gaps(flat, M, out)
-    assert n == out.size  # internal invariant
+    if n != out.size:
+        raise RuntimeError(f"gap encoder wrote {n} symbols, counted {out.size}")  # a bug, not bad input
     return out
 
 

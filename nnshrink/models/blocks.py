@@ -27,6 +27,16 @@ def _odd_kernel(k: int, smallest: int = 3) -> int:
     return k
 
 
+def check_head_args(num_classes: int, in_channels: int, dropout: float) -> None:
+    """The arguments every classifier here takes, checked with errors that name the value."""
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise ConfigError(f"num_classes must be a positive integer; got {num_classes!r}")
+    if not isinstance(in_channels, int) or in_channels < 1:
+        raise ConfigError(f"in_channels must be a positive integer; got {in_channels!r}")
+    if not 0 <= dropout < 1:
+        raise ConfigError(f"dropout must be in [0, 1); got {dropout}")
+
+
 def scale_channels(channels: int, alpha: float, what: str = "channels") -> int:
     """``int(channels * alpha)`` (TF-slim's rule); a count that rounds to zero is an error."""
     if not alpha > 0:

@@ -13,7 +13,7 @@ import torch.nn as nn
 
 from ..errors import ConfigError
 from . import register_model
-from .blocks import DepthwiseSeparable, conv_bn_relu, scale_channels
+from .blocks import DepthwiseSeparable, check_head_args, conv_bn_relu, scale_channels
 
 # (output channels, stride) of the 13 depthwise-separable blocks of MobileNet-224.
 V1_BLOCKS = [(64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2),
@@ -26,12 +26,7 @@ class MobileNetV1(nn.Module):
     def __init__(self, blocks, width: float, num_classes: int, in_channels: int, first_ch: int = 32,
                  first_stride: int = 2, dropout: float = 0.0):
         super().__init__()
-        if not isinstance(num_classes, int) or num_classes < 1:
-            raise ConfigError(f"num_classes must be a positive integer; got {num_classes!r}")
-        if not isinstance(in_channels, int) or in_channels < 1:
-            raise ConfigError(f"in_channels must be a positive integer; got {in_channels!r}")
-        if not 0 <= dropout < 1:
-            raise ConfigError(f"dropout must be in [0, 1); got {dropout}")
+        check_head_args(num_classes, in_channels, dropout)
         ch = scale_channels(first_ch, width)
         layers = [conv_bn_relu(in_channels, ch, 3, first_stride)]
         for out, stride in blocks:

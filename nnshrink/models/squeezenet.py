@@ -10,18 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ..errors import ConfigError
 from . import register_model
-from .blocks import Fire
-
-
-def _check(num_classes: int, in_channels: int, dropout: float) -> None:
-    if not isinstance(num_classes, int) or num_classes < 1:
-        raise ConfigError(f"num_classes must be a positive integer; got {num_classes!r}")
-    if not isinstance(in_channels, int) or in_channels < 1:
-        raise ConfigError(f"in_channels must be a positive integer; got {in_channels!r}")
-    if not 0 <= dropout < 1:
-        raise ConfigError(f"dropout must be in [0, 1); got {dropout}")
+from .blocks import Fire, check_head_args
 
 
 class SqueezeNet(nn.Module):
@@ -60,7 +50,7 @@ def _fires(specs, bypass: bool, batchnorm: bool = False) -> list[nn.Module]:
 @register_model("squeezenet1_0", input_shape=(3, 224, 224), description="SqueezeNet 1.0, ImageNet (1.25M params)",
                 num_classes=1000, in_channels=3, dropout=0.5, bypass=False)
 def squeezenet1_0(num_classes: int, in_channels: int, dropout: float, bypass: bool) -> nn.Module:
-    _check(num_classes, in_channels, dropout)
+    check_head_args(num_classes, in_channels, dropout)
     f = _fires([(96, 16, 64, 64), (128, 16, 64, 64), (128, 32, 128, 128), (256, 32, 128, 128),
                 (256, 48, 192, 192), (384, 48, 192, 192), (384, 64, 256, 256), (512, 64, 256, 256)], bypass)
     features = nn.Sequential(nn.Conv2d(in_channels, 96, 7, 2), nn.ReLU(inplace=True), _pool(),
@@ -71,7 +61,7 @@ def squeezenet1_0(num_classes: int, in_channels: int, dropout: float, bypass: bo
 @register_model("squeezenet1_1", input_shape=(3, 224, 224), description="SqueezeNet 1.1, ImageNet (2.4x fewer MACs)",
                 num_classes=1000, in_channels=3, dropout=0.5, bypass=False)
 def squeezenet1_1(num_classes: int, in_channels: int, dropout: float, bypass: bool) -> nn.Module:
-    _check(num_classes, in_channels, dropout)
+    check_head_args(num_classes, in_channels, dropout)
     f = _fires([(64, 16, 64, 64), (128, 16, 64, 64), (128, 32, 128, 128), (256, 32, 128, 128),
                 (256, 48, 192, 192), (384, 48, 192, 192), (384, 64, 256, 256), (512, 64, 256, 256)], bypass)
     features = nn.Sequential(nn.Conv2d(in_channels, 64, 3, 2), nn.ReLU(inplace=True), _pool(),
@@ -87,7 +77,7 @@ def squeezenet_small(num_classes: int, in_channels: int, dropout: float, bypass:
     Not in the paper, to learn in the few epochs a CPU allows: ``batchnorm`` after each
     expand, and no ReLU on conv10 (logits clamped at >= 0 learned slower: training loss
     1.51 vs 1.22 after 80 Adam steps on Fashion-MNIST)."""
-    _check(num_classes, in_channels, dropout)
+    check_head_args(num_classes, in_channels, dropout)
     f = _fires([(32, 16, 32, 32), (64, 16, 32, 32), (64, 32, 64, 64), (128, 32, 64, 64)], bypass, batchnorm)
     stem = [nn.Conv2d(in_channels, 32, 3, 1, 1)] + ([nn.BatchNorm2d(32)] if batchnorm else [])
     features = nn.Sequential(*stem, nn.ReLU(inplace=True), nn.MaxPool2d(2),
