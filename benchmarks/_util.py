@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import subprocess
 import sys
 from pathlib import Path
 
@@ -22,3 +23,9 @@ def write_json(obj: dict, path: str | None) -> None:
     if path:
         Path(path).write_text(text + "\n")
     print(text)
+
+
+def nnshrink(*args) -> str:
+    """Run the real `nnshrink` command (this interpreter), fail on error, return stdout."""
+    return subprocess.run([sys.executable, "-m", "nnshrink", *map(str, args)], check=True, capture_output=True,
+                          text=True).stdout

@@ -11,17 +11,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _util import machine, write_json  # noqa: E402
+from _util import machine, nnshrink, write_json  # noqa: E402
 
-
-def nnshrink(*args) -> str:
-    return subprocess.run([sys.executable, "-m", "nnshrink", *map(str, args)], check=True, capture_output=True,
-                          text=True).stdout
 
 
 def main() -> None:

@@ -12,18 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _util import machine, write_json  # noqa: E402
+from _util import machine, nnshrink, write_json  # noqa: E402
 
-
-def sh(*args) -> str:
-    return subprocess.run([sys.executable, "-m", "nnshrink", *map(str, args)], check=True, capture_output=True,
-                          text=True).stdout
 
 
 def main() -> None:
@@ -42,15 +37,15 @@ def main() -> None:
         train_rep = out / f"{name}-train.json"
         t0 = time.perf_counter()
         if not (args.reuse and ckpt.is_file()):
-            sh("train", "--model", name, "--quiet", "-o", ckpt, "--json", train_rep)
+            nnshrink("train", "--model", name, "--quiet", "-o", ckpt, "--json", train_rep)
         train_s = time.perf_counter() - t0
         training = json.loads(train_rep.read_text()) if train_rep.is_file() else {}
         t0 = time.perf_counter()
-        sh("compress", ckpt, "-o", nsk, "--recipe", args.recipe, "--dataset", "fashion-mnist", "--json", rep,
+        nnshrink("compress", ckpt, "-o", nsk, "--recipe", args.recipe, "--dataset", "fashion-mnist", "--json", rep,
            "--quiet", "--force", "--plots", out / f"{name}-weights.png")
         compress_s = time.perf_counter() - t0
         report = json.loads(rep.read_text())
-        evaluated = json.loads(sh("eval", nsk, "--dataset", "fashion-mnist", "--json"))
+        evaluated = json.loads(nnshrink("eval", nsk, "--dataset", "fashion-mnist", "--json"))
         results["models"][name] = {
             "top1_before": report["top1_before"], "top1_after": report["top1_after"],
             "top1_from_archive": evaluated["top1"], "drop_points": report["top1_drop_points"],

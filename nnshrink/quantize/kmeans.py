@@ -202,6 +202,27 @@ def _relocate_empty(xs, s1, bounds, c, new, empty_idx):
 
 
 @numba.njit(cache=True, nogil=True)
+def _update_means(xs, s1, bounds, c, new, empty_idx):
+    """One Lloyd update from prefix sums: ``new[j]`` = mean of cluster j (sorted ``xs``
+    split at ``bounds``); empty clusters are moved to where they cut the error most.
+    Returns how many clusters were empty."""
+    k = c.shape[0]
+    n_empty = 0
+    for j in range(k):
+        cnt = bounds[j + 1] - bounds[j]
+        if cnt > 0:
+            new[j] = (s1[bounds[j + 1]] - s1[bounds[j]]) / cnt
+        else:
+            new[j] = c[j]
+            empty_idx[n_empty] = j
+            n_empty += 1
+    if n_empty:
+        _relocate_empty(xs, s1, bounds, c, new, empty_idx[:n_empty])
+        new.sort()
+    return n_empty
+
+
+@numba.njit(cache=True, nogil=True)
 def _lloyd(xs, s1, c, max_iter, tol_abs):
     """Plain Lloyd iterations on sorted ``xs`` with prefix sums ``s1``; returns
     (c, iters, converged)."""
@@ -226,18 +247,7 @@ def _lloyd(xs, s1, c, max_iter, tol_abs):
                 same = False
         if same:
             return c, it, True
-        n_empty = 0
-        for j in range(k):
-            cnt = bounds[j + 1] - bounds[j]
-            if cnt > 0:
-                new[j] = (s1[bounds[j + 1]] - s1[bounds[j]]) / cnt
-            else:
-                new[j] = c[j]
-                empty_idx[n_empty] = j
-                n_empty += 1
-        if n_empty:
-            _relocate_empty(xs, s1, bounds, c, new, empty_idx[:n_empty])
-            new.sort()
+        _update_means(xs, s1, bounds, c, new, empty_idx)
         shift = 0.0  # sum of squared centroid moves (sklearn's convergence measure)
         for j in range(k):
             shift += (new[j] - c[j]) ** 2
@@ -292,18 +302,7 @@ def _lloyd_acc(xs, s1, c, max_iter, tol_abs):
     it = 0
     while it < max_iter:
         it += 1
-        n_empty = 0
-        for j in range(k):
-            cnt = b[j + 1] - b[j]
-            if cnt > 0:
-                t[j] = (s1[b[j + 1]] - s1[b[j]]) / cnt
-            else:
-                t[j] = c[j]
-                empty_idx[n_empty] = j
-                n_empty += 1
-        if n_empty:
-            _relocate_empty(xs, s1, b, c, t, empty_idx[:n_empty])
-            t.sort()
+        n_empty = _update_means(xs, s1, b, c, t, empty_idx)
         shift = 0.0
         for j in range(k):
             shift += (t[j] - c[j]) ** 2
