@@ -156,3 +156,12 @@ def test_tol_stops_early_max_iter_reports_not_converged():
     assert exact.converged and loose.converged and not capped.converged
     assert loose.n_iter < exact.n_iter and capped.n_iter == 2
     assert exact.inertia <= loose.inertia
+
+
+def test_tiny_value_beside_large_ones_keeps_its_own_centroid():
+    # found by hypothesis: prefix sums cancelled 2.4e-30 to 0.0, duplicating a centroid
+    x = np.array([0.0, 1.0, 2.0, 3.0, 4.0, 2.367046706793192e-30, -1.0], np.float32)
+    c, labels = kmeans_1d(x, 6, init="random")
+    assert np.all(np.diff(c) > 0)
+    for j in range(len(c)):
+        assert c[j] == np.float32(x[labels == j].astype(np.float64).mean())

@@ -114,8 +114,11 @@ def kmeans_1d_full(weights: np.ndarray, k: int, init: str = "linear", seed: int 
     bounds[-1] = n
     _assign(xs, c, np.full(len(c) + 1, -1, np.int64), bounds)
     keep = np.diff(bounds) > 0
-    c = c[keep]  # drop empty clusters; the partition is unchanged (they held no point)
-    bounds = bounds[np.concatenate((keep, [True]))]
+    bounds = bounds[np.concatenate((keep, [True]))]  # drop empty clusters (they held no point)
+    # Final centroids as exact cluster means: prefix-sum differences cancel catastrophically
+    # for a tiny value beside large ones (e.g. 2e-30 next to -1 gives 0.0, a duplicate centroid).
+    c = np.add.reduceat(xs.astype(np.float64), bounds[:-1]) / np.diff(bounds)
+    _assign(xs, c, np.full(len(c) + 1, -1, np.int64), bounds)
     cents = c.astype(np.float32)
     mid = 0.5 * (c[1:] + c[:-1])
     labels = _label(flat, mid, float(xs[0]), float(xs[-1]))
