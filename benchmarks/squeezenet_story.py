@@ -24,9 +24,9 @@ RECIPE = """stages = ["prune", "share", "encode"]
 [prune]
 method = "sparsity"
 sparsity = {sparsity}
-rounds = 2
+rounds = {rounds}
 retrain_epochs = 1
-final_epochs = 2
+final_epochs = {final_epochs}
 lr_factor = 0.5
 [share]
 conv_bits = {bits}
@@ -43,21 +43,25 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     ap.add_argument("--out-dir", default="runs/squeezenet")
     ap.add_argument("--epochs", type=float, default=None, help="training epochs (default: the model's)")
-    ap.add_argument("--sparsity", type=float, default=0.6)
+    ap.add_argument("--checkpoint", default=None, help="start from this trained squeezenet-small checkpoint")
+    ap.add_argument("--sparsity", type=float, default=0.5)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--final-epochs", type=float, default=3)
     ap.add_argument("--bits", type=int, default=6)
     ap.add_argument("--lenet5", default="runs/dc/lenet5.safetensors", help="dense LeNet-5 checkpoint")
     ap.add_argument("--reuse", action="store_true")
     args = ap.parse_args()
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    ckpt, nsk, rep, recipe = (out / "squeezenet-small.safetensors", out / "squeezenet-small.nsk",
+    ckpt, nsk, rep, recipe = (Path(args.checkpoint or out / "squeezenet-small.safetensors"), out / "squeezenet-small.nsk",
                               out / "report.json", out / "recipe.toml")
     t0 = time.perf_counter()
-    if not (args.reuse and ckpt.is_file()):
+    if not args.checkpoint and not (args.reuse and ckpt.is_file()):
         extra = ["--epochs", args.epochs] if args.epochs else []
         nnshrink("train", "--model", "squeezenet-small", "--quiet", "-o", ckpt, *extra)
     train_s = time.perf_counter() - t0
-    recipe.write_text(RECIPE.format(sparsity=args.sparsity, bits=args.bits))
+    recipe.write_text(RECIPE.format(sparsity=args.sparsity, bits=args.bits, rounds=args.rounds,
+                                   final_epochs=args.final_epochs))
     t0 = time.perf_counter()
     nnshrink("compress", ckpt, "-o", nsk, "--recipe", recipe, "--dataset", "fashion-mnist", "--json", rep,
              "--quiet", "--force")
@@ -67,7 +71,8 @@ def main() -> None:
     l5 = json.loads(nnshrink("eval", args.lenet5, "--dataset", "fashion-mnist", "--json"))["top1"]
     l5_bytes = 4 * json.loads(nnshrink("profile", "--model", "lenet5", "--json"))["total_params"]
     sq_params = json.loads(nnshrink("profile", "--model", "squeezenet-small", "--json"))["total_params"]
-    write_json({"machine": machine(), "epochs": args.epochs, "sparsity": args.sparsity, "bits": args.bits,
+    write_json({"machine": machine(), "epochs": args.epochs, "checkpoint": str(ckpt), "sparsity": args.sparsity,
+                "bits": args.bits, "rounds": args.rounds, "final_epochs": args.final_epochs,
                 "squeezenet_params": sq_params, "squeezenet_dense_bytes": report["original_bytes"],
                 "squeezenet_top1_dense": report["top1_before"], "squeezenet_top1_compressed": sq_top1,
                 "squeezenet_nsk_bytes": nsk.stat().st_size, "squeezenet_ratio": report["ratio"],

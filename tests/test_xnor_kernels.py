@@ -66,7 +66,10 @@ def test_shape_mismatch_is_an_error():
 @pytest.mark.parametrize("b,c,h,n,k,stride,pad", [(2, 3, 9, 4, 3, 1, 0), (1, 20, 12, 50, 5, 1, 0),
                                                   (3, 7, 8, 5, 3, 1, 1), (2, 70, 6, 3, 3, 2, 1),
                                                   (1, 1, 5, 2, 5, 1, 2), (2, 130, 5, 3, 3, 1, 1),
-                                                  (1, 64, 4, 2, 3, 1, 0)])
+                                                  (1, 64, 4, 2, 3, 1, 0), (2, 64, 7, 5, 3, 2, 1),
+                                                  (1, 128, 6, 9, 3, 1, 1), (1, 64, 5, 3, 5, 1, 2),
+                                                  (1, 64, 3, 4, 3, 3, 2), (1, 64, 9, 6, 3, 2, 0),
+                                                  (1, 64, 40, 5, 3, 1, 1)])
 def test_conv_matches_float_conv_of_signs(b, c, h, n, k, stride, pad):
     rng = np.random.default_rng(b * 100 + c)
     x = rng.standard_normal((b, c, h, h)).astype(np.float32)

@@ -358,7 +358,43 @@ def _narrow_kernel(w_len: int):
                     at[w, m] = _pack_word(x, m0 + m, w * WORD, k)
             gemm_t(at, cnt, b, k, alpha, out_t, m0)
 
-    fn = _narrow_kernels[w_len] = (gemm_t, pack_gemm)
+    @njit(cache=True, **_FAST)
+    def conv_gemm(pix, kh, kw, stride, pad, oh, ow, b, k, alpha, out_t):
+        """Binary conv from the channel-packed map pix (B, H, W, words per pixel), channels
+        a multiple of 64: each tap is whole words, so im2col is slice copies of words (taps in
+        the padding: 0 words, i.e. -1), a block of output rows at a time into a cache-sized
+        buffer that the GEMM reads straight away."""
+        _prefer_zmm()
+        nb, h, w_in, wc = pix.shape
+        rows = max(1, _NARROW_MB // ow)
+        at = np.empty((n_w, rows * ow), np.uint64)
+        for bi in range(nb):
+            for oy0 in range(0, oh, rows):
+                nr = min(rows, oh - oy0)
+                for r in range(nr):
+                    c = r * ow
+                    t = 0
+                    for dy in range(kh):
+                        y = (oy0 + r) * stride - pad + dy
+                        for dx in range(kw):
+                            # output columns whose tap lands inside the row: lo <= ox < hi
+                            lo = min(ow, max(0, (pad - dx + stride - 1) // stride))
+                            hi = max(lo, min(ow, (w_in - 1 + pad - dx) // stride + 1))
+                            if y < 0 or y >= h:
+                                lo = hi = ow
+                            x0 = dx - pad
+                            for i in range(wc):  # unsigned indices: no negative-index checks
+                                row = t + i
+                                for ox in range(lo):
+                                    at[row, np.uint64(c + ox)] = 0
+                                for ox in range(lo, hi):
+                                    at[row, np.uint64(c + ox)] = pix[bi, y, np.uint64(ox * stride + x0), i]
+                                for ox in range(hi, ow):
+                                    at[row, np.uint64(c + ox)] = 0
+                            t += wc
+                gemm_t(at, nr * ow, b, k, alpha, out_t, (bi * oh + oy0) * ow)
+
+    fn = _narrow_kernels[w_len] = (gemm_t, pack_gemm, conv_gemm)
     return fn
 
 
@@ -421,7 +457,9 @@ def xnor_matmul_ref(x: np.ndarray, w_pm1: np.ndarray, alpha: np.ndarray | None =
 
 @njit(cache=True, fastmath=True)
 def _pack_channels(x, out):
-    """Sign-pack x (B, C, H, W) along channels: out (B, H, W, ceil(C/64)), bit c%64 of word c//64."""
+    """Sign-pack x (B, C, H, W) along channels: out (B, H, W, ceil(C/64)), bit c%64 of word c//64.
+    (Plain loop indices only: an offset index costs numba's negative-index check and the
+    vectorisation, 8x slower.)"""
     nb, c_in, h, w_in = x.shape
     out[:] = 0
     for b in range(nb):
@@ -496,7 +534,10 @@ def xnor_conv2d(x: np.ndarray, w_packed: np.ndarray, kernel: tuple[int, int], al
                 stride: int = 1, padding: int = 0) -> np.ndarray:
     """Binary conv of sign(x) (B, C, H, W) with packed +-1 kernels (N, W) -> float32 (B, N, OH, OW).
 
-    Weights are packed with ``pack_conv_weight``; zero padding of the input is read as -1 (the convention the XNOR training layer uses, so results match exactly).
+    Weights are packed with ``pack_conv_weight``; zero padding of the input is read as -1
+    (the convention the XNOR training layer uses, so results match exactly). With C a
+    multiple of 64 the float map is signed and packed once per pixel (C/64 words) and the
+    patches are gathered as words; other C go through the bit-field im2col.
     """
     x = np.ascontiguousarray(x, dtype=np.float32)
     b, c, h, w = x.shape
@@ -507,10 +548,18 @@ def xnor_conv2d(x: np.ndarray, w_packed: np.ndarray, kernel: tuple[int, int], al
         raise ValueError(f"packed weights have {w_len} words per row; C*kh*kw={k} needs {n_words(k)}")
     oh = (h + 2 * padding - kh) // stride + 1
     ow = (w + 2 * padding - kw) // stride + 1
+    if oh < 1 or ow < 1:
+        raise ValueError(f"input {h}x{w} too small for kernel {kh}x{kw} with padding {padding}")
     alpha = np.ones(n, np.float32) if alpha is None else np.ascontiguousarray(alpha, np.float32)
-    cols = im2col_sign_pack(x, kernel, stride, padding)
-    out_t = np.empty((n, cols.shape[1]), np.float32)
-    _gemm_narrow_t(cols, np.ascontiguousarray(w_packed), k, alpha, out_t)
+    w_packed = np.ascontiguousarray(w_packed)
+    out_t = np.empty((n, b * oh * ow), np.float32)
+    if c % WORD == 0:  # whole words per tap: pack the map once, im2col by word copies
+        pix = np.empty((b, h, w, c // WORD), np.uint64)
+        _pack_channels(x, pix)
+        _narrow_kernel(w_len)[2](pix, kh, kw, int(stride), int(padding), oh, ow, w_packed, k, alpha, out_t)
+    else:
+        cols = im2col_sign_pack(x, kernel, stride, padding)
+        _gemm_narrow_t(cols, w_packed, k, alpha, out_t)
     return out_t.reshape(n, b, oh, ow).transpose(1, 0, 2, 3)
 
 
