@@ -231,6 +231,27 @@ def test_round_trip_is_bit_exact(shape, kind, sparsity, bits, gap, huffman, seed
             assert back.bits == bits
 
 
+def test_pair_coded_record_reads_back_and_attacks_are_typed(tmp_path):
+    x = np.array(([0] * 16 + [1, 2, 3, 3]) * 20)
+    t = {"w": SharedTensor((400,), np.array([0.0, 0.5, -0.5, 1.0], np.float32), x, 2)}
+    data = write_archive_bytes(t)
+    rec = parse_archive(data).records[0]
+    assert rec["index_coding"] == "huffman_pairs"
+    np.testing.assert_array_equal(parse_archive(data).tensors["w"].indices, x)
+    for edit, error, needle in [(_rec(0, bits=7, k=65), RecordError, "pair-coded"),
+                                (_rec(0, shape=[401], nonzero=401), StreamError, "index stream")]:
+        with pytest.raises(error, match=needle):
+            parse_archive(_edit_header(data, edit), "p.nsk")
+
+
+def test_sample_archives_cover_every_coding(tmp_path):
+    codings = set()
+    for data in sample_archives(tmp_path):
+        for r in parse_archive(data).records:
+            codings |= {r.get("index_coding"), r.get("gap_coding")}
+    assert {"packed", "huffman", "huffman_pairs"} <= codings
+
+
 def test_quick_fuzz_slice(tmp_path):
     """A 2,000-case slice of benchmarks/fuzz_archive.py (which runs >= 100,000)."""
     result = run_fuzz(2000, seed=7, archives=sample_archives(tmp_path))

@@ -3,8 +3,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from nnshrink.encode.huffman import (MAX_CODE_LEN, CodecError, HuffmanCode, canonical_codes, check_lengths,
-                                     code_lengths, entropy_bits, histogram, huffman_decode, huffman_decode_ref,
-                                     huffman_encode, huffman_encode_ref)
+                                     code_lengths, code_lengths_ref, entropy_bits, histogram, huffman_decode,
+                                     huffman_decode_ref, huffman_encode, huffman_encode_ref, pair_symbols)
 
 
 def _huffman_cost(freqs):
@@ -101,3 +101,82 @@ def test_close_to_entropy():
     code = HuffmanCode.from_symbols(x, 32)
     bits = len(huffman_encode(x, code)) * 8
     assert bits <= 1.015 * entropy_bits(histogram(x, 32))
+
+
+@settings(max_examples=80, deadline=None)
+@given(freqs=st.lists(st.integers(1, 10_000), min_size=2, max_size=48), max_len=st.integers(6, 16))
+def test_package_merge_matches_plain_reference(freqs, max_len):
+    f = np.array(freqs)
+    fast, ref = code_lengths(f, max_len), code_lengths_ref(f, max_len)
+    assert check_lengths(fast) is None and fast.max() <= max_len
+    assert int(np.dot(fast.astype(np.int64), f)) == int(np.dot(ref.astype(np.int64), f))  # same optimal cost
+
+
+def test_lengths_for_a_4096_symbol_pair_alphabet():
+    rng = np.random.default_rng(0)
+    f = rng.geometric(0.01, 4096) ** 2  # heavy tail: unrestricted Huffman would exceed 16 bits
+    lengths = code_lengths(f)
+    assert check_lengths(lengths) is None and lengths.max() <= MAX_CODE_LEN
+    assert int(np.dot(lengths.astype(np.int64), f)) >= _huffman_cost(f.tolist())
+    g = rng.integers(500, 1000, 4096)  # flat enough that the 16-bit limit does not bind
+    assert int(np.dot(code_lengths(g).astype(np.int64), g)) == _huffman_cost(g.tolist())
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(1, 3000), base=st.integers(1, 64), skew=st.floats(0.1, 4.0), seed=st.integers(0, 2**32 - 1))
+def test_pair_coding_round_trips(n, base, skew, seed):
+    rng = np.random.default_rng(seed)
+    p = np.exp(-skew * np.arange(base))
+    x = rng.choice(base, size=n, p=p / p.sum()).astype(np.uint8)
+    pairs = pair_symbols(x, base)
+    np.testing.assert_array_equal(pairs, [int(x[i]) * base + (int(x[i + 1]) if i + 1 < n else 0) for i in range(0, n, 2)])
+    code = HuffmanCode.from_symbols(pairs, base * base)
+    data = huffman_encode(pairs, code)
+    assert data == huffman_encode_ref(pairs, code)
+    np.testing.assert_array_equal(huffman_decode(data, n, code, pair_base=base), x)
+
+
+def test_pairs_close_the_gap_to_entropy():
+    # two symbols at p = 0.34 (a shared layer's two biggest centroids): whole-bit codes lose 2-3%
+    rng = np.random.default_rng(0)
+    p = np.r_[0.34, 0.34, np.full(30, 0.32 / 30)]
+    x = rng.choice(32, size=400_000, p=p).astype(np.uint8)
+    h = entropy_bits(histogram(x, 32))
+    single = 8 * len(huffman_encode(x, HuffmanCode.from_symbols(x, 32)))
+    pairs = pair_symbols(x, 32)
+    paired = 8 * len(huffman_encode(pairs, HuffmanCode.from_symbols(pairs, 1024)))
+    assert single > 1.02 * h
+    assert paired < 1.015 * h
+
+
+def test_pair_decoder_refuses_bad_input():
+    x = np.array([0, 1, 1, 0, 2], np.uint8)  # odd: last pair is (2, 0)
+    pairs = pair_symbols(x, 3)
+    code = HuffmanCode.from_symbols(pairs, 9)
+    data = huffman_encode(pairs, code)
+    np.testing.assert_array_equal(huffman_decode(data, 5, code, pair_base=3), x)
+    odd = HuffmanCode.from_symbols(np.array([1, 3, 7], np.uint16), 9)  # pair 7 = (2, 1)
+    bad = huffman_encode(np.array([1, 3, 7], np.uint16), odd)
+    with pytest.raises(CodecError, match="odd count"):
+        huffman_decode(bad, 5, odd, pair_base=3)  # last pair must be (s, 0)
+    with pytest.raises(CodecError, match="1..64"):
+        huffman_decode(data, 5, code, pair_base=65)
+    with pytest.raises(CodecError, match="at most 4"):
+        huffman_decode(data, 5, code, pair_base=2)  # pair symbols up to 8 need base >= 3
+    big = HuffmanCode.from_lengths(np.r_[np.zeros(299, np.uint8), 1, 1])
+    with pytest.raises(CodecError, match="at most 256"):
+        huffman_decode(b"\x00", 1, big)  # a single-symbol stream cannot use symbols >= 256
+
+
+def test_stream_golden_bytes_of_pair_coding():
+    """SPEC.md `huffman_pairs`, by hand: k = 4; pairs (0,0) x 8, (1,2), (3,3), 20 times.
+    Pair symbols 0 (160 times), 1*4+2 = 6 (20), 3*4+3 = 15 (20) -> lengths 1, 2, 2 ->
+    canonical codes 0 -> '0', 6 -> '10', 15 -> '11'; one round is 12 bits
+    000000001011, two rounds are the bytes 00 B0 0B."""
+    from nnshrink.format.writer import encode_stream
+
+    x = np.array(([0] * 16 + [1, 2, 3, 3]) * 20, np.uint8)
+    coding, table, data = encode_stream(x, 2, 4, huffman=True)
+    assert coding == "huffman_pairs"
+    assert table == bytes([1, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 2])
+    assert data == bytes([0x00, 0xB0, 0x0B]) * 10

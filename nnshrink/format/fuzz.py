@@ -21,7 +21,7 @@ _SPECIAL_INTS = [0, 1, -1, 2, 3, 7, 8, 9, 255, 256, 2**16, 2**31 - 1, 2**31, 2**
 
 
 def sample_archives(tmpdir) -> list[bytes]:
-    """A few small archives covering every encoding and both stream codings."""
+    """A few small archives covering every encoding and every stream coding."""
     rng = np.random.default_rng(0)
     out = []
     for variant in range(4):
@@ -37,6 +37,9 @@ def sample_archives(tmpdir) -> list[bytes]:
             "bin.weight": BinaryTensor((5, 7), rng.random((5, 7)) < 0.5, rng.random(5).astype(np.float32)),
             "half": DenseTensor(rng.standard_normal((2, 3)).astype(np.float32), half=True),
             "steps": DenseTensor(np.array([7], np.int64)),
+            # two frequent indices of four: the writer pair-codes this stream
+            "pairs.weight": SharedTensor((20, 20), rng.standard_normal(4).astype(np.float32),
+                                         rng.choice(4, 400, p=[0.45, 0.45, 0.05, 0.05]), 2),
         }
         path = f"{tmpdir}/fuzz{variant}.nsk"
         write_archive(path, tensors, {"model": None, "config": {"v": variant}},
@@ -68,7 +71,7 @@ def _edit_field(header, rng):
         p = rec["parts"][rng.integers(len(rec["parts"]))]
         p[1] = int(rng.choice(_SPECIAL_INTS)) if rng.random() < 0.5 else p[1] + int(rng.integers(-3, 4))
     elif r == 3:
-        rec[key] = [None, "x", 1.5, True, {}, [], "huffman", "packed", "raw", "shared"][rng.integers(10)]
+        rec[key] = [None, "x", 1.5, True, {}, [], "huffman", "packed", "huffman_pairs", "raw", "shared"][rng.integers(11)]
     else:
         v = rec[key]
         rec[key] = (v + int(rng.integers(-3, 4))) if isinstance(v, int) and not isinstance(v, bool) \

@@ -29,7 +29,8 @@ EXTRA_KEYS = {
     "shared": {"bits", "k", "nonzero", "sparse", "index_coding"},  # + GAP_KEYS when sparse
     "sparse_f32": {"nonzero"} | GAP_KEYS,
 }
-CODINGS = ("packed", "huffman")
+CODINGS = ("packed", "huffman", "huffman_pairs")
+MAX_PAIR_ALPHABET = 64  # huffman_pairs: alphabets of at most 64 symbols (4096 pair symbols)
 
 
 def default_gap_bits(shape) -> int:

@@ -25,7 +25,7 @@ from ..encode.sparse import BAD_PAST_END, mask_from_gaps, scatter_dense
 from ..errors import CheckpointError
 from .errors import BadMagicError, ChecksumError, FormatError, HeaderError, HuffmanTableError, RecordError, StreamError
 from .layout import (CODINGS, COMMON_KEYS, DTYPES, ENCODINGS, EXTRA_KEYS, GAP_BITS_RANGE, GAP_KEYS, MAGIC, MAX_DIM,
-                     MAX_HEADER, MAX_NAME, MAX_NDIM, MAX_NUMEL, MAX_RECORDS, PREAMBLE, VERSION)
+                     MAX_HEADER, MAX_NAME, MAX_NDIM, MAX_NUMEL, MAX_PAIR_ALPHABET, MAX_RECORDS, PREAMBLE, VERSION)
 
 
 @dataclass
@@ -134,6 +134,12 @@ def _expected_parts(enc: str, f: dict, numel: int, shape: tuple) -> list[tuple[s
     return parts + (gap_parts() if f["sparse"] else [])
 
 
+def _check_pairs(coding: str, alphabet: int, stream: str, where: str) -> None:
+    if coding == "huffman_pairs" and alphabet > MAX_PAIR_ALPHABET:
+        raise RecordError(f"{where}: {stream} stream is pair-coded but its alphabet has {alphabet} symbols "
+                          f"(at most {MAX_PAIR_ALPHABET})")
+
+
 def _check_record(i: int, rec: Any, data_length: int, names: set) -> _Spec:
     where = f"record #{i}"
     if not isinstance(rec, dict):
@@ -175,6 +181,7 @@ def _check_record(i: int, rec: Any, data_length: int, names: set) -> _Spec:
             f["bits"] = _int(rec, "bits", 1, 8, where)
             f["k"] = _int(rec, "k", 1, 1 << f["bits"], where)
             f["index_coding"] = _choice(rec, "index_coding", CODINGS, where)
+            _check_pairs(f["index_coding"], f["k"], "index", where)
             sparse = f["sparse"] = _choice(rec, "sparse", (False, True), where)
             if sparse:
                 allowed = allowed | GAP_KEYS
@@ -185,6 +192,7 @@ def _check_record(i: int, rec: Any, data_length: int, names: set) -> _Spec:
             f["gap_bits"] = _int(rec, "gap_bits", *GAP_BITS_RANGE, where)
             f["gap_count"] = _int(rec, "gap_count", f["nonzero"], MAX_NUMEL, where)
             f["gap_coding"] = _choice(rec, "gap_coding", CODINGS, where)
+            _check_pairs(f["gap_coding"], 1 << f["gap_bits"], "gap", where)
             M = (1 << f["gap_bits"]) - 1
             if numel > (f["gap_count"] + 1) * M:
                 raise RecordError(f"{where}: {f['gap_count']} gap symbols cannot cover {numel} positions")
@@ -212,11 +220,14 @@ def _check_record(i: int, rec: Any, data_length: int, names: set) -> _Spec:
     # bounds for the Huffman-coded parts, before anything is allocated
     for stream, alphabet, count in (("index", f.get("k"), f.get("nonzero")), ("gap", 1 << f.get("gap_bits", 0), f.get("gap_count"))):
         if stream + "_lengths" in parts:
+            codes = count
+            if f[stream + "_coding"] == "huffman_pairs":
+                alphabet, codes = alphabet * alphabet, (count + 1) // 2
             t0, t1 = parts[stream + "_lengths"]
             if not 1 <= t1 - t0 <= alphabet:
                 raise HuffmanTableError(f"{where}: {stream} code table has {t1 - t0} entries; needs 1..{alphabet}")
             s0, s1 = parts[stream]
-            if not 1 <= count <= 8 * (s1 - s0):
+            if not 1 <= codes <= 8 * (s1 - s0):
                 raise RecordError(f"{where}: {count} {stream} symbols cannot come from {s1 - s0} Huffman bytes")
     return _Spec(i, name, dims, numel, enc, f, offset, length, crc, parts)
 
@@ -285,7 +296,8 @@ def _stream(rec: bytes, s: _Spec, stream: str, count: int, bits: int, alphabet: 
     if problem:
         raise HuffmanTableError(f"{where}: {stream} table: {problem}")
     try:
-        return huffman_decode(data, count, HuffmanCode.from_lengths(lengths))
+        return huffman_decode(data, count, HuffmanCode.from_lengths(lengths),
+                              pair_base=alphabet if coding == "huffman_pairs" else 0)
     except CodecError as exc:
         raise StreamError(f"{where}: {stream} stream: {exc}") from None
 

@@ -17,7 +17,7 @@ import numpy as np
 from .. import __version__
 from ..compressed import BinaryTensor, DenseTensor, SharedTensor, SparseTensor
 from ..encode.bitpack import pack_bits, packed_nbytes
-from ..encode.huffman import HuffmanCode, code_lengths, histogram, huffman_encode
+from ..encode.huffman import MAX_PAIR_BASE, HuffmanCode, code_lengths, histogram, huffman_encode, pair_symbols
 from ..encode.sparse import gaps_from_mask
 from ..errors import ConfigError
 from ..io_utils import atomic_path
@@ -34,16 +34,24 @@ def _bytes_view(arr: np.ndarray, dtype: np.dtype) -> memoryview:
 
 
 def encode_stream(symbols: np.ndarray, bits: int, alphabet: int, huffman: bool) -> tuple[str, bytes | None, bytes]:
-    """(coding, lengths table or None, stream bytes) for uint8 ``symbols``, whichever is smaller."""
-    packed_size = packed_nbytes(symbols.size, bits)
+    """(coding, lengths table or None, stream bytes) for uint8 ``symbols``: packed, Huffman
+    or pair Huffman (alphabets up to 64), whichever is smallest with its table."""
+    best = ("packed", None, packed_nbytes(symbols.size, bits), None)
     if huffman and symbols.size:
-        hist = histogram(symbols, alphabet)
-        code = HuffmanCode.from_lengths(code_lengths(hist))
-        huff_size = (code.encoded_bits(hist) + 7) // 8 + code.table_size()
-        if huff_size < packed_size:
-            table = code.lengths[: code.table_size()].tobytes()
-            return "huffman", table, huffman_encode(symbols, code, hist)
-    return "packed", None, pack_bits(symbols, bits)
+        candidates = [("huffman", symbols, alphabet)]
+        if alphabet <= MAX_PAIR_BASE and symbols.size >= 2:
+            candidates.append(("huffman_pairs", pair_symbols(symbols, alphabet), alphabet * alphabet))
+        for coding, stream, size in candidates:
+            hist = histogram(stream, size)
+            code = HuffmanCode.from_lengths(code_lengths(hist))
+            nbytes = (code.encoded_bits(hist) + 7) // 8 + code.table_size()
+            if nbytes < best[2]:
+                best = (coding, (stream, code, hist), nbytes, code)
+    coding, chosen = best[0], best[1]
+    if chosen is None:
+        return "packed", None, pack_bits(symbols, bits)
+    stream, code, hist = chosen
+    return coding, code.lengths[: code.table_size()].tobytes(), huffman_encode(stream, code, hist)
 
 
 def _gap_parts(rec: dict, mask: np.ndarray, gap_bits: int, huffman: bool) -> list:
