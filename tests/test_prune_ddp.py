@@ -53,6 +53,7 @@ def _worker(rank: int, world: int, port: int) -> None:
             dist.all_gather(got, t)
             assert torch.equal(got[0], got[1]), "ranks disagree"
         assert abs(float(model[1].weight_mask.float().mean()) - 0.1) < 1e-3
+        dist.barrier()  # both ranks done before teardown: gloo aborts a rank whose peer left mid-call
     finally:
         dist.destroy_process_group()
 
