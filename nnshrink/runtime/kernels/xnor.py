@@ -309,10 +309,11 @@ def _narrow_kernel(w_len: int):
         """
         _prefer_zmm()
         n_rows = b.shape[0]
-        # sums go to one flat scratch array, interleaved (acc[4 m + j]): one store pointer
-        # with constant strides, so LLVM can vectorise the column loop (4 separate output
-        # rows, or a 2-D scratch with a runtime row stride, keep it scalar)
-        acc = np.empty(4 * cols, np.int64)
+        # sums go to 4 separate scratch rows (contiguous vector stores), converted after the
+        # pass; interleaved sums (acc[4 m + j]) cost shuffles on the popcount port, and
+        # direct stores to 4 output rows keep the loop scalar (possible aliasing)
+        a0, a1, a2, a3 = (np.empty(cols, np.int64), np.empty(cols, np.int64), np.empty(cols, np.int64),
+                          np.empty(cols, np.int64))
         n = 0
         while n + 3 < n_rows:
             b0, b1, b2, b3 = b[n], b[n + 1], b[n + 2], b[n + 3]
@@ -324,15 +325,15 @@ def _narrow_kernel(w_len: int):
                     s1 += popcount64(x ^ b1[w])
                     s2 += popcount64(x ^ b2[w])
                     s3 += popcount64(x ^ b3[w])
-                acc[4 * m] = np.int64(s0)
-                acc[4 * m + 1] = np.int64(s1)
-                acc[4 * m + 2] = np.int64(s2)
-                acc[4 * m + 3] = np.int64(s3)
-            for j in range(4):
+                a0[m] = np.int64(s0)
+                a1[m] = np.int64(s1)
+                a2[m] = np.int64(s2)
+                a3[m] = np.int64(s3)
+            for j, acc in enumerate((a0, a1, a2, a3)):
                 al = alpha[n + j]
                 o = out_t[n + j, c0:c0 + cols]
                 for m in range(cols):
-                    o[m] = (k - 2 * acc[4 * m + j]) * al
+                    o[m] = (k - 2 * acc[m]) * al
             n += 4
         while n < n_rows:
             bn = b[n]
@@ -359,38 +360,44 @@ def _narrow_kernel(w_len: int):
             gemm_t(at, cnt, b, k, alpha, out_t, m0)
 
     @njit(cache=True, **_FAST)
-    def conv_gemm(pix, kh, kw, stride, pad, oh, ow, b, k, alpha, out_t):
-        """Binary conv from the channel-packed map pix (B, H, W, words per pixel), channels
-        a multiple of 64: each tap is whole words, so im2col is slice copies of words (taps in
-        the padding: 0 words, i.e. -1), a block of output rows at a time into a cache-sized
-        buffer that the GEMM reads straight away."""
+    def conv_gemm(x, kh, kw, stride, pad, oh, ow, b, k, alpha, out_t):
+        """Binary conv of sign(x) (B, C, H, W), C a multiple of 64, in one call: sign-pack
+        each pixel's channels into C/64 words, place them in a zero-bordered map (0 bits
+        read as -1, the padding convention), then per block of output rows copy each tap's
+        words into a cache-sized buffer (slice copies: taps are whole words) that the GEMM
+        reads straight away."""
         _prefer_zmm()
-        nb, h, w_in, wc = pix.shape
+        nb, c_in, h, w_in = x.shape
+        wc = c_in // WORD
+        pix = np.empty((nb, h, w_in, wc), np.uint64)
+        _pack_channels(x, pix)
+        hp, wp = h + 2 * pad, w_in + 2 * pad
+        padded = np.zeros((nb, hp, wp, wc), np.uint64)
+        pf, qf = padded.reshape(-1), pix.reshape(-1)
+        row = w_in * wc  # unsigned flat indices below: numba skips its negative-index checks
+        for bi in range(nb):
+            for y in range(h):
+                d0, s0 = ((bi * hp + y + pad) * wp + pad) * wc, (bi * h + y) * row
+                for j in range(row):
+                    pf[np.uint64(d0 + j)] = qf[np.uint64(s0 + j)]
         rows = max(1, _NARROW_MB // ow)
         at = np.empty((n_w, rows * ow), np.uint64)
+        af = at.reshape(-1)
+        cols_all = rows * ow
+        step = stride * wc
         for bi in range(nb):
             for oy0 in range(0, oh, rows):
                 nr = min(rows, oh - oy0)
                 for r in range(nr):
-                    c = r * ow
+                    y = (oy0 + r) * stride
                     t = 0
                     for dy in range(kh):
-                        y = (oy0 + r) * stride - pad + dy
                         for dx in range(kw):
-                            # output columns whose tap lands inside the row: lo <= ox < hi
-                            lo = min(ow, max(0, (pad - dx + stride - 1) // stride))
-                            hi = max(lo, min(ow, (w_in - 1 + pad - dx) // stride + 1))
-                            if y < 0 or y >= h:
-                                lo = hi = ow
-                            x0 = dx - pad
-                            for i in range(wc):  # unsigned indices: no negative-index checks
-                                row = t + i
-                                for ox in range(lo):
-                                    at[row, np.uint64(c + ox)] = 0
-                                for ox in range(lo, hi):
-                                    at[row, np.uint64(c + ox)] = pix[bi, y, np.uint64(ox * stride + x0), i]
-                                for ox in range(hi, ow):
-                                    at[row, np.uint64(c + ox)] = 0
+                            for i in range(wc):
+                                d0 = (t + i) * cols_all + r * ow
+                                s0 = ((bi * hp + y + dy) * wp + dx) * wc + i
+                                for ox in range(ow):
+                                    af[np.uint64(d0 + ox)] = pf[np.uint64(s0 + ox * step)]
                             t += wc
                 gemm_t(at, nr * ow, b, k, alpha, out_t, (bi * oh + oy0) * ow)
 
@@ -554,9 +561,7 @@ def xnor_conv2d(x: np.ndarray, w_packed: np.ndarray, kernel: tuple[int, int], al
     w_packed = np.ascontiguousarray(w_packed)
     out_t = np.empty((n, b * oh * ow), np.float32)
     if c % WORD == 0:  # whole words per tap: pack the map once, im2col by word copies
-        pix = np.empty((b, h, w, c // WORD), np.uint64)
-        _pack_channels(x, pix)
-        _narrow_kernel(w_len)[2](pix, kh, kw, int(stride), int(padding), oh, ow, w_packed, k, alpha, out_t)
+        _narrow_kernel(w_len)[2](x, kh, kw, int(stride), int(padding), oh, ow, w_packed, k, alpha, out_t)
     else:
         cols = im2col_sign_pack(x, kernel, stride, padding)
         _gemm_narrow_t(cols, w_packed, k, alpha, out_t)
