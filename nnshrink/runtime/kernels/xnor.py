@@ -362,29 +362,31 @@ def _narrow_kernel(w_len: int):
     @njit(cache=True, **_FAST)
     def conv_gemm(x, kh, kw, stride, pad, oh, ow, b, k, alpha, out_t):
         """Binary conv of sign(x) (B, C, H, W), C a multiple of 64, in one call: sign-pack
-        each pixel's channels into C/64 words, place them in a zero-bordered map (0 bits
-        read as -1, the padding convention), then per block of output rows copy each tap's
-        words into a cache-sized buffer (slice copies: taps are whole words) that the GEMM
-        reads straight away."""
+        each pixel's channels into C/64 words inside a zero border (0 bits read as -1, the
+        padding convention), then per block of output rows copy each tap's words (taps
+        are whole words: no bit shifting) into a cache-sized buffer that the GEMM reads
+        straight away."""
         _prefer_zmm()
         nb, c_in, h, w_in = x.shape
         wc = c_in // WORD
-        pix = np.empty((nb, h, w_in, wc), np.uint64)
-        _pack_channels(x, pix)
+        # word planes (B, C/64, H + 2 pad, W + 2 pad), flat: plane rows are contiguous, so
+        # packing and the tap copies vectorise; unsigned flat indices spare numba's
+        # negative-index checks
         hp, wp = h + 2 * pad, w_in + 2 * pad
-        padded = np.zeros((nb, hp, wp, wc), np.uint64)
-        pf, qf = padded.reshape(-1), pix.reshape(-1)
-        row = w_in * wc  # unsigned flat indices below: numba skips its negative-index checks
+        pf = np.zeros(nb * wc * hp * wp, np.uint64)
         for bi in range(nb):
-            for y in range(h):
-                d0, s0 = ((bi * hp + y + pad) * wp + pad) * wc, (bi * h + y) * row
-                for j in range(row):
-                    pf[np.uint64(d0 + j)] = qf[np.uint64(s0 + j)]
+            for ch in range(c_in):
+                plane = (bi * wc + (ch >> 6)) * hp
+                sh = np.uint64(ch & 63)
+                for y in range(h):
+                    d0 = (plane + y + pad) * wp + pad
+                    src = x[bi, ch, y]
+                    for xx in range(w_in):
+                        pf[np.uint64(d0 + xx)] |= np.uint64(src[xx] >= 0) << sh
         rows = max(1, _NARROW_MB // ow)
         at = np.empty((n_w, rows * ow), np.uint64)
         af = at.reshape(-1)
         cols_all = rows * ow
-        step = stride * wc
         for bi in range(nb):
             for oy0 in range(0, oh, rows):
                 nr = min(rows, oh - oy0)
@@ -395,9 +397,9 @@ def _narrow_kernel(w_len: int):
                         for dx in range(kw):
                             for i in range(wc):
                                 d0 = (t + i) * cols_all + r * ow
-                                s0 = ((bi * hp + y + dy) * wp + dx) * wc + i
+                                s0 = ((bi * wc + i) * hp + y + dy) * wp + dx
                                 for ox in range(ow):
-                                    af[np.uint64(d0 + ox)] = pf[np.uint64(s0 + ox * step)]
+                                    af[np.uint64(d0 + ox)] = pf[np.uint64(s0 + ox * stride)]
                             t += wc
                 gemm_t(at, nr * ow, b, k, alpha, out_t, (bi * oh + oy0) * ow)
 
