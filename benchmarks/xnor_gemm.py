@@ -1,6 +1,6 @@
 """XNOR + popcount GEMM (numba) against torch float32 matmul, single thread, same run.
 
-    python benchmarks/xnor_gemm.py --json runs/xnor_gemm.json
+    python benchmarks/xnor_gemm.py --runs 5 --json benchmarks/results/xnor_gemm.json
     python benchmarks/xnor_gemm.py --quick
 
 Weights are packed beforehand (offline, as in a stored model); the activations are
@@ -121,18 +121,8 @@ def bench_lenet(batches, repeats: int) -> dict:
     return out
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--json", default=None)
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--repeats", type=int, default=None)
-    args = ap.parse_args(argv)
-    torch.set_num_threads(1)
-    reps = args.repeats or (5 if args.quick else 21)
-    res: dict = {"machine": f"2-core shared CPU VM, no GPU, torch {torch.__version__.split('+')[0]} CPU "
-                            f"({platform.processor() or platform.machine()})",
-                 "threads": 1, "note": "weights pre-packed; activation sign-and-pack inside the timed region",
-                 "loadavg_1min_before": os.getloadavg()[0]}
+def run_once(reps: int) -> dict:
+    res: dict = {}
     for m, k, n, target in SHAPES:
         r = bench_conv_gemm(reps) if (m, k, n) == (3136, 576, 64) else bench_gemm(m, k, n, reps)
         r["target"] = target
@@ -145,7 +135,42 @@ def main(argv=None) -> int:
     for key, r in res["lenet5_xnor_e2e"].items():
         print(f"lenet5-xnor {key}: packed {r['xnor_packed_ms']:.3f} ms vs float lenet5 {r['float_ms']:.3f} ms "
               f"-> {r['speedup']:.2f}x", flush=True)
+    return res
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--repeats", type=int, default=None)
+    ap.add_argument("--runs", type=int, default=1,
+                    help="whole benchmark this many times; each shape reports the median run's speed-up "
+                         "(on a shared host, memory bandwidth drifts between minutes)")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    reps = args.repeats or (5 if args.quick else 21)
+    res: dict = {"machine": f"2-core shared CPU VM, no GPU, torch {torch.__version__.split('+')[0]} CPU "
+                            f"({platform.processor() or platform.machine()})",
+                 "threads": 1, "note": "weights pre-packed; activation sign-and-pack inside the timed region",
+                 "runs": args.runs, "loadavg_1min_before": os.getloadavg()[0]}
+    runs = []
+    for i in range(args.runs):
+        if args.runs > 1:
+            print(f"-- run {i + 1}/{args.runs}", flush=True)
+        runs.append(run_once(reps))
+    for key in [f"{m}x{k}x{n}" for m, k, n, _ in SHAPES]:
+        speedups = [r[key]["speedup"] for r in runs]
+        median_run = sorted(runs, key=lambda r: r[key]["speedup"])[len(runs) // 2]
+        res[key] = dict(median_run[key], speedup=float(np.median(speedups)), speedup_runs=speedups)
+    res["lenet5_xnor_e2e"] = {b: dict(runs[0]["lenet5_xnor_e2e"][b],
+                                      speedup=float(np.median([r["lenet5_xnor_e2e"][b]["speedup"] for r in runs])),
+                                      speedup_runs=[r["lenet5_xnor_e2e"][b]["speedup"] for r in runs])
+                              for b in runs[0]["lenet5_xnor_e2e"]}
     res["loadavg_1min_after"] = os.getloadavg()[0]
+    if args.runs > 1:
+        for key in [f"{m}x{k}x{n}" for m, k, n, _ in SHAPES]:
+            print(f"{key}: median {res[key]['speedup']:.1f}x over runs "
+                  f"{', '.join(f'{v:.1f}' for v in res[key]['speedup_runs'])} (target {res[key]['target']:.0f}x)")
     print(f"load average (1 min) before/after: {res['loadavg_1min_before']:.1f} / {res['loadavg_1min_after']:.1f}")
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2))
