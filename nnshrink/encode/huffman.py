@@ -32,6 +32,19 @@ class CodecError(ValueError):
 
 
 # ---------------------------------------------------------------- code lengths
+def _used_by_count(freqs: np.ndarray, max_len: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """(zero lengths, used symbols by ascending count, ties by symbol), or (final lengths,
+    None) when at most one symbol is used (a single symbol gets length 1)."""
+    lengths = np.zeros(freqs.size, np.uint8)
+    used = np.flatnonzero(freqs > 0)
+    if used.size <= 1:
+        lengths[used] = 1
+        return lengths, None
+    if used.size > (1 << max_len):
+        raise ValueError(f"{used.size} symbols cannot have codes of at most {max_len} bits")
+    return lengths, used[np.argsort(freqs[used], kind="stable")]
+
+
 def code_lengths(freqs: np.ndarray, max_len: int = MAX_CODE_LEN) -> np.ndarray:
     """Optimal length-limited code lengths (package-merge) for symbol counts ``freqs``.
 
@@ -42,17 +55,10 @@ def code_lengths(freqs: np.ndarray, max_len: int = MAX_CODE_LEN) -> np.ndarray:
     leaf/package flags are kept: O(n * max_len) memory, plain numpy.
     """
     freqs = np.asarray(freqs, np.int64)
-    lengths = np.zeros(freqs.size, np.uint8)
-    used = np.flatnonzero(freqs > 0)
-    n = used.size
-    if n == 0:
+    lengths, order = _used_by_count(freqs, max_len)
+    if order is None:
         return lengths
-    if n == 1:
-        lengths[used[0]] = 1
-        return lengths
-    if n > (1 << max_len):
-        raise ValueError(f"{n} symbols cannot have codes of at most {max_len} bits")
-    order = used[np.argsort(freqs[used], kind="stable")]
+    n = order.size
     leaves = freqs[order]
     items, levels = leaves, [np.ones(n, bool)]
     for _ in range(max_len - 1):
@@ -306,17 +312,10 @@ def huffman_decode(data, count: int, code: HuffmanCode, pair_base: int = 0) -> n
 def code_lengths_ref(freqs: np.ndarray, max_len: int = MAX_CODE_LEN) -> np.ndarray:
     """Plain package-merge that carries a count vector per item (O(n^2 L): small n only)."""
     freqs = np.asarray(freqs, np.int64)
-    lengths = np.zeros(freqs.size, np.uint8)
-    used = np.flatnonzero(freqs > 0)
-    n = used.size
-    if n == 0:
+    lengths, order = _used_by_count(freqs, max_len)
+    if order is None:
         return lengths
-    if n == 1:
-        lengths[used[0]] = 1
-        return lengths
-    if n > (1 << max_len):
-        raise ValueError(f"{n} symbols cannot have codes of at most {max_len} bits")
-    order = used[np.argsort(freqs[used], kind="stable")]
+    n = order.size
     w = freqs[order]
     eye = np.eye(n, dtype=np.int32)
     leaves = [(int(w[i]), eye[i]) for i in range(n)]
