@@ -59,6 +59,9 @@ def median_time(fn, repeats: int) -> tuple[float, object]:
     return float(np.median(times)), out
 
 
+CODING_OF = {"single": "huffman", "pairs": "huffman_pairs"}
+
+
 def huffman_bench(symbols: np.ndarray, alphabet: int, pairs: bool, repeats: int) -> dict:
     """Time one Huffman variant on a stream (pairs: codes over symbol pairs, as the archive
     writes when that is smaller); rates count source symbols, tables not included."""
@@ -149,7 +152,7 @@ def main(argv=None) -> int:
             r = s[v]
             print(f"        huffman {v:<6} {r['bits_per_symbol']:.3f} b (+{100 * r['over_entropy']:.2f}%), "
                   f"enc {r['encode_msym_s']:.0f} / dec {r['decode_msym_s']:.0f} Msym/s"
-                  + ("   <- archive's choice" if s["coding"] == ("huffman_pairs" if v == "pairs" else "huffman") else ""))
+                  + ("   <- archive's choice" if s["coding"] == CODING_OF[v] else ""))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)

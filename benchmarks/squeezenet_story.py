@@ -53,8 +53,8 @@ def main() -> None:
     args = ap.parse_args()
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    ckpt, nsk, rep, recipe = (Path(args.checkpoint or out / "squeezenet-small.safetensors"), out / "squeezenet-small.nsk",
-                              out / "report.json", out / "recipe.toml")
+    ckpt = Path(args.checkpoint or out / "squeezenet-small.safetensors")
+    nsk, rep, recipe = out / "squeezenet-small.nsk", out / "report.json", out / "recipe.toml"
     t0 = time.perf_counter()
     if not args.checkpoint and not (args.reuse and ckpt.is_file()):
         extra = ["--epochs", args.epochs] if args.epochs else []

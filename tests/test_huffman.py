@@ -129,7 +129,8 @@ def test_pair_coding_round_trips(n, base, skew, seed):
     p = np.exp(-skew * np.arange(base))
     x = rng.choice(base, size=n, p=p / p.sum()).astype(np.uint8)
     pairs = pair_symbols(x, base)
-    np.testing.assert_array_equal(pairs, [int(x[i]) * base + (int(x[i + 1]) if i + 1 < n else 0) for i in range(0, n, 2)])
+    expected = [int(x[i]) * base + (int(x[i + 1]) if i + 1 < n else 0) for i in range(0, n, 2)]
+    np.testing.assert_array_equal(pairs, expected)
     code = HuffmanCode.from_symbols(pairs, base * base)
     data = huffman_encode(pairs, code)
     assert data == huffman_encode_ref(pairs, code)

@@ -71,7 +71,8 @@ def _edit_field(header, rng):
         p = rec["parts"][rng.integers(len(rec["parts"]))]
         p[1] = int(rng.choice(_SPECIAL_INTS)) if rng.random() < 0.5 else p[1] + int(rng.integers(-3, 4))
     elif r == 3:
-        rec[key] = [None, "x", 1.5, True, {}, [], "huffman", "packed", "huffman_pairs", "raw", "shared"][rng.integers(11)]
+        values = [None, "x", 1.5, True, {}, [], "huffman", "packed", "huffman_pairs", "raw", "shared"]
+        rec[key] = values[rng.integers(len(values))]
     else:
         v = rec[key]
         rec[key] = (v + int(rng.integers(-3, 4))) if isinstance(v, int) and not isinstance(v, bool) \
