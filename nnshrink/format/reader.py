@@ -494,6 +494,10 @@ class ArchiveFile:
     def __len__(self) -> int:
         return len(self._specs)
 
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        """name -> shape, from the header alone."""
+        return {name: s.shape for name, s in self._specs.items()}
+
     def _read(self, s: _Spec, start: int, size: int) -> bytes:
         data = os.pread(self._f.fileno(), size, self._base + s.offset + start)
         if len(data) != size:
