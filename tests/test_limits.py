@@ -8,7 +8,6 @@ import tracemalloc
 
 import numpy as np
 import pytest
-import torch
 
 from nnshrink.compressed import DenseTensor, SharedTensor
 from nnshrink.errors import CheckpointError, ConfigError, DataError
@@ -45,6 +44,8 @@ def test_max_elements_budget_is_checked_before_decoding(tmp_path, capsys):
     assert read_archive(path).tensors["w"].shape == (3, 4)
     with pytest.raises(LimitError, match="12 elements, over the limit of 11.*--max-elements"):
         read_archive(path, max_elements=11)
+    with pytest.raises(ConfigError, match="max_elements"):
+        read_archive(path, max_elements=-1)
     with open_archive(path, max_elements=11) as a:  # the header still opens; get() refuses
         assert a.shapes() == {"w": (3, 4)}
         with pytest.raises(LimitError):

@@ -2,8 +2,10 @@
 
 Order of work: preamble, header checksum, JSON schema of every record (shapes against
 counts, part lengths against counts, ranges in bounds and disjoint) -- all before a
-single tensor is allocated; then per record: CRC-32, decode, exact counts. Allocation
-sizes are bounded by the file's size (see SPEC.md), every loop by validated counts.
+single tensor is allocated; then the caller's element budget (``max_elements``); then per
+record: CRC-32, decode, exact counts. The density cap (SPEC.md) bounds the elements a
+file may declare by its size, every loop runs over validated counts. ``open_archive``
+stops after the header and decodes one record per ``get``.
 """
 
 from __future__ import annotations
@@ -24,11 +26,11 @@ from ..compressed import BinaryTensor, DenseTensor, SharedTensor, SparseTensor
 from ..encode.bitpack import packed_nbytes, unpack_bits
 from ..encode.huffman import CodecError, HuffmanCode, check_lengths, huffman_decode
 from ..encode.sparse import BAD_PAST_END, mask_from_gaps, scatter_dense
-from ..errors import CheckpointError
+from ..errors import CheckpointError, ConfigError
 from .errors import (BadMagicError, ChecksumError, FormatError, HeaderError, HuffmanTableError, LimitError, RecordError,
                      StreamError, show)
-from .layout import (CODINGS, COMMON_KEYS, DEFAULT_MAX_ELEMENTS, DTYPES, ENCODINGS, EXTRA_KEYS, GAP_BITS_RANGE, GAP_KEYS,
-                     MAGIC, MAX_DIM, MAX_HEADER, MAX_NAME, MAX_NDIM, MAX_NUMEL, MAX_PAIR_ALPHABET, MAX_RECORDS,
+from .layout import (CODINGS, COMMON_KEYS, DEFAULT_MAX_ELEMENTS, DTYPES, ENCODINGS, EXTRA_KEYS, GAP_BITS_RANGE,
+                     GAP_KEYS, MAGIC, MAX_DIM, MAX_HEADER, MAX_NAME, MAX_NDIM, MAX_NUMEL, MAX_PAIR_ALPHABET, MAX_RECORDS,
                      PREAMBLE, VERSION, max_declared_elements)
 
 
@@ -334,6 +336,8 @@ def _parse_header(head, file_size: int, source: str) -> tuple[dict, list[_Spec]]
 
 def _check_budget(specs: list[_Spec], max_elements: int, source: str) -> None:
     """Refuse, before decoding, an archive that declares more than ``max_elements`` elements."""
+    if isinstance(max_elements, bool) or not isinstance(max_elements, int) or max_elements < 1:
+        raise ConfigError(f"max_elements must be a positive integer; got {max_elements!r:.40}")
     declared = sum(s.numel for s in specs)
     if declared > max_elements:
         raise LimitError(f"{source}: decoding needs {declared} elements, over the limit of {max_elements} "

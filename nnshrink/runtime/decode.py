@@ -16,7 +16,8 @@ from ..errors import CheckpointError
 from ..format import DEFAULT_MAX_ELEMENTS, open_archive, read_archive
 
 
-def load_archive_tensors(path: str | os.PathLike, *, max_elements: int = DEFAULT_MAX_ELEMENTS) -> dict[str, torch.Tensor]:
+def load_archive_tensors(path: str | os.PathLike, *,
+                         max_elements: int = DEFAULT_MAX_ELEMENTS) -> dict[str, torch.Tensor]:
     """Every tensor of the archive, decoded dense (works for any archive)."""
     return read_archive(path, max_elements=max_elements).dense_state()
 
