@@ -21,15 +21,16 @@ def is_archive(path: str | os.PathLike) -> bool:
         return False
 
 
-def load_model(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
-    """(model, metadata) from a checkpoint or an archive, by the file's first bytes."""
+def load_model(path: str | os.PathLike, *, max_elements: int | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """(model, metadata) from a checkpoint or an archive, by the file's first bytes
+    (``max_elements``: the archive decoding budget, default the format's)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file")
     if is_archive(path):
         from .runtime.decode import load_archive_model
 
-        return load_archive_model(path)
+        return load_archive_model(path, **({} if max_elements is None else {"max_elements": max_elements}))
     from .checkpoint import load_checkpoint
 
     return load_checkpoint(path)
