@@ -273,7 +273,8 @@ def _share_tensor(module: nn.Module, t: Target, bits: int, init: str, seed: int,
     module.__dict__.setdefault("_nnshrink_requires_grad", {})[p_name] = param.requires_grad
     module.__dict__.setdefault("_nnshrink_bits", {})[p_name] = bits
     param.requires_grad_(False)
-    module.register_parameter(codebook_name(p_name), nn.Parameter(torch.from_numpy(res.centroids).to(w.device, w.dtype)))
+    codebook = torch.from_numpy(res.centroids).to(w.device, w.dtype)
+    module.register_parameter(codebook_name(p_name), nn.Parameter(codebook))
     module.register_buffer(index_name(p_name), index, persistent=False)
     param.copy_(_expanded(module, p_name))
     dense = n_kept == w.numel()
