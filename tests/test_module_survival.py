@@ -39,10 +39,11 @@ def same_compression(a: nn.Module, b: nn.Module) -> None:
 
 
 def still_compressed_after_training(m: nn.Module, case: str) -> None:
-    masks = current_masks(m)
+    inner = getattr(m, "_orig_mod", m)  # what torch.compile wraps
+    masks = current_masks(inner)
     m.train()
     steps(m, torch.optim.SGD(m.parameters(), lr=1e-3, momentum=0.9, weight_decay=0.1), 4)
-    state = m.state_dict()
+    state = inner.state_dict()
     for name, mask in masks.items():
         assert torch.all(state[name][~mask] == 0), name
     if "shared" in case:
