@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from .errors import ConfigError, DataError
+from .io_utils import check_input_file
 
 DATASETS = ("fashion-mnist", "mnist", "idx")
 DEBIAN_DIRS = {
@@ -40,7 +41,7 @@ _MAX_IDX_ELEMENTS = 1 << 31
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:
     """Read one IDX file (raw or .gz) into a numpy array, validating every header field."""
-    path = Path(path)
+    path = check_input_file(path, DataError)
     try:
         raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
     except FileNotFoundError:

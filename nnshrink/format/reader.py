@@ -23,6 +23,7 @@ from ..encode.bitpack import packed_nbytes, unpack_bits
 from ..encode.huffman import CodecError, HuffmanCode, check_lengths, huffman_decode
 from ..encode.sparse import BAD_PAST_END, mask_from_gaps, scatter_dense
 from ..errors import CheckpointError
+from ..io_utils import check_input_file
 from .errors import BadMagicError, ChecksumError, FormatError, HeaderError, HuffmanTableError, RecordError, StreamError
 from .layout import (CODINGS, COMMON_KEYS, DTYPES, ENCODINGS, EXTRA_KEYS, GAP_BITS_RANGE, GAP_KEYS, MAGIC, MAX_DIM,
                      MAX_HEADER, MAX_NAME, MAX_NDIM, MAX_NUMEL, MAX_PAIR_ALPHABET, MAX_RECORDS, PREAMBLE, VERSION)
@@ -83,9 +84,7 @@ class Archive:
 
 def read_archive(path: str | os.PathLike) -> Archive:
     """Read and fully validate the archive at ``path``."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such file")
+    path = check_input_file(path, CheckpointError)
     size = path.stat().st_size
     buf = bytearray(size)
     with open(path, "rb") as f:
