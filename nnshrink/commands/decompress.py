@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import json
 
-from ._common import check_output_path
+from ._common import add_force_arg, check_output_path
 
 
 def register(sub) -> None:
     p = sub.add_parser("decompress", help="decode an .nsk archive to dense safetensors")
     p.add_argument("input", help="archive (.nsk)")
     p.add_argument("-o", "--output", required=True, help="output .safetensors")
-    p.add_argument("--force", action="store_true", help="overwrite the output if it exists")
+    add_force_arg(p)
     p.set_defaults(func=run)
 
 
