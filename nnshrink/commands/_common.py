@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -27,11 +26,6 @@ def add_json_arg(p) -> None:
 
 def add_force_arg(p) -> None:
     p.add_argument("--force", action="store_true", help="replace output files that already exist")
-
-
-def check_output_path(path: str | os.PathLike, force: bool = False) -> Path:
-    """Refuse an output before the work starts (see io_utils.check_output_file)."""
-    return check_output_file(path, force=force)
 
 
 def check_outputs(args, *paths) -> list[Path | None]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from ._common import add_force_arg, check_output_path
+from ._common import add_force_arg, check_outputs
 
 
 def register(sub) -> None:
@@ -23,7 +23,7 @@ def run(args) -> int:
     from ..format import read_archive
     from ..io_utils import atomic_path
 
-    out = check_output_path(args.output, force=args.force)
+    out, = check_outputs(args, args.output)
     arch = read_archive(args.input)
     state = {k: v.contiguous() for k, v in arch.dense_state().items()}
     meta = {META_VERSION: __version__}
