@@ -19,7 +19,7 @@ from safetensors.torch import load_file, safe_open, save_file
 
 from . import __version__
 from .errors import CheckpointError
-from .io_utils import atomic_path
+from .io_utils import atomic_path, check_input_file
 from .format.errors import show
 from .models import build_model, get_spec, state_shapes
 
@@ -42,9 +42,7 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, model_name: str, 
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such file")
+    path = check_input_file(path, CheckpointError)
     try:
         with safe_open(str(path), framework="pt") as f:
             return dict(f.metadata() or {})

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from .errors import ConfigError, DataError
+from .io_utils import check_input_file
 
 DATASETS = ("fashion-mnist", "mnist", "idx")
 DEBIAN_DIRS = {
@@ -47,7 +48,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     decompressed incrementally up to the declared size only: a small gzip bomb cannot
     make it allocate more than its header declares (and the header must be plausible for
     the file's size)."""
-    path = Path(path)
+    path = check_input_file(path, DataError)
     try:
         size = path.stat().st_size
         with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as f:

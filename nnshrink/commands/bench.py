@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import sys
 
-from ._common import add_max_elements_arg, emit_json
+from ._common import add_force_arg, add_json_arg, add_max_elements_arg, check_outputs, emit_json
 
 
 def register(sub) -> None:
@@ -24,8 +24,8 @@ def register(sub) -> None:
     p.add_argument("--threads", type=int, default=1, help="torch and numba threads (default 1)")
     p.add_argument("--repeats", type=int, default=9, help="timed repeats per variant (median; >= 3)")
     add_max_elements_arg(p)
-    p.add_argument("--json", nargs="?", const="-", default=None, metavar="FILE",
-                   help="print JSON (or write it to FILE)")
+    add_json_arg(p)
+    add_force_arg(p)
     p.set_defaults(func=run)
 
 
@@ -149,6 +149,7 @@ def run(args) -> int:
     if args.repeats < 3:
         raise ConfigError(f"--repeats must be >= 3; got {args.repeats}")
     batches = _batches(args.batch)
+    check_outputs(args)
     os.environ["NUMBA_NUM_THREADS"] = str(args.threads)
 
     import torch
@@ -201,7 +202,7 @@ def run(args) -> int:
               "clock": pick_clock(),
               "binary_skipped": binary_skip, "layers": layers, "model": whole}
     if args.json is not None:
-        emit_json(report, args.json)
+        emit_json(report, args.json, force=args.force)
         if args.json != "-":
             _print(report)
     else:

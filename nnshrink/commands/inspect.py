@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from ..format.errors import printable
-from ._common import emit_json
+from ._common import add_force_arg, add_json_arg, check_outputs, emit_json
 
 
 def register(sub) -> None:
     p = sub.add_parser("inspect", help="per-layer sizes of an .nsk archive (kept %%, bits, bytes, ratio)")
     p.add_argument("input", help="archive (.nsk)")
-    p.add_argument("--json", action="store_true", help="print JSON")
+    add_json_arg(p)
+    add_force_arg(p)
     p.set_defaults(func=run)
 
 
@@ -49,10 +50,11 @@ def format_table(rep: dict) -> str:
 def run(args) -> int:
     from ..format import open_archive
 
+    check_outputs(args)
     with open_archive(args.input) as arch:  # header only: O(header) memory whatever the records claim
         rep = summarize(arch)
     if args.json:
-        emit_json(rep, "-")
-    else:
+        emit_json(rep, args.json, force=args.force)
+    if args.json != "-":
         print(format_table(rep))
     return 0

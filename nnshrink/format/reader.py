@@ -27,6 +27,7 @@ from ..encode.bitpack import packed_nbytes, unpack_bits
 from ..encode.huffman import CodecError, HuffmanCode, check_lengths, huffman_decode
 from ..encode.sparse import BAD_PAST_END, mask_from_gaps, scatter_dense
 from ..errors import CheckpointError, ConfigError
+from ..io_utils import check_input_file
 from .errors import (BadMagicError, ChecksumError, FormatError, HeaderError, HuffmanTableError, LimitError, RecordError,
                      StreamError, show)
 from .layout import (CODINGS, COMMON_KEYS, DEFAULT_MAX_ELEMENTS, DTYPES, ENCODINGS, EXTRA_KEYS, GAP_BITS_RANGE,
@@ -100,10 +101,7 @@ def read_archive(path: str | os.PathLike, *, max_elements: int = DEFAULT_MAX_ELE
 
 
 def _archive_path(path) -> Path:
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such file")
-    return path
+    return check_input_file(path, CheckpointError)
 
 
 # ---------------------------------------------------------------- header checks
