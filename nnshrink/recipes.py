@@ -142,7 +142,7 @@ def _check_order(stages: list[str], name: str) -> None:
     body = [REGISTRY[s] for s in stages[:-1]]
     for a, b in zip(body, body[1:]):
         if b.order < a.order:
-            raise ConfigError(f"recipe {name!r}: {b.name!r} before {a.name!r} makes no sense; order them "
+            raise ConfigError(f"recipe {name!r}: {a.name!r} before {b.name!r} makes no sense; order them "
                               f"{', '.join(s.name for s in sorted(body, key=lambda s: s.order))}, encode")
     lone = [s.name for s in body if s.exclusive]
     if lone and len(body) > 1:

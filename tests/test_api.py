@@ -287,3 +287,20 @@ def test_cli_model_factory(tmp_path, monkeypatch, capsys):
         assert words in err and len(err.strip().splitlines()) == 1
     assert main(["compress", "w.safetensors", "-o", "x.nsk", "--data-factory", "mynets:loaders"]) == 2
     assert "needs --model-factory" in capsys.readouterr().err
+
+
+def readme_blocks():
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("### Python API"):text.index("## Layout")]
+    return [b.split("\n", 1)[1] for b in section.split("```")[1::2] if b.startswith("python")]
+
+
+def test_readme_python_api_example_runs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    first, lower = readme_blocks()
+    scope = {"__name__": "readme"}
+    exec(compile(first, "README.md", "exec"), scope)
+    assert (tmp_path / "net.nsk").stat().st_size == scope["written"]
+    assert scope["result"].report["ratio"] > 5
+    model = scope["Net"]()
+    exec(compile(lower, "README.md", "exec"), {"model": model, "nnshrink": nnshrink})
