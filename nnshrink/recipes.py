@@ -37,7 +37,10 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .errors import ConfigError
+from .select import DEFAULT_BITS, DEFAULT_INDEX_BITS
 from .stages import REGISTRY, BinaryConfig, PruneConfig, ShareConfig  # noqa: F401  (re-exported)
+
+from .stages.prune import GENERIC_SPARSITY  # noqa: E402
 
 ENCODE = "encode"
 
@@ -195,8 +198,8 @@ MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
         "encode": {"half_dense": True},
     },
 }
-GENERIC = "generic: prune sparsity per kind (stages.prune.GENERIC_SPARSITY), weight bits and index bits " \
-          "per kind (select.DEFAULT_BITS, select.DEFAULT_INDEX_BITS)"
+GENERIC = (f"generic: prune sparsity per kind {GENERIC_SPARSITY}, weight bits per kind {DEFAULT_BITS}, "
+           f"index bits per kind {DEFAULT_INDEX_BITS}")
 
 
 def _merge(base: dict, over: dict) -> dict:

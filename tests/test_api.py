@@ -304,3 +304,18 @@ def test_readme_python_api_example_runs(tmp_path, monkeypatch):
     assert scope["result"].report["ratio"] > 5
     model = scope["Net"]()
     exec(compile(lower, "README.md", "exec"), {"model": model, "nnshrink": nnshrink})
+
+
+def test_load_with_the_compressed_runtime(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 4))
+    res = nnshrink.compress(model, progress=False)
+    res.save(tmp_path / "m.nsk")
+    fast = nnshrink.load(tmp_path / "m.nsk", model=nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 4)),
+                         runtime="compressed")
+    assert type(fast[0]).__name__ in ("SparseLinear", "CodebookLinear")
+    x = torch.rand(5, 32)
+    with torch.no_grad():
+        assert torch.allclose(fast(x), res.model.eval()(x), atol=1e-5)
+    with pytest.raises(ConfigError, match="runtime must be one of dense, compressed; got 'gpu'"):
+        nnshrink.load(tmp_path / "m.nsk", model=model, runtime="gpu")
