@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 
 from .errors import CheckpointError, ConfigError
+from .format.errors import show
 
 NSK_MAGIC = b"NSK"
 RUNTIMES = ("dense", "compressed")
@@ -25,46 +26,57 @@ def is_archive(path: str | os.PathLike) -> bool:
         return False
 
 
-def load_model(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
-    """(model, metadata) from a checkpoint or an archive, by the file's first bytes."""
+def load_model(path: str | os.PathLike, *, max_elements: int | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """(model, metadata) from a checkpoint or an archive, by the file's first bytes
+    (``max_elements``: the archive decoding budget, default the format's)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file")
     if is_archive(path):
         from .runtime.decode import load_archive_model
 
-        return load_archive_model(path)
+        return load_archive_model(path, **({} if max_elements is None else {"max_elements": max_elements}))
     from .checkpoint import load_checkpoint
 
     return load_checkpoint(path)
 
 
-def load_into(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> nn.Module:
-    """Fill ``model`` from ``state`` strictly; a tensor that does not fit names its key
-    and both shapes, missing / unexpected keys name the first few."""
+def check_shapes(model: nn.Module, shapes: Mapping[str, tuple[int, ...]], source: str) -> None:
+    """Refuse tensors that do not fit ``model``: the first key whose shape differs (both
+    shapes), else the first few missing / unexpected keys."""
     expected = model.state_dict()
     cls = type(model).__name__
-    for key, t in state.items():
-        if key in expected and tuple(t.shape) != tuple(expected[key].shape):
-            raise CheckpointError(f"{source}: tensor {key!r} has shape {tuple(t.shape)} there but "
+    for key, shape in shapes.items():
+        if key in expected and tuple(shape) != tuple(expected[key].shape):
+            raise CheckpointError(f"{source}: tensor {show(key)} has shape {tuple(shape)} there but "
                                   f"{tuple(expected[key].shape)} in {cls}; is it the same model?")
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
+    missing = [k for k in expected if k not in shapes]
+    unexpected = [k for k in shapes if k not in expected]
     if missing or unexpected:
-        parts = ([f"missing {', '.join(map(repr, missing[:5]))}"] if missing else []) + \
-                ([f"unexpected {', '.join(map(repr, unexpected[:5]))}"] if unexpected else [])
+        parts = ([f"missing {', '.join(map(show, missing[:5]))}"] if missing else []) + \
+                ([f"unexpected {', '.join(map(show, unexpected[:5]))}"] if unexpected else [])
         raise CheckpointError(f"{source}: tensors do not fit {cls}: " + "; ".join(parts))
+
+
+def load_into(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> nn.Module:
+    """Fill ``model`` from ``state`` strictly (``check_shapes`` first)."""
+    check_shapes(model, {k: tuple(t.shape) for k, t in state.items()}, source)
     model.load_state_dict(dict(state), strict=True)
     return model
 
 
-def load(path: str | os.PathLike, model: nn.Module | None = None, *, runtime: str = "dense") -> nn.Module:
+def load(path: str | os.PathLike, model: nn.Module | None = None, *, runtime: str = "dense",
+         max_elements: int | None = None) -> nn.Module:
     """The model an archive (or checkpoint) holds. With ``model`` (the user's freshly
     built module) it is filled from the file and returned; without, nnshrink builds the
-    zoo model the file names, and refuses any other. ``runtime="compressed"`` swaps
-    sparse / shared Linear layers for the kernels that run from the compressed form."""
+    zoo model the file names, and refuses any other. Shapes are checked from the header
+    before anything is decoded. ``runtime="compressed"`` swaps sparse / shared Linear
+    layers for the kernels that run from the compressed form."""
+    from .format import DEFAULT_MAX_ELEMENTS, open_archive, read_archive
+
     if runtime not in RUNTIMES:
         raise ConfigError(f"runtime must be one of {', '.join(RUNTIMES)}; got {runtime!r}")
+    budget = DEFAULT_MAX_ELEMENTS if max_elements is None else max_elements
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file")
@@ -76,14 +88,17 @@ def load(path: str | os.PathLike, model: nn.Module | None = None, *, runtime: st
         from .checkpoint import load_tensors
 
         return load_into(model, load_tensors(path), str(path))
-    from .format import read_archive
-
-    archive = read_archive(path)
     if model is None:
-        from .runtime.decode import model_from_archive
+        from .runtime.decode import load_archive_model
 
-        model = model_from_archive(archive, str(path))[0]
+        model = load_archive_model(path, max_elements=budget)[0]
+        if runtime == "dense":
+            return model
+        archive = read_archive(path, max_elements=budget)
     else:
+        with open_archive(path, max_elements=budget) as lazy:
+            check_shapes(model, lazy.shapes(), str(path))
+        archive = read_archive(path, max_elements=budget)
         load_into(model, archive.dense_state(), str(path))
     if runtime == "compressed":
         from .runtime.layers import accelerate

@@ -19,6 +19,25 @@ def add_device_arg(p) -> None:
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
 
 
+def add_max_elements_arg(p) -> None:
+    from ..format import DEFAULT_MAX_ELEMENTS
+
+    p.add_argument("--max-elements", type=_positive_int, default=DEFAULT_MAX_ELEMENTS, metavar="N",
+                   help=f"refuse archives that decode to more than N elements (default {DEFAULT_MAX_ELEMENTS})")
+
+
+def _positive_int(text: str) -> int:
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer; got {text!r}")
+    return value
+
+
 def check_output_path(path: str | os.PathLike, force: bool = True) -> Path:
     """Refuse an output whose folder does not exist (or that exists, unless ``force``)."""
     out = Path(path)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import sys
 
-from ._common import emit_json
+from ._common import add_max_elements_arg, emit_json
 
 
 def register(sub) -> None:
@@ -23,6 +23,7 @@ def register(sub) -> None:
     p.add_argument("--batch", default="1,64", help="comma-separated batch sizes")
     p.add_argument("--threads", type=int, default=1, help="torch and numba threads (default 1)")
     p.add_argument("--repeats", type=int, default=9, help="timed repeats per variant (median; >= 3)")
+    add_max_elements_arg(p)
     p.add_argument("--json", nargs="?", const="-", default=None, metavar="FILE",
                    help="print JSON (or write it to FILE)")
     p.set_defaults(func=run)
@@ -81,8 +82,8 @@ def _load(args):
     if os.path.isfile(src) and is_archive(src):
         from ..format import read_archive
 
-        model, meta = load_model(src)
-        tensors = read_archive(src).tensors
+        model, meta = load_model(src, max_elements=args.max_elements)
+        tensors = read_archive(src, max_elements=args.max_elements).tensors
         name = meta.get("model") or meta.get("model_name")
         shape = tuple(get_spec(name).input_shape) if name in model_names() else None
         return model, tensors, shape, f"archive {src}"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from ._common import check_output_path
+from ._common import add_max_elements_arg, check_output_path
 
 
 def register(sub) -> None:
@@ -12,6 +12,7 @@ def register(sub) -> None:
     p.add_argument("input", help="archive (.nsk)")
     p.add_argument("-o", "--output", required=True, help="output .safetensors")
     p.add_argument("--force", action="store_true", help="overwrite the output if it exists")
+    add_max_elements_arg(p)
     p.set_defaults(func=run)
 
 
@@ -24,7 +25,7 @@ def run(args) -> int:
     from ..io_utils import atomic_path
 
     out = check_output_path(args.output, force=args.force)
-    arch = read_archive(args.input)
+    arch = read_archive(args.input, max_elements=args.max_elements)
     state = {k: v.contiguous() for k, v in arch.dense_state().items()}
     meta = {META_VERSION: __version__}
     if arch.metadata.get("model"):

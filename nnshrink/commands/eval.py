@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ._common import add_data_args, add_device_arg, emit_json
+from ._common import add_data_args, add_device_arg, add_max_elements_arg, emit_json
 
 
 def register(sub) -> None:
@@ -10,6 +10,7 @@ def register(sub) -> None:
     p.add_argument("input", help="checkpoint (.safetensors) or archive (.nsk)")
     add_data_args(p)
     add_device_arg(p)
+    add_max_elements_arg(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=run)
 
@@ -19,7 +20,7 @@ def run(args) -> int:
     from ..loading import load_model
     from ..train import evaluate
 
-    model, meta = load_model(args.input)
+    model, meta = load_model(args.input, max_elements=args.max_elements)
     data = load_dataset(args.dataset or meta.get("info", {}).get("dataset") or "fashion-mnist", args.data_dir)
     top1 = evaluate(model.to(args.device), data, device=args.device)
     if args.json:

@@ -40,12 +40,15 @@ SHOW_LIMIT = 80
 
 def printable(text: str) -> str:
     """``text`` with control and other non-printable characters escaped: safe on a terminal."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+    text = str(text)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def show(text, limit: int = SHOW_LIMIT) -> str:
     """A name read from a file, quoted, escaped and cut to ``limit`` characters, for messages."""
     body = printable(text)
-    if len(body) > limit:
+    if len(body) > limit + 20:
         body = body[:limit] + f"... ({len(str(text))} characters)"
     return f"'{body}'"

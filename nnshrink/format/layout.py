@@ -17,7 +17,7 @@ GAP_BITS_RANGE = (3, 8)
 # DENSITY_SLACK (honest archives stay far below it, see SPEC.md), so the work a file asks
 # for is bounded by its size.
 DENSITY = 256
-DENSITY_SLACK = 1 << 24
+DENSITY_SLACK = 1 << 20
 DEFAULT_MAX_ELEMENTS = 1 << 32  # the reader's default budget of decoded elements (all records)
 
 DTYPES = {

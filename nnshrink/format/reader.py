@@ -2,12 +2,16 @@
 
 Order of work: preamble, header checksum, JSON schema of every record (shapes against
 counts, part lengths against counts, ranges in bounds and disjoint) -- all before a
-single tensor is allocated; then per record: CRC-32, decode, exact counts. Allocation
-sizes are bounded by the file's size (see SPEC.md), every loop by validated counts.
+single tensor is allocated; then the caller's element budget (``max_elements``); then per
+record: CRC-32, decode, exact counts. The density cap (SPEC.md) bounds the elements a
+file may declare by its size, every loop runs over validated counts. ``open_archive``
+stops after the header and decodes one record per ``get``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 import os
 import struct
@@ -22,11 +26,11 @@ from ..compressed import BinaryTensor, DenseTensor, SharedTensor, SparseTensor
 from ..encode.bitpack import packed_nbytes, unpack_bits
 from ..encode.huffman import CodecError, HuffmanCode, check_lengths, huffman_decode
 from ..encode.sparse import BAD_PAST_END, mask_from_gaps, scatter_dense
-from ..errors import CheckpointError
+from ..errors import CheckpointError, ConfigError
 from .errors import (BadMagicError, ChecksumError, FormatError, HeaderError, HuffmanTableError, LimitError, RecordError,
                      StreamError, show)
-from .layout import (CODINGS, COMMON_KEYS, DEFAULT_MAX_ELEMENTS, DTYPES, ENCODINGS, EXTRA_KEYS, GAP_BITS_RANGE, GAP_KEYS,
-                     MAGIC, MAX_DIM, MAX_HEADER, MAX_NAME, MAX_NDIM, MAX_NUMEL, MAX_PAIR_ALPHABET, MAX_RECORDS,
+from .layout import (CODINGS, COMMON_KEYS, DEFAULT_MAX_ELEMENTS, DTYPES, ENCODINGS, EXTRA_KEYS, GAP_BITS_RANGE,
+                     GAP_KEYS, MAGIC, MAX_DIM, MAX_HEADER, MAX_NAME, MAX_NDIM, MAX_NUMEL, MAX_PAIR_ALPHABET, MAX_RECORDS,
                      PREAMBLE, VERSION, max_declared_elements)
 
 
@@ -147,6 +151,17 @@ def _check_pairs(coding: str, alphabet: int, stream: str, where: str) -> None:
                           f"(at most {MAX_PAIR_ALPHABET})")
 
 
+class _Where:
+    """'record #i NAME' for messages, escaped and cut only when a message is built: most
+    records never need it, and a header may hold 100,000 of them."""
+
+    def __init__(self, i: int, name: str):
+        self.i, self.name = i, name
+
+    def __str__(self) -> str:
+        return f"record #{self.i} {show(self.name)}"
+
+
 def _check_record(i: int, rec: Any, data_length: int, names: set) -> _Spec:
     where = f"record #{i}"
     if not isinstance(rec, dict):
@@ -154,7 +169,7 @@ def _check_record(i: int, rec: Any, data_length: int, names: set) -> _Spec:
     name = rec.get("name")
     if not isinstance(name, str) or not 1 <= len(name) <= MAX_NAME:
         raise RecordError(f"{where}: 'name' must be a string of 1..{MAX_NAME} characters")
-    where = f"record #{i} {show(name)}"
+    where = _Where(i, name)
     if name in names:
         raise RecordError(f"{where}: duplicate name")
     names.add(name)
@@ -164,7 +179,10 @@ def _check_record(i: int, rec: Any, data_length: int, names: set) -> _Spec:
     shape = rec.get("shape")
     if not isinstance(shape, list) or len(shape) > MAX_NDIM:
         raise RecordError(f"{where}: 'shape' must be a list of at most {MAX_NDIM} integers")
-    dims = tuple(_int({"dim": d}, "dim", 0, MAX_DIM, where + " shape") for d in shape)
+    for d in shape:
+        if type(d) is not int or not 0 <= d <= MAX_DIM:
+            raise RecordError(f"{where}: shape dimensions must be integers in [0, {MAX_DIM}]; got {d!r:.40}")
+    dims = tuple(shape)
     numel, extent = 1, 1  # extent: product of the non-zero dims, so no shape overflows numpy
     for d in dims:
         numel *= d
@@ -218,7 +236,9 @@ def _check_record(i: int, rec: Any, data_length: int, names: set) -> _Spec:
     for (pname, plen), item in zip(expected, parts_in):
         if not isinstance(item, list) or len(item) != 2 or item[0] != pname:
             raise RecordError(f"{where}: part {item!r:.60} should be [{pname!r}, length]")
-        n = _int({"length": item[1]}, "length", 0, length, f"{where} part {pname!r}")
+        n = item[1]
+        if type(n) is not int or not 0 <= n <= length:
+            raise RecordError(f"{where}: part {pname!r} length must be an integer in [0, {length}]; got {n!r:.40}")
         if plen is not None and n != plen:
             raise RecordError(f"{where}: part {pname!r} must be {plen} bytes for its counts; says {n}")
         parts[pname] = (pos, pos + n)
@@ -238,6 +258,19 @@ def _check_record(i: int, rec: Any, data_length: int, names: set) -> _Spec:
             if not 1 <= codes <= 8 * (s1 - s0):
                 raise RecordError(f"{where}: {count} {stream} symbols cannot come from {s1 - s0} Huffman bytes")
     return _Spec(i, name, dims, numel, enc, f, offset, length, crc, parts)
+
+
+@contextlib.contextmanager
+def _gc_paused():
+    """Pause the cyclic GC while building the acyclic objects of up to 100,000 records:
+    its passes over them made a maximal header several times slower to read."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 def _header_length(pre, file_size: int, source: str) -> int:
@@ -303,6 +336,8 @@ def _parse_header(head, file_size: int, source: str) -> tuple[dict, list[_Spec]]
 
 def _check_budget(specs: list[_Spec], max_elements: int, source: str) -> None:
     """Refuse, before decoding, an archive that declares more than ``max_elements`` elements."""
+    if isinstance(max_elements, bool) or not isinstance(max_elements, int) or max_elements < 1:
+        raise ConfigError(f"max_elements must be a positive integer; got {max_elements!r:.40}")
     declared = sum(s.numel for s in specs)
     if declared > max_elements:
         raise LimitError(f"{source}: decoding needs {declared} elements, over the limit of {max_elements} "
@@ -410,15 +445,16 @@ def _stats(s: _Spec, raw_nonzero: int | None) -> dict[str, Any]:
 def parse_archive(buf: bytes | bytearray, source: str = "<archive>", *,
                   max_elements: int = DEFAULT_MAX_ELEMENTS) -> Archive:
     """Validate and decode an archive held in memory (``read_archive`` reads the file)."""
-    meta, specs = _parse_header(buf, len(buf), source)
-    _check_budget(specs, max_elements, source)
-    base = PREAMBLE + struct.unpack_from("<I", buf, 8)[0]
-    view = memoryview(buf)
-    tensors, records = {}, []
-    for s in specs:
-        t = _decode(view[base + s.offset: base + s.offset + s.length], s, source)
-        tensors[s.name] = t
-        records.append(_stats(s, int(np.count_nonzero(t.array)) if s.encoding == "raw" else None))
+    with _gc_paused():
+        meta, specs = _parse_header(buf, len(buf), source)
+        _check_budget(specs, max_elements, source)
+        base = PREAMBLE + struct.unpack_from("<I", buf, 8)[0]
+        view = memoryview(buf)
+        tensors, records = {}, []
+        for s in specs:
+            t = _decode(view[base + s.offset: base + s.offset + s.length], s, source)
+            tensors[s.name] = t
+            records.append(_stats(s, int(np.count_nonzero(t.array)) if s.encoding == "raw" else None))
     return Archive(meta, tensors, records, len(buf), source)
 
 
@@ -435,7 +471,8 @@ class ArchiveFile:
             self.file_bytes = os.fstat(self._f.fileno()).st_size
             pre = self._f.read(PREAMBLE)
             head = pre + self._f.read(_header_length(pre, self.file_bytes, self.source))
-            self.metadata, specs = _parse_header(head, self.file_bytes, self.source)
+            with _gc_paused():
+                self.metadata, specs = _parse_header(head, self.file_bytes, self.source)
         except BaseException:
             self._f.close()
             raise
@@ -460,6 +497,10 @@ class ArchiveFile:
 
     def __len__(self) -> int:
         return len(self._specs)
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        """name -> shape, from the header alone."""
+        return {name: s.shape for name, s in self._specs.items()}
 
     def _read(self, s: _Spec, start: int, size: int) -> bytes:
         data = os.pread(self._f.fileno(), size, self._base + s.offset + start)

@@ -162,7 +162,7 @@ def _metadata(metadata: dict[str, Any]) -> dict[str, Any]:
 def serialize(tensors: dict, metadata: dict[str, Any], *, index_bits: dict[str, int] | int | None = None,
               huffman: bool = True) -> bytes:
     """The archive's bytes for ``tensors`` (name -> CompressedTensor) and ``metadata``, without a file."""
-    records, payloads, offset, numel = [], [], 0, 0
+    entries, numel = [], 0
     for name, t in tensors.items():
         if not isinstance(name, str) or not name or len(name) > MAX_NAME:
             raise ConfigError(f"tensor names must be non-empty strings of <= {MAX_NAME} characters; got {show(name)}")
@@ -171,18 +171,29 @@ def serialize(tensors: dict, metadata: dict[str, Any], *, index_bits: dict[str, 
                               "(expected a nnshrink.compressed type)")
         shape = [int(d) for d in t.shape]
         rec, parts = encode_tensor(name, t, _gap_bits_for(name, shape, index_bits), huffman)
+        entries.append(({"name": name, "shape": shape, **rec}, parts))
+        numel += int(np.prod(shape))
+    data = assemble(entries, _metadata(metadata))
+    if numel > max_declared_elements(len(data)):
+        raise ConfigError(f"the archive would declare {numel} elements in {len(data)} bytes, over the format's "
+                          f"density cap ({max_declared_elements(len(data))}; SPEC.md): store nearly empty "
+                          "tensors dense")
+    return data
+
+
+def assemble(entries: list[tuple[dict, list]], metadata: dict[str, Any]) -> bytes:
+    """Lay out records (fields without placement, ordered parts) after the preamble and
+    header: offsets, lengths, CRCs and 8-byte alignment. No checks: callers validate."""
+    records, offset = [], 0
+    for rec, parts in entries:
         length = sum(len(p) for _, p in parts)
         crc = 0
         for _, p in parts:
             crc = zlib.crc32(p, crc)
-        records.append({"name": name, "shape": shape, **rec, "offset": offset, "length": length, "crc32": crc,
+        records.append({**rec, "offset": offset, "length": length, "crc32": crc,
                         "parts": [[pn, len(p)] for pn, p in parts]})
-        pad = -length % ALIGN
-        payloads.append((parts, pad))
-        offset += length + pad
-        numel += int(np.prod(shape))
-    header = {"format": "nsk", "version": VERSION, "data_length": offset, "metadata": _metadata(metadata),
-              "records": records}
+        offset += length + (-length % ALIGN)
+    header = {"format": "nsk", "version": VERSION, "data_length": offset, "metadata": metadata, "records": records}
     try:
         hbytes = json.dumps(header, separators=(",", ":"), allow_nan=False).encode()
     except (TypeError, ValueError) as exc:
@@ -190,15 +201,12 @@ def serialize(tensors: dict, metadata: dict[str, Any], *, index_bits: dict[str, 
     hbytes += b" " * (-(PREAMBLE + len(hbytes)) % ALIGN)
     if len(hbytes) > MAX_HEADER:
         raise ConfigError(f"archive header is {len(hbytes)} bytes, over the {MAX_HEADER}-byte limit")
-    total = PREAMBLE + len(hbytes) + offset
-    if numel > max_declared_elements(total):
-        raise ConfigError(f"the archive would declare {numel} elements in {total} bytes, over the format's "
-                          f"density limit ({max_declared_elements(total)}): store nearly empty tensors dense")
     out = bytearray(MAGIC + struct.pack("<HHII", VERSION, 0, len(hbytes), zlib.crc32(hbytes)) + hbytes)
-    for parts, pad in payloads:
+    for _, parts in entries:
+        start = len(out)
         for _, p in parts:
             out += p
-        out += bytes(pad)
+        out += bytes(-(len(out) - start) % ALIGN)
     return bytes(out)
 
 

@@ -12,7 +12,8 @@ all move a pruned weight, the hook puts it back at 0.0), and a gradient hook zer
 pruned gradients (so clipping norms and Adam moments ignore them). Nothing stored in the
 module is a closure: module-level forward pre-hooks (on each masked module and on the
 pruned model) re-register the masked modules in the live set and re-install the gradient
-hooks after ``copy.deepcopy`` or ``torch.load`` of the whole module. ``remove_masks`` bakes the zeros in and leaves a plain model.
+hooks after ``copy.deepcopy`` or ``torch.load`` of the whole module. ``remove_masks``
+bakes the zeros in and leaves a plain model.
 """
 
 from __future__ import annotations

@@ -123,12 +123,12 @@ def _refit(module: nn.Module, p_name: str) -> None:
     """Each centroid = mean of the stored weights of its cluster (after loading a plain state)."""
     cb = module._parameters[codebook_name(p_name)]
     idx = module._buffers[index_name(p_name)].reshape(-1).long()
-    w = module._parameters[p_name].detach().reshape(-1)
+    w = module._parameters[p_name].detach().reshape(-1).double()  # exact when a cluster's values are equal
     k = cb.shape[0]
     keep = idx < k
     sums = torch.zeros(k, dtype=w.dtype, device=w.device).index_add_(0, idx[keep], w[keep])
     cnt = torch.bincount(idx[keep], minlength=k).to(w.dtype)
-    cb.copy_(torch.where(cnt > 0, sums / cnt.clamp(min=1), cb))
+    cb.copy_(torch.where(cnt > 0, sums / cnt.clamp(min=1), cb.double()))
     module._parameters[p_name].copy_(_expanded(module, p_name))
 
 
@@ -273,7 +273,8 @@ def _share_tensor(module: nn.Module, t: Target, bits: int, init: str, seed: int,
     module.__dict__.setdefault("_nnshrink_requires_grad", {})[p_name] = param.requires_grad
     module.__dict__.setdefault("_nnshrink_bits", {})[p_name] = bits
     param.requires_grad_(False)
-    module.register_parameter(codebook_name(p_name), nn.Parameter(torch.from_numpy(res.centroids).to(w.device, w.dtype)))
+    codebook = torch.from_numpy(res.centroids).to(w.device, w.dtype)
+    module.register_parameter(codebook_name(p_name), nn.Parameter(codebook))
     module.register_buffer(index_name(p_name), index, persistent=False)
     param.copy_(_expanded(module, p_name))
     dense = n_kept == w.numel()

@@ -14,32 +14,35 @@ import torch
 import torch.nn as nn
 
 from ..errors import CheckpointError
-from ..format import read_archive
+from ..format import DEFAULT_MAX_ELEMENTS, open_archive, read_archive
+from ..format.errors import show
 
 
-def load_archive_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+def load_archive_tensors(path: str | os.PathLike, *,
+                         max_elements: int = DEFAULT_MAX_ELEMENTS) -> dict[str, torch.Tensor]:
     """Every tensor of the archive, decoded dense (works for any archive)."""
-    return read_archive(path).dense_state()
+    return read_archive(path, max_elements=max_elements).dense_state()
 
 
-def load_archive_model(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
-    """(model, {"model", "config", "info"}) for an archive whose metadata names a zoo model."""
-    return model_from_archive(read_archive(path), str(path))
+def load_archive_model(path: str | os.PathLike, *,
+                       max_elements: int = DEFAULT_MAX_ELEMENTS) -> tuple[nn.Module, dict[str, Any]]:
+    """(model, {"model", "config", "info"}) for an archive whose metadata names a known model.
 
+    The model and config the header names are checked against the header's shapes before
+    anything is decoded or built."""
+    from ..checkpoint import check_fits, model_from_state
 
-def model_from_archive(arch, source: str) -> tuple[nn.Module, dict[str, Any]]:
-    """Build the zoo model ``arch``'s metadata names and fill it; any other model is
-    refused with the way to load it (``nnshrink.load(path, model=...)``)."""
-    from ..checkpoint import model_from_state
-
-    meta = arch.metadata
+    with open_archive(path, max_elements=max_elements) as lazy:
+        meta, shapes = lazy.metadata, lazy.shapes()
     name = meta.get("model")
-    info = meta.get("info") if isinstance(meta.get("info"), dict) else {}
     if name is None:
-        held = info.get("class")
-        raise CheckpointError(f"{source}: holds {'a ' + str(held) if held else 'a model'} that nnshrink does not "
+        held = meta.get("info", {}).get("class") if isinstance(meta.get("info"), dict) else None
+        raise CheckpointError(f"{path}: holds {'a ' + show(held) if held else 'a model'} that nnshrink does not "
                               "build itself; pass model= (a freshly built instance) to nnshrink.load, or use "
                               "`nnshrink decompress` for the tensors")
     config = meta.get("config") or {}
-    model = model_from_state(name, config, arch.dense_state(), source=source)
-    return model, {"model": name, "config": config, "info": info, "version": meta.get("nnshrink_version")}
+    check_fits(name, config, shapes, source=str(path))
+    info = meta.get("info") or {}
+    model = model_from_state(name, config, load_archive_tensors(path, max_elements=max_elements), source=str(path))
+    return model, {"model": name, "config": config, "info": info if isinstance(info, dict) else {},
+                   "version": meta.get("nnshrink_version")}
