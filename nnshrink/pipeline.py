@@ -216,12 +216,15 @@ def compress_model(model: nn.Module, recipe: Recipe, ctx: Context, *, metadata: 
             restore(model, archive)
             tensors = archive.tensors
             record["resumed"] = True
+            for text in record.get("warnings", []):
+                ctx.note(text)
         else:
-            t0 = time.perf_counter()
+            t0, n_notes = time.perf_counter(), len(ctx.notes)
             details = stage.apply(model, cfg, ctx)
             tensors = stage.export(model, cfg)
             record = {"stage": name, "seconds": time.perf_counter() - t0,
-                      "top1": ctx.evaluate(model, f"after stage {name!r}"), "details": details}
+                      "top1": ctx.evaluate(model, f"after stage {name!r}"), "details": details,
+                      "warnings": ctx.notes[n_notes:]}
             blob = serialize_archive(tensors, metadata, idx_bits, False)
             if work is not None:
                 work.save(i, name, blob, record)
