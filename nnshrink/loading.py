@@ -42,14 +42,14 @@ def load_model(path: str | os.PathLike, *, max_elements: int | None = None) -> t
 
 
 def check_shapes(model: nn.Module, shapes: Mapping[str, tuple[int, ...]], source: str) -> None:
-    """Refuse tensors that do not fit ``model``: the first key whose shape differs (both
-    shapes), else the first few missing / unexpected keys."""
+    """Refuse tensors that do not fit ``model``: the first key (in the model's order)
+    whose shape differs, with both shapes; else the first few missing / unexpected keys."""
     expected = model.state_dict()
     cls = type(model).__name__
-    for key, shape in shapes.items():
-        if key in expected and tuple(shape) != tuple(expected[key].shape):
-            raise CheckpointError(f"{source}: tensor {show(key)} has shape {tuple(shape)} there but "
-                                  f"{tuple(expected[key].shape)} in {cls}; is it the same model?")
+    for key, want in expected.items():  # the model's order: the first misfit a reader meets
+        if key in shapes and tuple(shapes[key]) != tuple(want.shape):
+            raise CheckpointError(f"{source}: tensor {show(key)} has shape {tuple(shapes[key])} there but "
+                                  f"{tuple(want.shape)} in {cls}; is it the same model?")
     missing = [k for k in expected if k not in shapes]
     unexpected = [k for k in shapes if k not in expected]
     if missing or unexpected:

@@ -287,6 +287,9 @@ def test_cli_model_factory(tmp_path, monkeypatch, capsys):
         assert words in err and len(err.strip().splitlines()) == 1
     assert main(["compress", "w.safetensors", "-o", "x.nsk", "--data-factory", "mynets:loaders"]) == 2
     assert "needs --model-factory" in capsys.readouterr().err
+    save_file({"1.weight": torch.zeros(3, 64), "1.bias": torch.zeros(3)}, str(tmp_path / "other.safetensors"))
+    assert main(["compress", "other.safetensors", "-o", "x.nsk", "--model-factory", "mynets:build"]) == 2
+    assert "'1.weight' has shape (3, 64) there but (32, 64) in Sequential" in capsys.readouterr().err
 
 
 def readme_blocks():
