@@ -92,12 +92,14 @@ def compressible(model: nn.Module, include=None, exclude=None) -> dict[str, Targ
     """
     found: dict[str, Target] = {}
     extra: dict[str, Target] = {}
+    seen: set[int] = set()  # a tied parameter is compressed once, under its first name
     for mod_name, mod in model.named_modules():
         if isinstance(mod, _NORMS):
             continue
         for p_name, p in mod._parameters.items():
-            if p is None:
+            if p is None or id(p) in seen:
                 continue
+            seen.add(id(p))
             name = f"{mod_name}.{p_name}" if mod_name else p_name
             kind = _builtin_kind(mod, p_name)
             if kind is not None:

@@ -103,7 +103,7 @@ def test_to_meta_and_dtype(case):
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_torch_compile_traces_without_graph_errors(case):
+def test_torch_compile_aot_eager(case):
     """Dynamo capture of the masked / shared model (aot_eager: no C++ toolchain needed;
     the inductor backend is exercised by the slow test below)."""
     m = compressed(case)
@@ -111,6 +111,7 @@ def test_torch_compile_traces_without_graph_errors(case):
     ref = m(x)
     cm = torch.compile(copy.deepcopy(m), backend="aot_eager")
     torch.testing.assert_close(cm(x), ref)
+    still_compressed_after_training(cm, case)  # a compiled COPY: its masks must be found too
 
 
 @pytest.mark.slow

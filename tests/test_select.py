@@ -89,3 +89,9 @@ def test_match_each_pattern_must_hit():
         match(["head", "x"], t, what="layer")
     with pytest.raises(ConfigError, match="non-empty"):
         match([""], t, what="layer")
+
+
+def test_tied_parameter_is_one_target():
+    m = nn.Sequential(nn.Embedding(10, 4), nn.Linear(4, 10, bias=False))
+    m[1].weight = m[0].weight
+    assert list(compressible(m)) == ["0.weight"]

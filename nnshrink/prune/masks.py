@@ -87,32 +87,35 @@ def _zero_masked_grad(ref: weakref.ref, p_name: str, grad: torch.Tensor) -> torc
     return grad if mask is None else grad * mask.to(grad.device, grad.dtype)
 
 
-def _track(module: nn.Module, args=None) -> None:
-    """Forward pre-hook of a masked module (also run when a mask is set): keep it in the
-    live set and its masked parameters' gradient hooks installed, also in copies of it."""
+def _install(module: nn.Module) -> None:
+    """Put ``module`` in the live set and hook the gradients of its masked parameters."""
     _LIVE.add(module)
     for p_name in module_masks(module):
         p = module._parameters[p_name]
         if p.requires_grad and p not in _GRAD_HOOKS:
             hook = functools.partial(_zero_masked_grad, weakref.ref(module), p_name)
-            hook.__torch_unserializable__ = True  # re-installed by this pre-hook after loading
+            hook.__torch_unserializable__ = True  # re-installed by the pre-hooks after loading
             _GRAD_HOOKS[p] = p.register_hook(hook)
 
 
+def _track(module: nn.Module, args=None) -> None:
+    """Forward pre-hook of a masked module: a copy of it (deepcopy, torch.load) is a new
+    object, installed on its first forward; afterwards this is one set lookup."""
+    if module not in _LIVE:
+        _install(module)
+
+
 def _track_tree(root: nn.Module, args=None) -> None:
-    """Forward pre-hook of a pruned model: once per model object (a copy is a new one),
-    track every masked submodule, also those whose forward never runs (the out_proj of
+    """Forward pre-hook of a pruned model: once per model object, install every masked
+    submodule, also those whose forward never runs (the out_proj of
     nn.MultiheadAttention is read as a tensor, never called)."""
-    if root in _SEEN:
-        return
-    _SEEN.add(root)
-    for mod in root.modules():
-        if module_masks(mod):
-            _track(mod)
+    if root not in _SEEN:
+        _SEEN.add(root)
+        for mod in root.modules():
+            if module_masks(mod):
+                _install(mod)
 
 
-_track = torch.compiler.disable(_track)  # bookkeeping only: never traced into a graph
-_track_tree = torch.compiler.disable(_track_tree)
 _HOOKS = (_track, _track_tree)
 
 
@@ -167,7 +170,7 @@ def set_mask(module: nn.Module, mask: torch.Tensor, param_name: str = "weight") 
         module.register_buffer(key, mask, persistent=False)
     if _track not in module._forward_pre_hooks.values():
         module.register_forward_pre_hook(_track)
-    _track(module)
+    _install(module)
     p.mul_(mask)
 
 
