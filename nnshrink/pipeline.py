@@ -31,6 +31,7 @@ from .compressed import CompressedTensor, DenseTensor, SharedTensor, SparseTenso
 from .data import Dataset
 from .errors import ConfigError
 from .io_utils import atomic_write_bytes
+from .post_training import compress_tensors  # noqa: F401  (moved; re-exported for callers)
 from .recipes import EncodeConfig, PruneConfig, Recipe, ShareConfig
 from .train import TrainConfig, default_train_config, evaluate, fit
 
@@ -66,12 +67,17 @@ def weight_layers(model: nn.Module) -> dict[str, nn.Module]:
     return {n: m for n, m in model.named_modules() if isinstance(m, WEIGHT_LAYERS) and n}
 
 
-def per_layer(model: nn.Module, patterns: dict[str, Any], default_fc, default_conv) -> dict[str, Any]:
-    """Value per weight layer: the first matching pattern, else the fc / conv default."""
-    layers = weight_layers(model)
+def check_patterns(patterns, layers: dict[str, nn.Module]) -> None:
+    """A per-layer pattern that matches no layer is a typo, never silently unused."""
     for pat in patterns:
         if not any(fnmatch.fnmatchcase(n, pat) for n in layers):
             raise ConfigError(f"layer pattern {pat!r} matches no layer; layers are {', '.join(layers)}")
+
+
+def per_layer(model: nn.Module, patterns: dict[str, Any], default_fc, default_conv) -> dict[str, Any]:
+    """Value per weight layer: the first matching pattern, else the fc / conv default."""
+    layers = weight_layers(model)
+    check_patterns(patterns, layers)
     out = {}
     for name, mod in layers.items():
         hit = next((v for p, v in patterns.items() if fnmatch.fnmatchcase(name, p)), None)
@@ -247,6 +253,8 @@ def compress_checkpoint(
     """Run ``recipe`` on an nnshrink checkpoint and write the archive; returns the report."""
     input_path, output = Path(input_path), Path(output)
     model, meta = load_checkpoint(input_path)
+    for patterns in (recipe.prune.layers, recipe.share.layers, recipe.encode.layers):
+        check_patterns(patterns, weight_layers(model))  # before OUT.work/ exists
     if recipe.retrains and retrain and data is None:
         raise ConfigError(f"recipe {recipe.name!r} retrains, which needs --dataset NAME "
                           "(or pass --no-retrain to compress without retraining)")
@@ -346,62 +354,3 @@ def compress_checkpoint(
     if not keep_work:
         shutil.rmtree(work, ignore_errors=True)
     return report
-
-
-def compress_tensors(
-    input_path: str | os.PathLike,
-    output: str | os.PathLike,
-    *,
-    sparsity: float,
-    bits: int | None,
-    index_bits: int | None = None,
-    huffman: bool = True,
-    min_numel: int = 1024,
-) -> dict[str, Any]:
-    """Post-training compression of any safetensors file: per tensor, magnitude pruning to
-    ``sparsity`` and k-means sharing at ``bits``; small or non-float tensors stay raw."""
-    from .quantize.kmeans import kmeans_1d
-
-    if not 0 <= sparsity < 1:
-        raise ConfigError(f"sparsity must be in [0, 1); got {sparsity}")
-    if bits is not None and not (isinstance(bits, int) and 1 <= bits <= 8):
-        raise ConfigError(f"bits must be an integer in 1..8; got {bits}")
-    input_path, output = Path(input_path), Path(output)
-    tensors_in = load_tensors(input_path)
-    out: dict[str, CompressedTensor] = {}
-    idx_bits: dict[str, int] = {}
-    original = 0
-    for name, t in tensors_in.items():
-        original += t.numel() * 4
-        arr = t.detach().to(torch.float32).numpy() if t.is_floating_point() else t.numpy()
-        if not t.is_floating_point() or t.dim() < 2 or t.numel() < min_numel:
-            out[name] = DenseTensor(np.ascontiguousarray(arr) if t.is_floating_point() else t.numpy())
-            continue
-        if not np.isfinite(arr).all():
-            raise ConfigError(f"tensor {name!r} holds NaN or inf values; cannot compress it")
-        mask = None
-        if sparsity > 0:
-            k = int(round(sparsity * arr.size))
-            thresh = np.partition(np.abs(arr).ravel(), k - 1)[k - 1] if k > 0 else -1
-            mask = np.abs(arr) > thresh
-        kept = arr[mask] if mask is not None else arr.ravel()
-        if bits is None:
-            out[name] = SparseTensor(arr.shape, mask, kept) if mask is not None else DenseTensor(arr)
-        else:
-            if kept.size == 0:
-                cents, labels = np.zeros(1, np.float32), np.zeros(0, np.uint8)
-            else:
-                cents, labels = kmeans_1d(kept.astype(np.float32), min(2 ** bits, kept.size), init="linear")
-            out[name] = SharedTensor(arr.shape, np.asarray(cents, np.float32), np.asarray(labels, np.uint8), bits, mask)
-        idx_bits[name] = index_bits or (8 if arr.ndim > 2 else 5)
-    meta = {"model": None, "config": {}, "nnshrink_version": __version__,
-            "info": {"source": input_path.name, "sparsity": sparsity, "bits": bits}, "report": {}}
-    write(output, out, meta, idx_bits, huffman)
-    from .format import read_archive
-
-    archive = read_archive(output)
-    size = output.stat().st_size
-    return {"input": str(input_path), "output": str(output), "model": None, "original_bytes": original,
-            "compressed_bytes": size, "ratio": original / size, "top1_before": None, "top1_after": None,
-            "stages": [{"stage": "post-training", "sparsity": sparsity, "bits": bits}],
-            "layers": archive.layer_rows() if hasattr(archive, "layer_rows") else [r.as_dict() for r in archive.records]}

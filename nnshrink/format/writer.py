@@ -21,11 +21,12 @@ from ..encode.huffman import MAX_PAIR_BASE, HuffmanCode, code_lengths, histogram
 from ..encode.sparse import gaps_from_mask
 from ..errors import ConfigError
 from ..io_utils import atomic_path
-from .layout import ALIGN, DTYPES, GAP_BITS_RANGE, MAGIC, MAX_HEADER, PREAMBLE, VERSION, default_gap_bits
+from .layout import ALIGN, BFLOAT16, DTYPES, GAP_BITS_RANGE, MAGIC, MAX_HEADER, PREAMBLE, VERSION, default_gap_bits
 
 _NP_TO_NAME = {np.dtype(np.float32): "float32", np.dtype(np.float16): "float16", np.dtype(np.float64): "float64",
                np.dtype(np.int64): "int64", np.dtype(np.int32): "int32", np.dtype(np.int16): "int16",
-               np.dtype(np.int8): "int8", np.dtype(np.uint8): "uint8", np.dtype(np.bool_): "bool"}
+               np.dtype(np.int8): "int8", np.dtype(np.uint8): "uint8", np.dtype(np.bool_): "bool",
+               BFLOAT16: "bfloat16"}
 
 
 def _bytes_view(arr: np.ndarray, dtype: np.dtype) -> memoryview:
