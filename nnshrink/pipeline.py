@@ -27,11 +27,11 @@ import torch
 import torch.nn as nn
 
 from . import __version__
-from .checkpoint import load_tensors
 from .compressed import CompressedTensor, DenseTensor, SharedTensor, SparseTensor
 from .data import Dataset
 from .errors import ConfigError
 from .io_utils import atomic_write_bytes
+from .post_training import compress_tensors  # noqa: F401  (moved; re-exported for callers)
 from .recipes import EncodeConfig, Recipe
 from .stages import Context, export_all, fit_trainer, get_stage, top1_metric
 
@@ -45,13 +45,6 @@ def serialize_archive(tensors: dict[str, CompressedTensor], metadata: dict, inde
     return serialize(tensors, metadata, index_bits=index_bits, huffman=huffman)
 
 
-def write(path: Path, tensors: dict[str, CompressedTensor], metadata: dict, index_bits: dict[str, int],
-          huffman: bool) -> int:
-    from .format import write_archive
-
-    return write_archive(path, tensors, metadata, index_bits=index_bits, huffman=huffman)
-
-
 def index_bits_for(model: nn.Module, cfg: EncodeConfig) -> dict[str, int]:
     """Relative-index width per compressible tensor: ``layers`` pattern, fc / conv
     setting, else ``select.DEFAULT_INDEX_BITS`` by kind."""
@@ -60,6 +53,17 @@ def index_bits_for(model: nn.Module, cfg: EncodeConfig) -> dict[str, int]:
     kinds = {**DEFAULT_INDEX_BITS,
              **{k: v for k, v in (("fc", cfg.fc_index_bits), ("conv", cfg.conv_index_bits)) if v}}
     return resolve(dict(cfg.layers) or None, compressible(model), lambda t: kinds[t.kind], what="encode.layers")
+
+
+def check_recipe(model: nn.Module, recipe: Recipe) -> None:
+    """Resolve every per-tensor pattern of ``recipe`` against ``model`` now: a typo fails
+    before any work (and before a work folder exists), not stages later."""
+    for name in recipe.compression_stages:
+        stage = get_stage(name)
+        if stage.check is not None:
+            stage.check(model, getattr(recipe, name))
+    if has_targets(model):
+        index_bits_for(model, recipe.encode)
 
 
 def has_targets(model: nn.Module) -> bool:
@@ -199,6 +203,7 @@ def compress_model(model: nn.Module, recipe: Recipe, ctx: Context, *, metadata: 
     t_start = time.perf_counter()
     if not all(get_stage(s).exclusive for s in recipe.compression_stages):
         compressible(model)  # a model with nothing to compress fails here, before any work
+    check_recipe(model, recipe)
     original_bytes = 4 * sum(int(np.prod(t.shape)) for t in model.state_dict().values())
     pristine = copy.deepcopy(model) if ctx.metric is not None else None
     if snapshots is not None:
@@ -271,6 +276,7 @@ def compress_to_file(model: nn.Module, output: str | os.PathLike, recipe: Recipe
     """``compress_model`` with the work folder ``OUTPUT.work/`` and the archive written
     atomically to ``output``; returns the report (with ``output`` and optional ``plot``)."""
     output = Path(output)
+    check_recipe(model, recipe)
     work = WorkFolder(output.with_name(output.name + ".work"),
                       {**run_id, "state_sha256": state_digest(model), "recipe": recipe.as_dict(),
                        "nnshrink_version": __version__}, resume=resume)
@@ -328,61 +334,3 @@ def compress_checkpoint(
                               resume=resume, plots=plots, keep_work=keep_work)
     return {"input": str(input_path), "dataset": data.name if data else None, **report}
 
-
-def compress_tensors(
-    input_path: str | os.PathLike,
-    output: str | os.PathLike,
-    *,
-    sparsity: float,
-    bits: int | None,
-    index_bits: int | None = None,
-    huffman: bool = True,
-    min_numel: int = 1024,
-) -> dict[str, Any]:
-    """Post-training compression of any safetensors file: per tensor, magnitude pruning to
-    ``sparsity`` and k-means sharing at ``bits``; small or non-float tensors stay raw."""
-    from .quantize.kmeans import kmeans_1d
-
-    if not 0 <= sparsity < 1:
-        raise ConfigError(f"sparsity must be in [0, 1); got {sparsity}")
-    if bits is not None and not (isinstance(bits, int) and 1 <= bits <= 8):
-        raise ConfigError(f"bits must be an integer in 1..8; got {bits}")
-    input_path, output = Path(input_path), Path(output)
-    tensors_in = load_tensors(input_path)
-    out: dict[str, CompressedTensor] = {}
-    idx_bits: dict[str, int] = {}
-    original = 0
-    for name, t in tensors_in.items():
-        original += t.numel() * 4
-        arr = t.detach().to(torch.float32).numpy() if t.is_floating_point() else t.numpy()
-        if not t.is_floating_point() or t.dim() < 2 or t.numel() < min_numel:
-            out[name] = DenseTensor(np.ascontiguousarray(arr) if t.is_floating_point() else t.numpy())
-            continue
-        if not np.isfinite(arr).all():
-            raise ConfigError(f"tensor {name!r} holds NaN or inf values; cannot compress it")
-        mask = None
-        if sparsity > 0:
-            k = int(round(sparsity * arr.size))
-            thresh = np.partition(np.abs(arr).ravel(), k - 1)[k - 1] if k > 0 else -1
-            mask = np.abs(arr) > thresh
-        kept = arr[mask] if mask is not None else arr.ravel()
-        if bits is None:
-            out[name] = SparseTensor(arr.shape, mask, kept) if mask is not None else DenseTensor(arr)
-        else:
-            if kept.size == 0:
-                cents, labels = np.zeros(1, np.float32), np.zeros(0, np.uint8)
-            else:
-                cents, labels = kmeans_1d(kept.astype(np.float32), min(2 ** bits, kept.size), init="linear")
-            out[name] = SharedTensor(arr.shape, np.asarray(cents, np.float32), np.asarray(labels, np.uint8), bits, mask)
-        idx_bits[name] = index_bits or (8 if arr.ndim > 2 else 5)
-    meta = {"model": None, "config": {}, "nnshrink_version": __version__,
-            "info": {"source": input_path.name, "sparsity": sparsity, "bits": bits}, "report": {}}
-    write(output, out, meta, idx_bits, huffman)
-    from .format import read_archive
-
-    archive = read_archive(output)
-    size = output.stat().st_size
-    return {"input": str(input_path), "output": str(output), "model": None, "original_bytes": original,
-            "compressed_bytes": size, "ratio": original / size, "top1_before": None, "top1_after": None,
-            "stages": [{"stage": "post-training", "sparsity": sparsity, "bits": bits}],
-            "layers": archive.layer_rows() if hasattr(archive, "layer_rows") else [r.as_dict() for r in archive.records]}

@@ -31,7 +31,10 @@ kind (``select.DEFAULT_BITS`` / ``DEFAULT_INDEX_BITS``). ``Recipe.defaults`` say
 
 from __future__ import annotations
 
+import math
 import tomllib
+import types
+import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
@@ -112,6 +115,46 @@ class Recipe:
         return out
 
 
+_TYPE_WORDS = {bool: "bool (true or false)", int: "int", float: "finite float", str: "str"}
+
+
+def _typed(where: str, value: Any, tp: Any) -> Any:
+    """``value`` checked against a config field's declared type (bool, int, float, str,
+    tuple[str, ...], dict[str, T]); ints become floats where a float is declared. TOML
+    would otherwise let ``"false"`` through as a truthy string."""
+    def bad(expected: str, shown: Any = value):
+        return ConfigError(f"recipe {where} = {shown!r}: expected {expected}, got {type(shown).__name__}")
+
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):  # float | int: the first that fits
+        for option in args:
+            try:
+                return _typed(where, value, option)
+            except ConfigError:
+                pass
+        raise bad(" or ".join(_word(a) for a in args))
+    if origin is tuple:  # tuple[str, ...]: one str means one pattern, never its letters
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, list) or not all(isinstance(v, str) for v in items):
+            raise bad("a str or a list of str")
+        return tuple(items)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise bad(f"a table of pattern = {_word(args[1])}")
+        return {k: _typed(f"{where}[{k!r}]", v, args[1]) for k, v in value.items()}
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise bad(_TYPE_WORDS[float])
+        return float(value)
+    if isinstance(value, bool) != (tp is bool) or not isinstance(value, tp):
+        raise bad(_word(tp))
+    return value
+
+
+def _word(tp: Any) -> str:
+    return _TYPE_WORDS.get(tp, getattr(tp, "__name__", str(tp)))
+
+
 def _stage_config(stage: str, table: Any):
     cls = config_type(stage)
     if not isinstance(table, dict):
@@ -121,11 +164,8 @@ def _stage_config(stage: str, table: Any):
     if unknown:
         raise ConfigError(f"unknown key(s) {', '.join(map(repr, unknown))} in [{stage}]; "
                           f"known: {', '.join(sorted(known)) or '(none)'}")
-    kw = dict(table)
-    if "exclude" in kw:
-        kw["exclude"] = tuple(kw["exclude"])
-    if "layers" in kw and not isinstance(kw["layers"], dict):
-        raise ConfigError(f"[{stage}].layers must be a table of pattern = value; got {kw['layers']!r}")
+    types = typing.get_type_hints(cls)
+    kw = {key: _typed(f"[{stage}] {key}", value, types[key]) for key, value in table.items()}
     try:
         return cls(**kw)
     except TypeError as exc:

@@ -6,12 +6,18 @@ from ._common import add_data_args, add_device_arg, check_output_path, emit_json
 
 
 def register(sub) -> None:
-    p = sub.add_parser("compress", help="prune / share / encode a checkpoint into a .nsk archive")
+    p = sub.add_parser("compress", help="prune / share / encode a checkpoint into a .nsk archive",
+                       description="Compress an nnshrink checkpoint with a recipe, a state_dict of your own "
+                       "model (--model-factory), or any safetensors file post-training (--no-retrain). "
+                       "Post-training is lossless unless --sparsity or --bits is "
+                       "given: every tensor keeps its dtype, shape and bits (0-d, float64, float16, bfloat16, "
+                       "integers). --sparsity / --bits turn float tensors of >= 1024 values into float32 "
+                       "approximations; smaller and integer tensors stay exact.")
     p.add_argument("input", help="nnshrink checkpoint, a state_dict of your model (with --model-factory), "
                    "or any safetensors file (post-training, --no-retrain)")
     p.add_argument("-o", "--output", required=True, help="archive path (.nsk)")
-    p.add_argument("--recipe", default="deep-compression",
-                   help="deep-compression, prune, share, binary, or a recipe FILE.toml")
+    p.add_argument("--recipe", default=None,
+                   help="deep-compression (default), prune, share, binary, or a recipe FILE.toml")
     add_data_args(p)
     p.add_argument("--model-factory", default=None, metavar="PKG.MOD:FN",
                    help="your code that builds the model INPUT holds: FN() -> nn.Module (imported from the "
@@ -131,7 +137,7 @@ def compress_own_model(args, out) -> dict:
             raise ConfigError(f"--data-factory {args.data_factory!r} must return (train_loader, test_loader); "
                               f"got {type(loaders).__name__}")
         data = dataset_from_loaders(*loaders, args.data_factory)
-    recipe = _override(load_recipe(args.recipe), args.sparsity, args.bits)
+    recipe = _override(load_recipe(args.recipe or "deep-compression"), args.sparsity, args.bits)
     retrain = data is not None and not args.no_retrain
     ctx = Context(trainer=fit_trainer(data, TrainConfig(), device=args.device, progress=not args.quiet)
                   if retrain else None,
@@ -151,8 +157,10 @@ def compress_own_model(args, out) -> dict:
 def run(args) -> int:
     from ..checkpoint import is_nnshrink_checkpoint
     from ..errors import ConfigError
-    from ..pipeline import compress_checkpoint, compress_tensors
+    from ..pipeline import compress_checkpoint
+    from ..post_training import compress_tensors
     from ..recipes import PruneConfig, ShareConfig, load_recipe
+    from ..train import resolve_device
 
     out = check_output_path(args.output, force=args.force or args.resume)
     if args.sparsity is not None:
@@ -161,21 +169,24 @@ def run(args) -> int:
         ShareConfig(fc_bits=args.bits, conv_bits=args.bits)
     if args.data_factory and not args.model_factory:
         raise ConfigError("--data-factory needs --model-factory (the model the data is for)")
+    device = resolve_device(args.device)
+    plain = not args.model_factory and not is_nnshrink_checkpoint(args.input)
+    if plain and not args.no_retrain:
+        raise ConfigError(f"{args.input} is not an nnshrink checkpoint (no model in its metadata), so it "
+                          "cannot be retrained; pass --no-retrain for post-training compression")
+    _refuse_unused(args, plain)
     if args.model_factory:
         report = compress_own_model(args, out)
-    elif not is_nnshrink_checkpoint(args.input):
-        if not args.no_retrain:
-            raise ConfigError(f"{args.input} is not an nnshrink checkpoint (no model in its metadata), so it "
-                              "cannot be retrained; pass --no-retrain for post-training compression")
+    elif plain:
         report = compress_tensors(args.input, out, sparsity=args.sparsity or 0.0, bits=args.bits)
     else:
         from ..checkpoint import read_metadata
         from ..data import load_dataset
 
         model_name = read_metadata(args.input).get("nnshrink.model")
-        recipe = _override(load_recipe(args.recipe, model_name), args.sparsity, args.bits)
+        recipe = _override(load_recipe(args.recipe or "deep-compression", model_name), args.sparsity, args.bits)
         data = load_dataset(args.dataset, args.data_dir) if args.dataset else None
-        report = compress_checkpoint(args.input, out, recipe, data=data, device=args.device,
+        report = compress_checkpoint(args.input, out, recipe, data=data, device=str(device),
                                      retrain=not args.no_retrain, resume=args.resume, progress=not args.quiet,
                                      plots=args.plots, keep_work=args.keep_work)
     if args.json:
@@ -183,6 +194,25 @@ def run(args) -> int:
     if args.json != "-":
         print_summary(report)
     return 0
+
+
+def _refuse_unused(args, plain: bool) -> None:
+    """A flag the run would ignore is refused: whoever passed it expects it to act."""
+    from ..errors import ConfigError
+
+    if plain:
+        unused = [flag for flag, value in (("--recipe", args.recipe), ("--dataset", args.dataset),
+                                           ("--data-dir", args.data_dir), ("--device", args.device != "cpu"),
+                                           ("--plots", args.plots), ("--resume", args.resume),
+                                           ("--keep-work", args.keep_work)) if value]
+        if unused:
+            raise ConfigError(f"{', '.join(unused)} given, but {args.input} is a plain tensor file: post-training "
+                              "compression takes no recipe, data or device (only --sparsity and --bits)")
+    elif args.data_dir and not args.dataset:
+        raise ConfigError(f"--data-dir {args.data_dir} given without --dataset NAME, so no data would be read")
+    elif args.no_retrain and not args.dataset and not args.data_factory and args.device != "cpu":
+        raise ConfigError(f"--device {args.device} would be unused: with --no-retrain and no --dataset, "
+                          "no model runs")
 
 
 def print_summary(report: dict) -> None:

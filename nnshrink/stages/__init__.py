@@ -46,6 +46,7 @@ class Stage:
     rung: Callable[[dict[str, CompressedTensor]], str]
     export: Callable[[nn.Module, Any], dict[str, CompressedTensor]] = export_all
     retrains: Callable[[Any], bool] = lambda cfg: False
+    check: Callable[[nn.Module, Any], Any] | None = None  # resolves the config's patterns (fails early)
     order: int = 0
     exclusive: bool = False
 

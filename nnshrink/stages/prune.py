@@ -111,4 +111,4 @@ def apply(model: nn.Module, cfg: PruneConfig, ctx: Context) -> dict:
 
 
 register(Stage("prune", PruneConfig, apply, rung=lambda tensors: "pruned",
-               retrains=lambda cfg: cfg.retrain_epochs > 0, order=10))
+               retrains=lambda cfg: cfg.retrain_epochs > 0, check=plan, order=10))

@@ -66,4 +66,5 @@ def _rung(tensors) -> str:
     return "pruned+shared" if any(getattr(t, "mask", None) is not None for t in tensors.values()) else "shared"
 
 
-register(Stage("share", ShareConfig, apply, rung=_rung, retrains=lambda cfg: cfg.finetune_epochs > 0, order=20))
+register(Stage("share", ShareConfig, apply, rung=_rung, retrains=lambda cfg: cfg.finetune_epochs > 0,
+               check=bits_plan, order=20))
