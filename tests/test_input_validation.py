@@ -232,7 +232,7 @@ def test_encode_layer_pattern_that_matches_nothing(capsys, ckpt, tmp_path):
     recipe = tmp_path / "r.toml"
     recipe.write_text('stages = ["prune", "encode"]\n[encode.layers]\n"conv*" = 4\n')
     code, err = cli(capsys, "compress", ckpt, "--recipe", recipe, "--no-retrain", "-o", tmp_path / "o.nsk")
-    one_line_error(code, err, "'conv*'", "matches no layer")
+    one_line_error(code, err, "'conv*'", "matches no compressible tensor")
     assert not list(tmp_path.glob("o.nsk*"))  # nothing left that blocks the corrected rerun
 
 

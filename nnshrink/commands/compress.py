@@ -169,12 +169,12 @@ def run(args) -> int:
         ShareConfig(fc_bits=args.bits, conv_bits=args.bits)
     if args.data_factory and not args.model_factory:
         raise ConfigError("--data-factory needs --model-factory (the model the data is for)")
-    device = resolve_device(args.device)
     plain = not args.model_factory and not is_nnshrink_checkpoint(args.input)
     if plain and not args.no_retrain:
         raise ConfigError(f"{args.input} is not an nnshrink checkpoint (no model in its metadata), so it "
                           "cannot be retrained; pass --no-retrain for post-training compression")
     _refuse_unused(args, plain)
+    device = resolve_device(args.device)
     if args.model_factory:
         report = compress_own_model(args, out)
     elif plain:
