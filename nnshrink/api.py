@@ -76,7 +76,7 @@ def compress(
     ``work_dir``: each finished stage is kept there, and a run with the same model and
     recipe continues from the last one (e.g. after ``fine_tune`` raised).
     """
-    from .pipeline import WorkFolder, archive_metadata, compress_model, state_digest
+    from .pipeline import archive_metadata, check_recipe, compress_model, hold_work, state_digest
     from .stages import Context, user_trainer
     from .train import resolve_device
 
@@ -89,14 +89,15 @@ def compress(
     cls = f"{type(model).__module__}.{type(model).__qualname__}"
     ctx = Context(trainer=user_trainer(fine_tune) if fine_tune is not None else None, metric=evaluate,
                   device=device, progress=progress, seed=seed)
-    work = None
-    if work_dir is not None:
-        work = WorkFolder(work_dir, {"class": cls, "state_sha256": state_digest(model), "recipe": recipe.as_dict(),
-                                     "fine_tune": fine_tune is not None, "seed": seed}, resume=True)
-    done = compress_model(model, recipe, ctx, work=work,
-                          metadata=archive_metadata(None, {}, {"class": cls, "recipe": recipe.name}))
-    if work is not None:
-        work.remove()
+    metadata = archive_metadata(None, {}, {"class": cls, "recipe": recipe.name})
+    if work_dir is None:
+        done = compress_model(model, recipe, ctx, metadata=metadata)
+    else:
+        check_recipe(model, recipe)
+        run_id = {"class": cls, "state_sha256": state_digest(model), "recipe": recipe.as_dict(),
+                  "fine_tune": fine_tune is not None, "seed": seed}
+        with hold_work(work_dir, run_id, resume=True) as work:
+            done = compress_model(model, recipe, ctx, metadata=metadata, work=work)
     return Result(model, done.report, done.tensors, done.blob)
 
 

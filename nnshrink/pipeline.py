@@ -13,6 +13,7 @@ library's.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -20,7 +21,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -105,28 +106,17 @@ def state_digest(model: nn.Module) -> str:
 
 
 class WorkFolder:
-    """Per finished stage ``{i}-{stage}.nsk`` (its encodings) + ``.json`` (its record),
-    beside ``run.json`` naming the run; a different run's folder is refused."""
+    """The stage files of a held work folder: ``{i}-{stage}.nsk`` (the stage's encodings)
+    and ``{i}-{stage}.json`` (its record; a stage is finished when its record exists)."""
 
-    def __init__(self, path: str | os.PathLike, run_id: dict, *, resume: bool):
+    def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        if self.path.exists() and (self.path / "run.json").exists():
-            if not resume:
-                raise ConfigError(f"{self.path} exists from an earlier run; pass --resume to continue it, "
-                                  "or remove it")
-            try:
-                previous = json.loads((self.path / "run.json").read_text())
-            except (OSError, json.JSONDecodeError):
-                previous = None
-            if previous != run_id:
-                raise ConfigError(f"{self.path} belongs to a different run (input, recipe or data changed); "
-                                  "remove it")
-        else:
-            self.path.mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(self.path / "run.json", json.dumps(run_id, indent=1).encode())
 
     def _files(self, i: int, stage: str) -> tuple[Path, Path]:
         return self.path / f"{i + 1}-{stage}.nsk", self.path / f"{i + 1}-{stage}.json"
+
+    def finished(self) -> list[Path]:
+        return sorted(p for p in self.path.glob("*-*.json"))
 
     def load(self, i: int, stage: str) -> tuple[dict, bytes] | None:
         blob_path, record_path = self._files(i, stage)
@@ -140,13 +130,42 @@ class WorkFolder:
         atomic_write_bytes(record_path, json.dumps(record).encode())
 
     def remove(self) -> None:
-        """Delete what this class wrote (never anything else a user keeps there)."""
-        for p in list(self.path.glob("*-*.nsk")) + list(self.path.glob("*-*.json")) + [self.path / "run.json"]:
+        """Delete what a run wrote here (never anything else a user keeps in the folder)."""
+        for p in [*self.path.glob("*-*.nsk"), *self.path.glob("*-*.json"), self.path / "run.json"]:
             p.unlink(missing_ok=True)
         try:
             self.path.rmdir()
         except OSError:
             pass
+
+
+@contextlib.contextmanager
+def hold_work(path: str | os.PathLike, run_id: dict, *, resume: bool, keep: bool = False) -> Iterator[WorkFolder]:
+    """The work folder of one run, for the run's duration: ``run.json`` names the run; a
+    folder with finished stages is continued only with ``resume`` and only by the same run.
+    Removed on success unless ``keep``; on failure kept when a stage finished (to resume)."""
+    work = WorkFolder(path)
+    run_file = work.path / "run.json"
+    if work.path.exists() and work.finished():
+        if not resume:
+            raise ConfigError(f"{work.path} holds finished stages of an earlier run; pass --resume to continue "
+                              "it, or remove it")
+        try:
+            previous = json.loads(run_file.read_text())
+        except (OSError, json.JSONDecodeError):
+            previous = None
+        if previous != json.loads(json.dumps(run_id)):
+            raise ConfigError(f"{work.path} belongs to a different run (input, recipe or data changed); remove it")
+    else:
+        work.path.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(run_file, json.dumps(run_id, indent=1).encode())
+    ok = False
+    try:
+        yield work
+        ok = True
+    finally:
+        if (ok and not keep) or (not ok and not work.finished()):
+            work.remove()
 
 
 @torch.no_grad()
@@ -277,12 +296,12 @@ def compress_to_file(model: nn.Module, output: str | os.PathLike, recipe: Recipe
     atomically to ``output``; returns the report (with ``output`` and optional ``plot``)."""
     output = Path(output)
     check_recipe(model, recipe)
-    work = WorkFolder(output.with_name(output.name + ".work"),
-                      {**run_id, "state_sha256": state_digest(model), "recipe": recipe.as_dict(),
-                       "nnshrink_version": __version__}, resume=resume)
+    run_id = {**run_id, "state_sha256": state_digest(model), "recipe": recipe.as_dict(),
+              "nnshrink_version": __version__}
     snapshots: dict | None = {} if plots else None
-    done = compress_model(model, recipe, ctx, metadata=metadata, work=work, snapshots=snapshots)
-    atomic_write_bytes(output, done.blob)
+    with hold_work(output.with_name(output.name + ".work"), run_id, resume=resume, keep=keep_work) as work:
+        done = compress_model(model, recipe, ctx, metadata=metadata, work=work, snapshots=snapshots)
+        atomic_write_bytes(output, done.blob)
     report = {"output": str(output), **done.report}
     if plots:
         from .report import plot_weights
@@ -290,8 +309,6 @@ def compress_to_file(model: nn.Module, output: str | os.PathLike, recipe: Recipe
         plot_weights(plots, snapshots["dense"], snapshots.get("prune"), snapshots.get("share"),
                      title=f"{report['model']}: weights through the pipeline")
         report["plot"] = str(plots)
-    if not keep_work:
-        work.remove()
     return report
 
 

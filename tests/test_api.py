@@ -186,6 +186,13 @@ def test_fine_tune_that_raises_names_the_stage_and_work_dir_resumes(tmp_path):
         ft(model, epochs)
 
     work = tmp_path / "work"
+
+    def broken(model, epochs):
+        raise ValueError("bad batch")
+
+    with pytest.raises(StageError, match="stage 'prune': fine_tune raised ValueError: bad batch"):
+        nnshrink.compress(fresh(), recipe, fine_tune=broken, progress=False, work_dir=work)
+    assert not work.exists()  # nothing finished: nothing to resume
     with pytest.raises(StageError, match="stage 'share'.*out of memory"):
         nnshrink.compress(fresh(), recipe, fine_tune=flaky, progress=False, work_dir=work)
     assert (work / "1-prune.nsk").is_file() and not (work / "2-share.nsk").exists()
