@@ -73,8 +73,10 @@ def compress(
     retrains (prune rounds, centroid fine-tuning); without it those stages do not retrain
     and the report's ``warnings`` say so. ``evaluate(model) -> float`` (higher is better)
     fills the ladder and per-stage rows; ``top1_after`` is measured on the archive itself.
-    ``work_dir``: each finished stage is kept there, and a run with the same model and
-    recipe continues from the last one (e.g. after ``fine_tune`` raised).
+    ``work_dir``: a folder for the run's stage files; each finished stage is kept there,
+    and a run with the same (uncompressed) weights and recipe continues from the last one
+    (e.g. after ``fine_tune`` raised); it is removed when the run succeeds. ``seed`` seeds
+    k-means; ``progress`` shows nnshrink's own progress bars.
     """
     from .pipeline import archive_metadata, check_recipe, compress_model, hold_work, state_digest
     from .stages import Context, user_trainer
