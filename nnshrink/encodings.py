@@ -7,7 +7,6 @@ the live model rather than re-derived from final float weights.
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn as nn
 
