@@ -30,9 +30,17 @@ META_INFO = "nnshrink.info"
 
 
 def save_checkpoint(model: nn.Module, path: str | os.PathLike, model_name: str, config: dict[str, Any],
-                    info: dict[str, Any] | None = None) -> Path:
-    """Write ``model.state_dict()`` atomically with (name, config, info) in the metadata."""
+                    info: dict[str, Any] | None = None, *, allow_nonfinite: bool = False) -> Path:
+    """Write ``model.state_dict()`` atomically with (name, config, info) in the metadata.
+
+    A tensor holding NaN or inf (a diverged run) is refused unless ``allow_nonfinite``:
+    such a file looks like a model and silently predicts garbage."""
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    if not allow_nonfinite:
+        bad = next((k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
+        if bad is not None:
+            raise CheckpointError(f"{path}: not written: tensor {bad!r} holds NaN or inf values (training "
+                                  "diverged? try a lower learning rate); allow_nonfinite=True saves it anyway")
     meta = {META_MODEL: model_name, META_CONFIG: json.dumps(config, sort_keys=True),
             META_VERSION: __version__, META_INFO: json.dumps(info or {}, sort_keys=True)}
     path = Path(path)

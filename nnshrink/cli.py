@@ -11,10 +11,14 @@ import argparse
 import importlib
 import os
 import pkgutil
+import re
 import sys
 
 from . import __version__, commands
 from .errors import NNShrinkError
+
+MAX_THREADS = 1024
+MAX_ERROR_CHARS = 500
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,11 +43,19 @@ def _set_threads() -> None:
     value = os.environ.get("NNSHRINK_THREADS")
     if not value:
         return
-    if not value.isdigit() or int(value) < 1:
-        raise NNShrinkError(f"NNSHRINK_THREADS must be a positive integer; got {value!r}")
+    # ASCII digits only: str.isdigit() also accepts "²", which int() then refuses.
+    if not re.fullmatch(r"[0-9]{1,4}", value.strip()) or not 1 <= int(value) <= MAX_THREADS:
+        raise NNShrinkError(f"NNSHRINK_THREADS must be an integer in 1..{MAX_THREADS}; got {value[:40]!r}")
     import torch
 
     torch.set_num_threads(int(value))
+
+
+def one_line(message: object, limit: int = MAX_ERROR_CHARS) -> str:
+    """An error message as one line of at most ``limit`` characters: a message quoting a
+    huge or multi-line value must not flood the terminal."""
+    text = " ".join(str(message).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         _set_threads()
         return int(args.func(args) or 0)
     except NNShrinkError as exc:
-        print(f"nnshrink {args.command}: error: {exc}", file=sys.stderr)
+        print(one_line(f"nnshrink {args.command}: error: {exc}"), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"nnshrink {args.command}: interrupted", file=sys.stderr)

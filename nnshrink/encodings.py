@@ -7,7 +7,6 @@ the live model rather than re-derived from final float weights.
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn as nn
 
@@ -23,7 +22,7 @@ def _dense(value: torch.Tensor) -> DenseTensor:
     value = value.detach().cpu()
     if value.dtype in _NUMPY_LESS:
         value = value.float()
-    return DenseTensor(np.ascontiguousarray(value.numpy()))
+    return DenseTensor(value.contiguous().clone().numpy())  # a copy (not a view of the live tensor); 0-d stays 0-d
 
 
 @torch.no_grad()

@@ -24,3 +24,7 @@ class CheckpointError(NNShrinkError):
 
 class OutputError(NNShrinkError):
     """An output cannot be written where asked (not a regular file, exists, disk full, no permission)."""
+
+
+class StageError(NNShrinkError):
+    """A compression stage failed in user code (``fine_tune`` or ``evaluate``); names the stage."""

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .data import Dataset, iterate_batches
-from .errors import ConfigError
+from .errors import ConfigError, DataError
 
 SCHEDULES = ("cosine", "step", "constant")
 OPTIMIZERS = ("sgd", "adam")
@@ -43,6 +43,10 @@ class TrainConfig:
     max_steps: int | None = None
 
     def __post_init__(self):
+        for name in ("epochs", "lr", "momentum", "weight_decay", "l1", "l2"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ConfigError(f"{name} must be a finite number; got {value!r}")
         if not self.epochs > 0:
             raise ConfigError(f"epochs must be > 0; got {self.epochs}")
         if not self.lr > 0:
@@ -74,13 +78,48 @@ def resolve_device(name: str | torch.device = "cpu") -> torch.device:
     """A torch.device; asking for CUDA where there is none is a clear error."""
     try:
         device = torch.device(name)
-    except RuntimeError:
+    except (RuntimeError, TypeError):
         raise ConfigError(f"unknown device {name!r}; use cpu or cuda[:N]") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {name!r} asked for, but no CUDA device is available here")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"device {name!r} asked for, but there are only {torch.cuda.device_count()} CUDA device(s)")
     if device.type not in ("cpu", "cuda"):
         raise ConfigError(f"unsupported device {name!r}; use cpu or cuda[:N]")
     return device
+
+
+@torch.no_grad()
+def check_fits(model: nn.Module, data: Dataset, *, device: str | torch.device = "cpu",
+               splits: tuple[str, ...] = ("train", "test")) -> None:
+    """Refuse data the model cannot take, before any training or evaluation: empty splits,
+    images of another size (one sample goes through the model) and labels beyond its
+    outputs (which would silently count as wrong, or crash mid-epoch)."""
+    device = resolve_device(device)
+    tensors = {s: (data.train_x, data.train_y) if s == "train" else (data.test_x, data.test_y) for s in splits}
+    for split, (x, y) in tensors.items():
+        if len(x) == 0 or len(y) == 0:
+            raise DataError(f"dataset {data.name!r}: the {split} split is empty (0 images)")
+    x0 = tensors[splits[0]][0][:1]
+    was_training = model.training
+    model.eval()
+    try:
+        out = model(x0.to(device))
+    except (RuntimeError, ValueError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(f"dataset {data.name!r} images of shape {tuple(x0.shape[1:])} do not fit the model "
+                        f"({type(model).__name__}): {reason}") from None
+    finally:
+        model.train(was_training)
+    if out.dim() != 2:
+        raise DataError(f"model {type(model).__name__} gives outputs of shape {tuple(out.shape[1:])} per image "
+                        "for a classification dataset; expected one score per class")
+    classes = out.shape[1]
+    for split, (_, y) in tensors.items():
+        top, low = int(y.max()), int(y.min())
+        if top >= classes or low < 0:
+            raise DataError(f"dataset {data.name!r}: {split} split has label {top if top >= classes else low}, "
+                            f"but the model has {classes} classes (labels 0..{classes - 1})")
 
 
 def _world() -> tuple[int, int]:
@@ -128,6 +167,7 @@ def fit(
     rank, world = _world()
     torch.manual_seed(cfg.seed)
     model.to(device)
+    check_fits(model, data, device=device, splits=("train", "test") if eval_each_epoch else ("train",))
     params = [p for n, p in model.named_parameters()
               if p.requires_grad and (param_filter is None or param_filter(n, p))]
     if not params:
@@ -192,6 +232,7 @@ def evaluate(model: nn.Module, data: Dataset, *, device: str | torch.device = "c
              batch_size: int = 1000, split: str = "test") -> float:
     """Top-1 accuracy (a fraction) of ``model`` on a split of ``data``."""
     device = resolve_device(device)
+    check_fits(model, data, device=device, splits=(split,))
     x, y = (data.test_x, data.test_y) if split == "test" else (data.train_x, data.train_y)
     was_training = model.training
     model.eval()
@@ -199,7 +240,7 @@ def evaluate(model: nn.Module, data: Dataset, *, device: str | torch.device = "c
     for xb, yb in iterate_batches(x, y, batch_size):
         correct += int((model(xb.to(device)).argmax(1) == yb.to(device)).sum())
     model.train(was_training)
-    return correct / max(len(y), 1)
+    return correct / len(y)
 
 
 # Default training per model: what `nnshrink train --model NAME` uses.

@@ -13,7 +13,6 @@ import contextlib
 import fcntl
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -70,29 +69,40 @@ def _lock(work: Path, output: Path) -> int:
     raise ConfigError(f"could not lock {work}: it keeps being removed by another run")
 
 
+def _run_files(work: Path) -> list[Path]:
+    """What a run writes in ``work``: run.json, the stage files ``{i}-{stage}.*`` and temp
+    files of interrupted writes; never anything else a user keeps in that folder."""
+    return [p for p in work.iterdir() if p.is_file() and
+            (p.name == RUN or p.name[:1].isdigit() and "-" in p.name or p.name.endswith(".tmp"))]
+
+
 def _reset(work: Path) -> None:
-    """Empty ``work`` but for the lock (a killed run that finished no stage: nothing to keep)."""
-    for p in work.iterdir():
-        if p.name == LOCK:
-            continue
-        if p.is_dir() and not p.is_symlink():
-            shutil.rmtree(p)
-        else:
-            p.unlink()
+    """Remove what a killed run left in ``work`` (it finished no stage: nothing to keep)."""
+    for p in _run_files(work):
+        p.unlink(missing_ok=True)
+
+
+def _remove(work: Path) -> None:
+    """Remove the run's files and the lock, then the folder if nothing else is in it."""
+    _reset(work)
+    (work / LOCK).unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        work.rmdir()
 
 
 @contextlib.contextmanager
-def work_dir(output: str | os.PathLike, run_id: dict[str, Any], *, resume: bool = False,
-             keep: bool = False) -> Iterator[Path]:
-    """Hold the work folder of the run writing ``output`` and yield its path.
+def work_folder(work: str | os.PathLike, run_id: dict[str, Any], *, resume: bool = False, keep: bool = False,
+                output: str | os.PathLike | None = None) -> Iterator[Path]:
+    """Hold the work folder ``work`` for one run and yield its path.
 
     Refuses a folder another live run holds; a folder with finished stages is continued only
     with ``resume`` and only by the same run (else the message says: --resume, or remove it).
-    A dead run's folder without finished stages is emptied and reused. On success the folder is
-    removed unless ``keep``; on failure it is kept only when a stage finished (for --resume).
+    A dead run's folder without finished stages is emptied and reused. On success the run's
+    files are removed unless ``keep``; on failure they are kept only when a stage finished
+    (for --resume). ``output`` names what the run writes, for messages.
     """
-    output = Path(output)
-    work = work_path(output)
+    work = Path(work)
+    output = Path(output) if output is not None else work
     fd = _lock(work, output)
     ok = False
     try:
@@ -117,6 +127,12 @@ def work_dir(output: str | os.PathLike, run_id: dict[str, Any], *, resume: bool 
     finally:
         try:
             if (ok and not keep) or (not ok and not finished_stages(work)):
-                shutil.rmtree(work, ignore_errors=True)
+                _remove(work)
         finally:
             os.close(fd)
+
+
+def work_dir(output: str | os.PathLike, run_id: dict[str, Any], *, resume: bool = False,
+             keep: bool = False) -> contextlib.AbstractContextManager[Path]:
+    """``work_folder`` for the run writing ``output``: the folder ``OUTPUT.work/`` beside it."""
+    return work_folder(work_path(output), run_id, resume=resume, keep=keep, output=output)

@@ -303,7 +303,11 @@ def test_item19_failed_run_before_any_stage_leaves_no_work_folder(ckpt, tmp_path
     def broken(*a, **k):
         raise ConfigError("stage failed")
 
-    monkeypatch.setitem(pipeline.STAGE_FUNCS, "prune", broken)
+    from dataclasses import replace
+
+    from nnshrink import stages
+
+    monkeypatch.setitem(stages.REGISTRY, "prune", replace(stages.get_stage("prune"), apply=broken))
     with pytest.raises(ConfigError, match="stage failed"):
         pipeline.compress_checkpoint(ckpt, out, PRUNE_ONLY, data=None, retrain=False, progress=False)
     assert not (tmp_path / "m.nsk.work").exists()

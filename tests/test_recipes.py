@@ -49,3 +49,40 @@ def test_unknown_recipe_name_and_bad_toml(tmp_path):
     bad.write_text("stages = [prune")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_recipe(str(bad))
+
+
+@pytest.mark.parametrize("stage, key, value, expected", [
+    ("encode", "half_dense", "false", "bool"),
+    ("encode", "huffman", "no", "bool"),
+    ("encode", "search_index_bits", "off", "bool"),
+    ("encode", "fc_index_bits", 5.0, "int"),
+    ("encode", "layers", {"ip1": "4"}, "int"),
+    ("prune", "exclude", 5, "str"),
+    ("prune", "exclude", ["ip1", 3], "str"),
+    ("prune", "sparsity", "high", "float"),
+    ("prune", "sparsity", True, "float"),
+    ("prune", "retrain_epochs", float("inf"), "finite"),
+    ("prune", "method", 3, "str"),
+    ("prune", "layers", {"ip1": "0.5"}, "float"),
+    ("prune", "layers", [0.5], "table"),
+    ("share", "fc_bits", "5", "int"),
+    ("share", "fc_bits", True, "int"),
+    ("binary", "half_scales", 1, "bool"),
+])
+def test_recipe_values_are_type_checked(stage, key, value, expected):
+    stages = [stage, "encode"] if stage != "encode" else ["encode"]
+    with pytest.raises(ConfigError) as err:
+        recipe_from_dict({"stages": stages, stage: {key: value}}, "t")
+    msg = str(err.value)
+    bad = next(iter(value.values())) if isinstance(value, dict) else value
+    assert f"[{stage}]" in msg and key in msg and repr(bad) in msg and expected in msg, msg
+
+
+def test_recipe_string_exclude_is_one_pattern_and_ints_are_floats():
+    r = recipe_from_dict({"stages": ["prune", "encode"], "prune": {"exclude": "conv*", "sparsity": 0,
+                                                                   "layers": {"ip1": 1 - 1}}}, "t")
+    assert r.prune.exclude == ("conv*",)
+    assert r.prune.sparsity == 0.0 and isinstance(r.prune.sparsity, float)
+    assert r.prune.layers == {"ip1": 0.0}
+    r = recipe_from_dict({"stages": ["prune", "encode"], "prune": {"exclude": ["conv*", "ip3"]}}, "t")
+    assert r.prune.exclude == ("conv*", "ip3")

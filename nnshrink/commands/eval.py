@@ -20,12 +20,13 @@ def register(sub) -> None:
 def run(args) -> int:
     from ..data import load_dataset
     from ..loading import load_model
-    from ..train import evaluate
+    from ..train import evaluate, resolve_device
 
     check_outputs(args)
+    device = resolve_device(args.device)
     model, meta = load_model(args.input, max_elements=args.max_elements)
     data = load_dataset(args.dataset or meta.get("info", {}).get("dataset") or "fashion-mnist", args.data_dir)
-    top1 = evaluate(model.to(args.device), data, device=args.device)
+    top1 = evaluate(model.to(device), data, device=device)  # refuses data that does not fit
     if args.json:
         emit_json({"input": args.input, "model": meta["model"], "dataset": data.name, "top1": top1,
                    "test_examples": len(data.test_y)}, args.json, force=args.force)

@@ -30,9 +30,9 @@ from ..errors import CheckpointError, ConfigError
 from ..io_utils import check_input_file
 from .errors import (BadMagicError, ChecksumError, FormatError, HeaderError, HuffmanTableError, LimitError, RecordError,
                      StreamError, show)
-from .layout import (CODINGS, COMMON_KEYS, DEFAULT_MAX_ELEMENTS, DTYPES, ENCODINGS, EXTRA_KEYS, GAP_BITS_RANGE,
-                     GAP_KEYS, MAGIC, MAX_DIM, MAX_HEADER, MAX_NAME, MAX_NDIM, MAX_NUMEL, MAX_PAIR_ALPHABET, MAX_RECORDS,
-                     PREAMBLE, VERSION, max_declared_elements)
+from .layout import (BFLOAT16, CODINGS, COMMON_KEYS, DEFAULT_MAX_ELEMENTS, DTYPES, ENCODINGS, EXTRA_KEYS,
+                     GAP_BITS_RANGE, GAP_KEYS, MAGIC, MAX_DIM, MAX_HEADER, MAX_NAME, MAX_NDIM, MAX_NUMEL,
+                     MAX_PAIR_ALPHABET, MAX_RECORDS, PREAMBLE, VERSION, max_declared_elements)
 
 
 @dataclass
@@ -85,7 +85,12 @@ class Archive:
         """name -> torch tensor (raw records keep their dtype; everything else float32)."""
         import torch
 
-        return {name: torch.from_numpy(arr) for name, arr in self.dense_arrays().items()}
+        def tensor(arr):
+            if arr.dtype == BFLOAT16:
+                return torch.from_numpy(arr.view("<u2")).view(torch.bfloat16)
+            return torch.from_numpy(arr)
+
+        return {name: tensor(arr) for name, arr in self.dense_arrays().items()}
 
 
 def read_archive(path: str | os.PathLike, *, max_elements: int = DEFAULT_MAX_ELEMENTS) -> Archive:

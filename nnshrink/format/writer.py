@@ -22,12 +22,13 @@ from ..encode.sparse import gaps_from_mask
 from ..errors import ConfigError
 from ..io_utils import atomic_write_bytes
 from .errors import show
-from .layout import (ALIGN, DTYPES, GAP_BITS_RANGE, MAGIC, MAX_HEADER, MAX_NAME, PREAMBLE, VERSION, default_gap_bits,
-                     max_declared_elements)
+from .layout import (ALIGN, BFLOAT16, DTYPES, GAP_BITS_RANGE, MAGIC, MAX_HEADER, MAX_NAME, PREAMBLE, VERSION,
+                     default_gap_bits, max_declared_elements)
 
 _NP_TO_NAME = {np.dtype(np.float32): "float32", np.dtype(np.float16): "float16", np.dtype(np.float64): "float64",
                np.dtype(np.int64): "int64", np.dtype(np.int32): "int32", np.dtype(np.int16): "int16",
-               np.dtype(np.int8): "int8", np.dtype(np.uint8): "uint8", np.dtype(np.bool_): "bool"}
+               np.dtype(np.int8): "int8", np.dtype(np.uint8): "uint8", np.dtype(np.bool_): "bool",
+               BFLOAT16: "bfloat16"}
 
 
 def _bytes_view(arr: np.ndarray, dtype: np.dtype) -> memoryview:

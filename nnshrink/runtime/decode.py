@@ -1,4 +1,5 @@
-"""Archive -> runnable model (for the models nnshrink knows) or a dict of dense tensors.
+"""Archive -> runnable zoo model or a dict of dense tensors (a user's own model loads
+with ``nnshrink.load(path, model=...)``, see loading.py).
 
 Binary records decode to scales * sign as float; nnshrink's binary layers re-binarise
 these identically (sign of the value, mean magnitude per filter).
@@ -14,6 +15,7 @@ import torch.nn as nn
 
 from ..errors import CheckpointError
 from ..format import DEFAULT_MAX_ELEMENTS, open_archive, read_archive
+from ..format.errors import show
 
 
 def load_archive_tensors(path: str | os.PathLike, *,
@@ -34,8 +36,10 @@ def load_archive_model(path: str | os.PathLike, *,
         meta, shapes = lazy.metadata, lazy.shapes()
     name = meta.get("model")
     if name is None:
-        raise CheckpointError(f"{path}: this archive holds a model nnshrink does not know (metadata model is null); "
-                              "use `nnshrink decompress` or nnshrink.runtime.decode.load_archive_tensors")
+        held = meta.get("info", {}).get("class") if isinstance(meta.get("info"), dict) else None
+        raise CheckpointError(f"{path}: holds {'a ' + show(held) if held else 'a model'} that nnshrink does not "
+                              "build itself; pass model= (a freshly built instance) to nnshrink.load, or use "
+                              "`nnshrink decompress` for the tensors")
     config = meta.get("config") or {}
     check_fits(name, config, shapes, source=str(path))
     info = meta.get("info") or {}

@@ -1,0 +1,98 @@
+"""Post-training compression of any safetensors file: no model, no data, no retraining.
+
+Lossless settings: ``sparsity=0`` and ``bits=None`` (``nnshrink compress --no-retrain``
+without --sparsity or --bits). Every tensor is then stored raw in its own dtype and
+shape -- 0-d, float64, float16, bfloat16, integer and bool tensors included -- and
+``decompress`` gives it back bit for bit. Lossy settings (``sparsity > 0`` or ``bits``)
+prune and share the float tensors with at least ``min_numel`` values and 2 dimensions,
+which come back as float32; every other tensor is still stored exactly.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import __version__
+from .checkpoint import load_tensors
+from .compressed import CompressedTensor, DenseTensor, SharedTensor, SparseTensor
+from .errors import ConfigError
+from .format.layout import BFLOAT16
+
+# torch dtypes the archive stores raw (format/SPEC.md); bfloat16 travels as its 16 bits.
+_RAW_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64, torch.int32,
+               torch.int16, torch.int8, torch.uint8, torch.bool)
+
+
+def exact_array(name: str, t: torch.Tensor) -> np.ndarray:
+    """``t`` as a numpy array of the same dtype, shape and bits (0-d stays 0-d)."""
+    if t.dtype not in _RAW_DTYPES:
+        raise ConfigError(f"tensor {name!r} has dtype {str(t.dtype).removeprefix('torch.')}, which the archive "
+                          f"cannot store; supported: {', '.join(str(d).removeprefix('torch.') for d in _RAW_DTYPES)}")
+    t = t.detach().cpu().contiguous()
+    if t.dtype == torch.bfloat16:
+        return t.view(torch.int16).numpy().view(BFLOAT16)
+    return t.numpy()
+
+
+def compress_tensors(
+    input_path: str | os.PathLike,
+    output: str | os.PathLike,
+    *,
+    sparsity: float,
+    bits: int | None,
+    index_bits: int | None = None,
+    huffman: bool = True,
+    min_numel: int = 1024,
+) -> dict[str, Any]:
+    """Per tensor, magnitude pruning to ``sparsity`` and k-means sharing at ``bits``; small
+    or non-float tensors, and every tensor at the lossless settings, stay raw and exact."""
+    from .format import read_archive, write_archive
+    from .quantize.kmeans import kmeans_1d
+
+    if not 0 <= sparsity < 1:
+        raise ConfigError(f"sparsity must be in [0, 1); got {sparsity}")
+    if bits is not None and not (isinstance(bits, int) and 1 <= bits <= 8):
+        raise ConfigError(f"bits must be an integer in 1..8; got {bits}")
+    input_path, output = Path(input_path), Path(output)
+    tensors_in = load_tensors(input_path)
+    lossless = sparsity == 0 and bits is None
+    out: dict[str, CompressedTensor] = {}
+    idx_bits: dict[str, int] = {}
+    original = 0
+    for name, t in tensors_in.items():
+        original += t.numel() * 4
+        if lossless or not t.is_floating_point() or t.dim() < 2 or t.numel() < min_numel:
+            out[name] = DenseTensor(exact_array(name, t))
+            continue
+        arr = t.detach().to(torch.float32).numpy()
+        if not np.isfinite(arr).all():
+            raise ConfigError(f"tensor {name!r} holds NaN or inf values; cannot compress it")
+        mask = None
+        if sparsity > 0:
+            k = int(round(sparsity * arr.size))
+            thresh = np.partition(np.abs(arr).ravel(), k - 1)[k - 1] if k > 0 else -1
+            mask = np.abs(arr) > thresh
+        kept = arr[mask] if mask is not None else arr.ravel()
+        if bits is None:
+            out[name] = SparseTensor(arr.shape, mask, kept) if mask is not None else DenseTensor(arr)
+        else:
+            if kept.size == 0:
+                cents, labels = np.zeros(1, np.float32), np.zeros(0, np.uint8)
+            else:
+                cents, labels = kmeans_1d(kept.astype(np.float32), min(2 ** bits, kept.size), init="linear")
+            out[name] = SharedTensor(arr.shape, np.asarray(cents, np.float32), np.asarray(labels, np.uint8), bits, mask)
+        idx_bits[name] = index_bits or (8 if arr.ndim > 2 else 5)
+    meta = {"model": None, "config": {}, "nnshrink_version": __version__,
+            "info": {"source": input_path.name, "sparsity": sparsity, "bits": bits}, "report": {}}
+    write_archive(output, out, meta, index_bits=idx_bits, huffman=huffman)
+    archive = read_archive(output)
+    size = output.stat().st_size
+    return {"input": str(input_path), "output": str(output), "model": None, "original_bytes": original,
+            "compressed_bytes": size, "ratio": original / size, "top1_before": None, "top1_after": None,
+            "stages": [{"stage": "post-training", "sparsity": sparsity, "bits": bits, "lossless": lossless}],
+            "layers": archive.layer_rows() if hasattr(archive, "layer_rows") else [r.as_dict() for r in archive.records]}
