@@ -38,8 +38,8 @@ def train_small(name: str, cfg: dict, args) -> dict:
     report = out.with_suffix(".json")
     epochs = ["--epochs", 0.1 if args.quick else args.epochs] if (args.quick or args.epochs) else []
     if not (args.reuse and report.is_file()):
-        nnshrink("train", "--model", name, "--config", json.dumps(cfg), "--quiet", "-o", out, "--json", report,
-                 *epochs)
+        nnshrink("train", "--model", name, "--config", json.dumps(cfg), "--quiet", "--force", "-o", out,
+                 "--json", report, *epochs)
     return json.loads(report.read_text()) | {"checkpoint": str(out)}
 
 

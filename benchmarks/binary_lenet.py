@@ -21,8 +21,9 @@ from pathlib import Path
 import torch
 
 from nnshrink.data import Dataset, load_dataset
+from nnshrink.encodings import export_encodings
 from nnshrink.models import build_model
-from nnshrink.quantize.binary import clip_binary_weights, export_binary, export_tensors
+from nnshrink.quantize.binary import clip_binary_weights, export_binary
 from nnshrink.train import default_train_config, evaluate, fit
 
 VARIANTS = [  # (label, model name, config overrides)
@@ -51,7 +52,7 @@ def storage(model: torch.nn.Module, name: str, config: dict) -> dict:
         rec_bytes = sum(r["bytes"] for r in arch.records)
         only_binary_file = path.stat().st_size
         full = Path(tmp) / "full.nsk"
-        write_archive(full, export_tensors(model), {"model": name, "config": config})
+        write_archive(full, export_encodings(model), {"model": name, "config": config})
         full_bytes = full.stat().st_size
     total_float = sum(4 * v.numel() for k, v in model.state_dict().items() if v.is_floating_point())
     n_scales = sum(t.scales.size for t in binary.values())

@@ -30,7 +30,7 @@ def main() -> None:
     results = {"machine": machine(), "epochs": args.epochs, "models": {}}
     for name in ("lenet5-bwn", "lenet5-xnor"):
         ckpt, nsk = out / f"{name}.safetensors", out / f"{name}.nsk"
-        nnshrink("train", "--model", name, "--epochs", args.epochs, "--quiet", "-o", ckpt)
+        nnshrink("train", "--model", name, "--epochs", args.epochs, "--quiet", "--force", "-o", ckpt)
         nnshrink("compress", ckpt, "--recipe", "binary", "-o", nsk, "--force", "--quiet")
         rep = json.loads(nnshrink("inspect", nsk, "--json"))
         binary = [r for r in rep["layers"] if r["encoding"] == "binary"]

@@ -37,7 +37,7 @@ def main() -> None:
         train_rep = out / f"{name}-train.json"
         t0 = time.perf_counter()
         if not (args.reuse and ckpt.is_file()):
-            nnshrink("train", "--model", name, "--quiet", "-o", ckpt, "--json", train_rep)
+            nnshrink("train", "--model", name, "--quiet", "--force", "-o", ckpt, "--json", train_rep)
         train_s = time.perf_counter() - t0
         training = json.loads(train_rep.read_text()) if train_rep.is_file() else {}
         t0 = time.perf_counter()

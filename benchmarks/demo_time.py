@@ -23,7 +23,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args()
     t0 = time.perf_counter()
-    cmd = [sys.executable, "-m", "nnshrink", "demo", "--out-dir", args.out_dir, "--quiet"]
+    cmd = [sys.executable, "-m", "nnshrink", "demo", "--out-dir", args.out_dir, "--quiet", "--force"]
     proc = subprocess.run(cmd + (["--quick"] if args.quick else []), check=True, capture_output=True, text=True)
     wall = time.perf_counter() - t0
     summary = json.loads((Path(args.out_dir) / "demo.json").read_text())

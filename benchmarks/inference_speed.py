@@ -8,7 +8,7 @@ interleaved repeats after warm-up; ``x`` ratios are dense_time / variant_time in
 same run. Single-threaded runs time the thread's CPU time (``--clock auto``), which
 leaves out the time the process sat descheduled on a shared machine.
 
-    python benchmarks/inference_speed.py --json benchmarks/inference_speed.json
+    python benchmarks/inference_speed.py --json benchmarks/results/inference_speed.json
     python benchmarks/inference_speed.py --quick        # no fc6, fewer repeats
 """
 

@@ -58,7 +58,7 @@ def main() -> None:
     t0 = time.perf_counter()
     if not args.checkpoint and not (args.reuse and ckpt.is_file()):
         extra = ["--epochs", args.epochs] if args.epochs else []
-        nnshrink("train", "--model", "squeezenet-small", "--quiet", "-o", ckpt, *extra)
+        nnshrink("train", "--model", "squeezenet-small", "--quiet", "--force", "-o", ckpt, *extra)
     train_s = time.perf_counter() - t0
     recipe.write_text(RECIPE.format(sparsity=args.sparsity, bits=args.bits, rounds=args.rounds,
                                    final_epochs=args.final_epochs))

@@ -19,8 +19,9 @@ from safetensors.torch import load_file, safe_open, save_file
 
 from . import __version__
 from .errors import CheckpointError
-from .io_utils import atomic_path
-from .models import build_model, get_spec
+from .io_utils import atomic_path, check_input_file
+from .format.errors import show
+from .models import build_model, get_spec, state_shapes
 
 META_MODEL = "nnshrink.model"
 META_CONFIG = "nnshrink.config"
@@ -49,9 +50,7 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, model_name: str, 
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such file")
+    path = check_input_file(path, CheckpointError)
     try:
         with safe_open(str(path), framework="pt") as f:
             return dict(f.metadata() or {})
@@ -74,30 +73,39 @@ def is_nnshrink_checkpoint(path: str | os.PathLike) -> bool:
 def model_from_state(model_name: str, config: dict[str, Any], state: dict[str, torch.Tensor],
                      source: str = "checkpoint") -> nn.Module:
     """Build ``model_name`` with ``config`` and load ``state`` strictly, with clear errors."""
+    check_fits(model_name, config, {k: tuple(v.shape) for k, v in state.items()}, source)
+    model = build_model(model_name, **config)  # the file's own tensors bound its size
+    model.load_state_dict(state, strict=True)
+    return model
+
+
+def check_fits(model_name: str, config: dict[str, Any], shapes: dict[str, tuple[int, ...]],
+               source: str = "checkpoint") -> None:
+    """Refuse a (model, config) read from a file unless it builds exactly the file's tensors
+    (``shapes``), checked on the meta device: a tiny file cannot make nnshrink build a huge model."""
     try:
         get_spec(model_name)
     except Exception as exc:
-        raise CheckpointError(f"{source}: names model {model_name!r}, which nnshrink does not know ({exc})") from None
+        raise CheckpointError(f"{source}: names model {show(model_name)}, which nnshrink does not know "
+                              f"({str(exc)[:200]})") from None
     try:
-        model = build_model(model_name, **config)
+        expected = state_shapes(model_name, config)
     except Exception as exc:
-        raise CheckpointError(f"{source}: cannot build model {model_name!r} with config {config}: {exc}") from None
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    bad_shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
-                  for k in expected if k in state and state[k].shape != expected[k].shape]
+        raise CheckpointError(f"{source}: cannot build model {show(model_name)} with config "
+                              f"{show(json.dumps(config, default=str))}: {str(exc)[:200]}") from None
+    missing = sorted(set(expected) - set(shapes))
+    unexpected = sorted(set(shapes) - set(expected))
+    bad_shapes = [f"{show(k)}: file {shapes[k]} vs model {expected[k]}"
+                  for k in expected if k in shapes and tuple(shapes[k]) != expected[k]]
     if missing or unexpected or bad_shapes:
         parts = []
         if missing:
-            parts.append(f"missing {', '.join(missing[:5])}")
+            parts.append(f"missing {', '.join(map(show, missing[:5]))}")
         if unexpected:
-            parts.append(f"unexpected {', '.join(unexpected[:5])}")
+            parts.append(f"unexpected {', '.join(map(show, unexpected[:5]))}")
         if bad_shapes:
             parts.append("shape mismatch " + "; ".join(bad_shapes[:5]))
-        raise CheckpointError(f"{source}: tensors do not fit model {model_name!r}: " + "; ".join(parts))
-    model.load_state_dict(state, strict=True)
-    return model
+        raise CheckpointError(f"{source}: tensors do not fit model {show(model_name)}: " + "; ".join(parts))
 
 
 def load_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 
 from .errors import ConfigError, DataError
+from .io_utils import check_input_file
 
 DATASETS = ("fashion-mnist", "mnist", "idx")
 DEBIAN_DIRS = {
@@ -36,37 +38,66 @@ SPLIT_FILES = {
 # IDX type codes -> numpy dtype (big-endian on disk).
 _IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 _MAX_IDX_ELEMENTS = 1 << 31
+_MAX_DEFLATE_RATIO = 1032  # deflate's most expansion per compressed byte
 
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:
-    """Read one IDX file (raw or .gz) into a numpy array, validating every header field."""
-    path = Path(path)
+    """Read one IDX file (raw or .gz) into a numpy array, validating every header field.
+
+    The header's dimensions are checked before the body is read, and a .gz body is
+    decompressed incrementally up to the declared size only: a small gzip bomb cannot
+    make it allocate more than its header declares (and the header must be plausible for
+    the file's size)."""
+    path = check_input_file(path, DataError)
     try:
-        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+        size = path.stat().st_size
+        with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as f:
+            return _read_idx_stream(f, path, size, path.suffix == ".gz")
     except FileNotFoundError:
         raise DataError(f"{path}: no such file") from None
-    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+    except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as exc:
         raise DataError(f"{path}: cannot read ({exc})") from None
-    if len(raw) < 4:
-        raise DataError(f"{path}: truncated IDX file ({len(raw)} bytes, header needs 4)")
-    zero, type_code, ndim = int.from_bytes(raw[:2], "big"), raw[2], raw[3]
+
+
+def _read_exactly(f, n: int) -> bytes:
+    """Up to ``n`` bytes (fewer only at the end of the stream); never more."""
+    chunks, left = [], n
+    while left:
+        chunk = f.read(min(left, 1 << 24))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
+def _read_idx_stream(f, path: Path, file_size: int, gz: bool) -> np.ndarray:
+    head = _read_exactly(f, 4)
+    if len(head) < 4:
+        raise DataError(f"{path}: truncated IDX file ({len(head)} bytes, header needs 4)")
+    zero, type_code, ndim = int.from_bytes(head[:2], "big"), head[2], head[3]
     if zero != 0 or type_code not in _IDX_TYPES:
-        raise DataError(f"{path}: not an IDX file (magic {raw[:4].hex()})")
+        raise DataError(f"{path}: not an IDX file (magic {head.hex()})")
     if not 1 <= ndim <= 4:
         raise DataError(f"{path}: IDX header gives {ndim} dimensions (1..4 allowed)")
     header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise DataError(f"{path}: truncated IDX header ({len(raw)} bytes, needs {header})")
-    dims = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    raw_dims = _read_exactly(f, 4 * ndim)
+    if len(raw_dims) < 4 * ndim:
+        raise DataError(f"{path}: truncated IDX header ({4 + len(raw_dims)} bytes, needs {header})")
+    dims = tuple(int.from_bytes(raw_dims[4 * i: 4 * i + 4], "big") for i in range(ndim))
     dtype = np.dtype(_IDX_TYPES[type_code])
-    count = int(np.prod(dims, dtype=np.int64))
-    if count > _MAX_IDX_ELEMENTS:
-        raise DataError(f"{path}: IDX dimensions {dims} are implausibly large")
-    expected = header + count * dtype.itemsize
-    if len(raw) != expected:
-        kind = "truncated" if len(raw) < expected else "has trailing bytes"
-        raise DataError(f"{path}: IDX file {kind}: dimensions {dims} need {expected} bytes, file has {len(raw)}")
-    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims).astype(dtype.newbyteorder("="))
+    count = int(np.prod(dims, dtype=object))
+    body = count * dtype.itemsize
+    # deflate cannot expand more than ~1032x, so a larger claim is a lie before any inflating
+    # (a plain file's body is read in chunks and so is bounded by the file's size anyway)
+    if count > _MAX_IDX_ELEMENTS or (gz and body > _MAX_DEFLATE_RATIO * file_size):
+        raise DataError(f"{path}: IDX dimensions {dims} ({body} bytes) are implausibly large for a "
+                        f"{file_size}-byte {'gzip ' if gz else ''}file")
+    data = _read_exactly(f, body + 1)  # one byte more tells trailing bytes apart
+    if len(data) != body:
+        kind = "truncated" if len(data) < body else "has trailing bytes"
+        raise DataError(f"{path}: IDX file {kind}: dimensions {dims} need {header + body} bytes")
+    return np.frombuffer(data, dtype=dtype).reshape(dims).astype(dtype.newbyteorder("="))
 
 
 def _find_file(folder: Path, stem: str) -> Path | None:

@@ -20,3 +20,7 @@ class DataError(NNShrinkError):
 
 class CheckpointError(NNShrinkError):
     """A checkpoint cannot be read or does not fit the model it names."""
+
+
+class OutputError(NNShrinkError):
+    """An output cannot be written where asked (not a regular file, exists, disk full, no permission)."""

@@ -14,7 +14,6 @@ import fnmatch
 import hashlib
 import json
 import os
-import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field, replace
@@ -30,10 +29,11 @@ from .checkpoint import load_checkpoint, load_tensors, save_checkpoint
 from .compressed import CompressedTensor, DenseTensor, SharedTensor, SparseTensor
 from .data import Dataset
 from .errors import ConfigError
-from .io_utils import atomic_write_bytes
+from .io_utils import atomic_write_bytes, check_output_file
 from .post_training import compress_tensors  # noqa: F401  (moved; re-exported for callers)
 from .recipes import EncodeConfig, PruneConfig, Recipe, ShareConfig
 from .train import TrainConfig, default_train_config, evaluate, fit
+from .workdir import work_dir
 
 WEIGHT_LAYERS = (nn.Linear, nn.Conv2d, nn.Conv1d)
 
@@ -252,6 +252,8 @@ def compress_checkpoint(
 ) -> dict[str, Any]:
     """Run ``recipe`` on an nnshrink checkpoint and write the archive; returns the report."""
     input_path, output = Path(input_path), Path(output)
+    if plots:
+        check_output_file(plots, force=True)  # a bad plot path fails now, not after the long work
     model, meta = load_checkpoint(input_path)
     for patterns in (recipe.prune.layers, recipe.share.layers, recipe.encode.layers):
         check_patterns(patterns, weight_layers(model))  # before OUT.work/ exists
@@ -260,22 +262,15 @@ def compress_checkpoint(
                           "(or pass --no-retrain to compress without retraining)")
     ctx = Context(data=data, train_cfg=default_train_config(meta["model"]), device=device, progress=progress,
                   retrain=retrain)
-    work = output.with_name(output.name + ".work")
     run_id = {"input_sha256": _sha(input_path), "recipe": recipe.as_dict(), "retrain": retrain,
               "dataset": data.name if data else None, "nnshrink_version": __version__}
-    if work.exists():
-        if not resume:
-            raise ConfigError(f"{work} exists from an earlier run; pass --resume to continue it, or remove it")
-        try:
-            previous = json.loads((work / "run.json").read_text())
-        except (OSError, json.JSONDecodeError):
-            previous = None
-        if previous != run_id:
-            raise ConfigError(f"{work} belongs to a different run (input, recipe or dataset changed); remove it")
-    else:
-        work.mkdir()
-        atomic_write_bytes(work / "run.json", json.dumps(run_id, indent=1).encode())
+    with work_dir(output, run_id, resume=resume, keep=keep_work) as work:
+        return _run_stages(model, meta, recipe, ctx, input_path, output, work, resume=resume, plots=plots)
 
+
+def _run_stages(model, meta, recipe, ctx, input_path, output, work, *, resume, plots) -> dict[str, Any]:
+    """The stage loop, the encode step and the report, with ``work`` held for checkpoints."""
+    data, device = ctx.data, ctx.device
     t_start = time.perf_counter()
     dense_weights = {n: m.weight.detach().numpy().copy() for n, m in weight_layers(model).items()}
     top1_before = evaluate(model, data, device=device) if data is not None else None
@@ -351,6 +346,4 @@ def compress_checkpoint(
         plot_weights(plots, dense_weights, snapshots.get("prune"), snapshots.get("share"),
                      title=f"{meta['model']}: weights through the pipeline")
         report["plot"] = str(plots)
-    if not keep_work:
-        shutil.rmtree(work, ignore_errors=True)
     return report

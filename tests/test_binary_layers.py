@@ -6,9 +6,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from nnshrink.encodings import export_encodings
 from nnshrink.errors import ConfigError
 from nnshrink.quantize.binary import (BinaryConv2d, BinaryLinear, binarize_layers, clip_binary_weights,
-                                      export_binary, export_tensors, sign_ste, to_binary, weight_scale)
+                                      export_binary, sign_ste, to_binary, weight_scale)
 from nnshrink.compressed import BinaryTensor, DenseTensor
 
 
@@ -127,5 +128,5 @@ def test_export_binary_roundtrips_through_to_dense():
         for name, bt in tensors.items():
             net.get_parameter(name).copy_(torch.from_numpy(bt.to_dense()))
     torch.testing.assert_close(net(x), before)
-    full = export_tensors(net)
+    full = export_encodings(net)
     assert isinstance(full["0.bias"], DenseTensor) and isinstance(full["2.weight"], BinaryTensor)

@@ -186,3 +186,24 @@ def test_accelerate_leaves_linear_subclasses_alone():
                for k, (o, i) in {"0.weight": (4, 6), "1.weight": (3, 4)}.items()}
     fast = accelerate(net, tensors)
     assert type(fast[0]) is Scaled and isinstance(fast[1], SparseLinear)
+
+
+def test_accelerate_keeps_transformer_fast_path_working():
+    """nn.TransformerEncoderLayer's eval fast path reads linear1.weight / linear2.weight
+    directly: accelerate must leave the Linear layers such modules read in place."""
+    torch.manual_seed(0)
+    layer = torch.nn.TransformerEncoderLayer(d_model=16, nhead=2, dim_feedforward=32, batch_first=True).eval()
+    net = torch.nn.Sequential(layer, torch.nn.Linear(16, 4)).eval()
+    tensors = {}
+    for name, p in net.state_dict().items():
+        if name.endswith("weight") and p.dim() == 2:
+            w = p.numpy().copy()
+            mask = np.abs(w) > np.quantile(np.abs(w), 0.7)
+            tensors[name] = SparseTensor(w.shape, mask, w[mask])
+    fast = accelerate(net, tensors)
+    assert isinstance(fast[1], SparseLinear)  # the plain head is still swapped
+    assert type(fast[0].linear1) is torch.nn.Linear
+    x = torch.randn(3, 5, 16)
+    with torch.no_grad():
+        out = fast(x)
+    assert out.shape == (3, 5, 4)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import sys
 
-from ._common import emit_json
+from ._common import add_force_arg, add_json_arg, add_max_elements_arg, check_outputs, emit_json
 
 
 def register(sub) -> None:
@@ -23,8 +23,9 @@ def register(sub) -> None:
     p.add_argument("--batch", default="1,64", help="comma-separated batch sizes")
     p.add_argument("--threads", type=int, default=1, help="torch and numba threads (default 1)")
     p.add_argument("--repeats", type=int, default=9, help="timed repeats per variant (median; >= 3)")
-    p.add_argument("--json", nargs="?", const="-", default=None, metavar="FILE",
-                   help="print JSON (or write it to FILE)")
+    add_max_elements_arg(p)
+    add_json_arg(p)
+    add_force_arg(p)
     p.set_defaults(func=run)
 
 
@@ -81,8 +82,8 @@ def _load(args):
     if os.path.isfile(src) and is_archive(src):
         from ..format import read_archive
 
-        model, meta = load_model(src)
-        tensors = read_archive(src).tensors
+        model, meta = load_model(src, max_elements=args.max_elements)
+        tensors = read_archive(src, max_elements=args.max_elements).tensors
         name = meta.get("model") or meta.get("model_name")
         shape = tuple(get_spec(name).input_shape) if name in model_names() else None
         return model, tensors, shape, f"archive {src}"
@@ -148,6 +149,7 @@ def run(args) -> int:
     if args.repeats < 3:
         raise ConfigError(f"--repeats must be >= 3; got {args.repeats}")
     batches = _batches(args.batch)
+    check_outputs(args)
     os.environ["NUMBA_NUM_THREADS"] = str(args.threads)
 
     import torch
@@ -200,7 +202,7 @@ def run(args) -> int:
               "clock": pick_clock(),
               "binary_skipped": binary_skip, "layers": layers, "model": whole}
     if args.json is not None:
-        emit_json(report, args.json)
+        emit_json(report, args.json, force=args.force)
         if args.json != "-":
             _print(report)
     else:

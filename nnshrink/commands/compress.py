@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ._common import add_data_args, add_device_arg, check_output_path, emit_json
+from ._common import add_data_args, add_device_arg, add_force_arg, add_json_arg, check_outputs, emit_json
 
 
 def register(sub) -> None:
@@ -21,10 +21,10 @@ def register(sub) -> None:
     p.add_argument("--no-retrain", action="store_true", help="compress without retraining or fine-tuning")
     p.add_argument("--sparsity", type=float, default=None, help="target sparsity per layer (overrides the recipe)")
     p.add_argument("--bits", type=int, default=None, help="index bits for every shared layer (overrides the recipe)")
-    p.add_argument("--json", default=None, metavar="FILE", help="write the report as JSON ('-' for stdout)")
+    add_json_arg(p)
     p.add_argument("--plots", default=None, metavar="PNG", help="plot the weight distributions to this PNG")
     p.add_argument("--resume", action="store_true", help="continue a killed run from its last finished stage")
-    p.add_argument("--force", action="store_true", help="overwrite the output file if it exists")
+    add_force_arg(p)
     p.add_argument("--keep-work", action="store_true", help="keep the per-stage checkpoints (OUT.work/)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
@@ -48,7 +48,7 @@ def run(args) -> int:
     from ..recipes import PruneConfig, ShareConfig, load_recipe
     from ..train import resolve_device
 
-    out = check_output_path(args.output, force=args.force or args.resume)
+    out, plots = check_outputs(args, args.output, args.plots)  # --resume does not imply --force
     if args.sparsity is not None:
         PruneConfig(sparsity=args.sparsity)  # validates with a clear message
     if args.bits is not None:
@@ -70,9 +70,9 @@ def run(args) -> int:
         data = load_dataset(args.dataset, args.data_dir) if args.dataset else None
         report = compress_checkpoint(args.input, out, recipe, data=data, device=str(device),
                                      retrain=not args.no_retrain, resume=args.resume, progress=not args.quiet,
-                                     plots=args.plots, keep_work=args.keep_work)
+                                     plots=plots, keep_work=args.keep_work)
     if args.json:
-        emit_json(report, args.json)
+        emit_json(report, args.json, force=args.force)
     if args.json != "-":
         print_summary(report)
     return 0

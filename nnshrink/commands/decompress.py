@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import json
 
-from ._common import check_output_path
+from ._common import add_force_arg, add_max_elements_arg, check_outputs
 
 
 def register(sub) -> None:
     p = sub.add_parser("decompress", help="decode an .nsk archive to dense safetensors")
     p.add_argument("input", help="archive (.nsk)")
     p.add_argument("-o", "--output", required=True, help="output .safetensors")
-    p.add_argument("--force", action="store_true", help="overwrite the output if it exists")
+    add_force_arg(p)
+    add_max_elements_arg(p)
     p.set_defaults(func=run)
 
 
@@ -23,8 +24,8 @@ def run(args) -> int:
     from ..format import read_archive
     from ..io_utils import atomic_path
 
-    out = check_output_path(args.output, force=args.force)
-    arch = read_archive(args.input)
+    out, = check_outputs(args, args.output)
+    arch = read_archive(args.input, max_elements=args.max_elements)
     state = {k: v.contiguous() for k, v in arch.dense_state().items()}
     meta = {META_VERSION: __version__}
     if arch.metadata.get("model"):

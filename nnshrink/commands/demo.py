@@ -3,11 +3,11 @@ runs the Deep Compression pipeline on both, and prints the paper's Table 1 besid
 
 from __future__ import annotations
 
-import json
+import shutil
 import time
 from pathlib import Path
 
-from ._common import add_data_args, add_device_arg
+from ._common import add_data_args, add_device_arg, add_force_arg, add_json_arg, check_outputs, emit_json
 
 MODELS = ("lenet300", "lenet5")
 
@@ -20,7 +20,8 @@ def register(sub) -> None:
     p.add_argument("--quick", action="store_true", help="a short run (minutes): fewer epochs, one prune round")
     p.add_argument("--models", default=",".join(MODELS), help="comma-separated subset of lenet300,lenet5")
     p.add_argument("--reuse", action="store_true", help="reuse dense checkpoints already in --out-dir")
-    p.add_argument("--json", default=None, metavar="FILE", help="write all reports as JSON")
+    add_json_arg(p)
+    add_force_arg(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
@@ -36,20 +37,25 @@ def quick_recipe(recipe):
 def run(args) -> int:
     from ..checkpoint import save_checkpoint
     from ..data import load_dataset
-    from ..errors import ConfigError
-    from ..io_utils import atomic_write_bytes
+    from ..errors import ConfigError, OutputError
     from ..models import build_model, resolve_config
     from ..pipeline import compress_checkpoint
     from ..recipes import load_recipe
     from ..report import ladder_table, layer_table, paper_comparison
     from ..train import default_train_config, fit
+    from ..workdir import work_path
 
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     bad = [m for m in models if m not in MODELS]
     if bad or not models:
         raise ConfigError(f"--models takes a subset of {','.join(MODELS)}; got {args.models!r}")
     out_dir = Path(args.out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputError(f"--out-dir {str(out_dir)!r} is not a folder")
     out_dir.mkdir(parents=True, exist_ok=True)
+    written = [out_dir / f"{n}{ext}" for n in models for ext in (".nsk", "-weights.png")]
+    written += [out_dir / f"{n}.safetensors" for n in models if not args.reuse]
+    check_outputs(args, *written, out_dir / "demo.json")  # before the training, not after it
     data = load_dataset(args.dataset or "fashion-mnist", args.data_dir)
     reports = []
     t_all = time.perf_counter()
@@ -71,12 +77,8 @@ def run(args) -> int:
         if args.quick:
             recipe = quick_recipe(recipe)
         archive = out_dir / f"{name}.nsk"
-        if archive.exists():
-            archive.unlink()
-        work = archive.with_name(archive.name + ".work")
-        if work.exists():
-            import shutil
-
+        work = work_path(archive)
+        if args.force and work.exists():  # a killed demo's stages: --force starts afresh
             shutil.rmtree(work)
         print(f"[{name}] compressing (recipe {recipe.name}) ...", flush=True)
         report = compress_checkpoint(ckpt, archive, recipe, data=data, device=args.device,
@@ -90,9 +92,7 @@ def run(args) -> int:
     total = time.perf_counter() - t_all
     print(f"\ndemo finished in {total / 60:.1f} min; archives, reports and plots in {out_dir}/")
     summary = {"dataset": data.name, "quick": args.quick, "seconds": total, "reports": reports}
-    atomic_write_bytes(out_dir / "demo.json", json.dumps(summary, indent=2).encode())
+    emit_json(summary, str(out_dir / "demo.json"), force=args.force)
     if args.json:
-        from ._common import emit_json
-
-        emit_json(summary, args.json)
+        emit_json(summary, args.json, force=args.force)
     return 0

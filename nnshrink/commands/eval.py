@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from ._common import add_data_args, add_device_arg, emit_json
+from ._common import (add_data_args, add_device_arg, add_force_arg, add_json_arg, add_max_elements_arg, check_outputs,
+                      emit_json)
 
 
 def register(sub) -> None:
@@ -10,7 +11,9 @@ def register(sub) -> None:
     p.add_argument("input", help="checkpoint (.safetensors) or archive (.nsk)")
     add_data_args(p)
     add_device_arg(p)
-    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    add_max_elements_arg(p)
+    add_json_arg(p)
+    add_force_arg(p)
     p.set_defaults(func=run)
 
 
@@ -20,12 +23,13 @@ def run(args) -> int:
     from ..train import evaluate, resolve_device
 
     device = resolve_device(args.device)
-    model, meta = load_model(args.input)
+    check_outputs(args)
+    model, meta = load_model(args.input, max_elements=args.max_elements)
     data = load_dataset(args.dataset or meta.get("info", {}).get("dataset") or "fashion-mnist", args.data_dir)
     top1 = evaluate(model.to(device), data, device=device)  # refuses data that does not fit
     if args.json:
         emit_json({"input": args.input, "model": meta["model"], "dataset": data.name, "top1": top1,
-                   "test_examples": len(data.test_y)}, "-")
-    else:
+                   "test_examples": len(data.test_y)}, args.json, force=args.force)
+    if args.json != "-":
         print(f"{args.input}: {meta['model']} on {data.name}: top-1 {top1:.4f} ({len(data.test_y)} test images)")
     return 0

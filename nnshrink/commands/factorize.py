@@ -4,7 +4,7 @@ rebuilds itself (model ``factorized``, config {base, base_config, plan})."""
 
 from __future__ import annotations
 
-from ._common import add_data_args, add_device_arg, check_output_path, emit_json
+from ._common import add_data_args, add_device_arg, add_force_arg, add_json_arg, check_outputs, emit_json
 
 
 def register(sub) -> None:
@@ -25,8 +25,8 @@ def register(sub) -> None:
     p.add_argument("--epochs", type=float, default=2, help="fine-tuning epochs (0: none; default 2)")
     p.add_argument("--lr", type=float, default=None, help="fine-tuning learning rate (default: 1/10 of training)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", nargs="?", const="-", default=None, metavar="FILE",
-                   help="write the report as JSON (stdout if no FILE)")
+    add_json_arg(p)
+    add_force_arg(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("-o", "--output", required=True, help="output checkpoint (.safetensors)")
     p.set_defaults(func=run)
@@ -43,7 +43,7 @@ def run(args) -> int:
     from ..errors import ConfigError
     from ..train import default_train_config, evaluate, fit
 
-    out = check_output_path(args.output)
+    out, = check_outputs(args, args.output)
     if args.epochs < 0:
         raise ConfigError(f"epochs must be >= 0; got {args.epochs}")
     model, meta = load_checkpoint(args.input)
@@ -77,7 +77,7 @@ def run(args) -> int:
     save_checkpoint(model, out, "factorized", config,
                     info={"dataset": data.name, "top1": top1_after, "factorized_from": meta["model"]})
     if args.json:
-        emit_json(report, args.json)
+        emit_json(report, args.json, force=args.force)
     if args.json != "-":
         for c in choices:
             print(f"  {c.name:<16} {c.kind:<8} rank {c.rank:>4}/{c.max_rank:<4} weights {c.params_before:>9,} -> "

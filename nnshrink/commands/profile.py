@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ._common import emit_json
+from ._common import add_force_arg, add_json_arg, check_outputs, emit_json
 
 
 def register(sub) -> None:
@@ -11,7 +11,8 @@ def register(sub) -> None:
     p.add_argument("--list", action="store_true", help="list the model names and exit")
     p.add_argument("--width", type=float, default=None, help="width multiplier alpha (MobileNet)")
     p.add_argument("--resolution", type=int, default=None, help="input side in pixels")
-    p.add_argument("--json", action="store_true", help="print JSON")
+    add_json_arg(p)
+    add_force_arg(p)
     p.set_defaults(func=run)
 
 
@@ -20,6 +21,7 @@ def run(args) -> int:
     from ..errors import ConfigError
     from ..models import get_spec, model_names
 
+    check_outputs(args)
     if args.list:
         for name in model_names():
             print(f"{name:<16} {get_spec(name).description}")
@@ -43,7 +45,7 @@ def run(args) -> int:
     prof = profile_named(args.model, shape, **overrides)
     shape = prof.input_shape
     if args.json:
-        emit_json({"model": args.model, **overrides, **prof.as_dict()}, "-")
-    else:
+        emit_json({"model": args.model, **overrides, **prof.as_dict()}, args.json, force=args.force)
+    if args.json != "-":
         print(format_profile(prof, title=f"{args.model} at input {'x'.join(map(str, shape))}"))
     return 0

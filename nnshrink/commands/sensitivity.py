@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ._common import add_data_args, add_device_arg, check_output_path, emit_json
+from ._common import add_data_args, add_device_arg, add_force_arg, add_json_arg, check_outputs, emit_json
 
 
 def _steps(text: str) -> list[float]:
@@ -24,7 +24,8 @@ def register(sub) -> None:
     p.add_argument("--max-drop", type=float, default=0.01,
                    help="allowed top-1 drop (fraction) for the suggested per-layer sparsities")
     p.add_argument("--plot", default=None, metavar="PNG", help="write the curves as a PNG")
-    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    add_json_arg(p)
+    add_force_arg(p)
     p.set_defaults(func=run)
 
 
@@ -36,7 +37,7 @@ def run(args) -> int:
 
     steps = check_steps(_steps(args.steps) if args.steps else DEFAULT_STEPS)
     layers = [s.strip() for s in args.layers.split(",") if s.strip()] if args.layers else None
-    plot = check_output_path(args.plot) if args.plot else None
+    plot, = check_outputs(args, args.plot)
     model, meta = load_model(args.checkpoint)
     data = load_dataset(args.dataset or meta.get("info", {}).get("dataset") or "fashion-mnist", args.data_dir)
     result = sensitivity_sweep(model, data, steps=steps, layers=layers, device=args.device)
@@ -48,8 +49,9 @@ def run(args) -> int:
                "max_drop": args.max_drop, "suggested_sparsity": suggested}
         if plot is not None:
             out["plot"] = str(plot)
-        emit_json(out, "-")
-        return 0
+        emit_json(out, args.json, force=args.force)
+        if args.json == "-":
+            return 0
     print(f"{meta['model']} on {data.name}: dense top-1 {result.baseline:.4f}; each layer pruned alone:")
     print(f"{'sparsity':>10} " + " ".join(f"{n:>9}" for n in result.curves))
     for i, s in enumerate(result.steps):

@@ -6,7 +6,7 @@ import argparse
 import json
 import math
 
-from ._common import add_data_args, add_device_arg, check_output_path, emit_json
+from ._common import add_data_args, add_device_arg, add_force_arg, add_json_arg, check_outputs, emit_json
 
 
 def finite_float(text: str) -> float:
@@ -33,8 +33,8 @@ def register(sub) -> None:
     p.add_argument("--l2", type=finite_float, default=None, help="L2 penalty on weights")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--config", default=None, help='model options as JSON, e.g. \'{"dropout": 0.1}\'')
-    p.add_argument("--json", nargs="?", const="-", default=None, metavar="FILE",
-                   help="write the training report as JSON (stdout if no FILE)")
+    add_json_arg(p)
+    add_force_arg(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("-o", "--output", required=True, help="checkpoint path (.safetensors)")
     p.set_defaults(func=run)
@@ -47,7 +47,7 @@ def run(args) -> int:
     from ..models import build_model, resolve_config
     from ..train import default_train_config, fit, resolve_device
 
-    out = check_output_path(args.output)
+    out, = check_outputs(args, args.output)
     device = resolve_device(args.device)
     try:
         overrides = json.loads(args.config) if args.config else {}
@@ -69,7 +69,7 @@ def run(args) -> int:
               "train_seconds": result.seconds, "epochs": result.epochs, "train_config": cfg.__dict__}
     save_checkpoint(model.cpu(), out, args.model, config, info={"dataset": data.name, "top1": top1})
     if args.json:
-        emit_json(report, args.json)
+        emit_json(report, args.json, force=args.force)
     if args.json != "-":
         per_epoch = result.seconds / max(len(result.epochs), 1)
         print(f"{args.model}: test top-1 {top1:.4f} after {len(result.epochs)} epochs "

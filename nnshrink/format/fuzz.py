@@ -1,7 +1,8 @@
 """Mutation fuzzing of archives: bit flips, truncation, splices, huge lengths, and
-mutations re-checksummed so they reach the deep checks (used by tests and
-benchmarks/fuzz_archive.py). The property: ``parse_archive`` returns a consistent
-Archive or raises a FormatError -- nothing else, never a hang or a giant allocation."""
+mutations re-checksummed so they reach the deep checks; plus a family of hand-built
+decompression bombs (used by tests and benchmarks/fuzz_archive.py). The property:
+``parse_archive`` returns a consistent Archive or raises a FormatError -- nothing else,
+never a hang or a giant allocation."""
 
 from __future__ import annotations
 
@@ -13,9 +14,9 @@ import numpy as np
 
 from ..compressed import BinaryTensor, DenseTensor, SharedTensor, SparseTensor
 from .errors import FormatError
-from .layout import PREAMBLE
+from .layout import DENSITY, DENSITY_SLACK, PREAMBLE
 from .reader import parse_archive
-from .writer import write_archive
+from .writer import assemble, write_archive
 
 _SPECIAL_INTS = [0, 1, -1, 2, 3, 7, 8, 9, 255, 256, 2**16, 2**31 - 1, 2**31, 2**32, 2**34 + 1, 2**53, 2**63, -2**63]
 
@@ -46,6 +47,43 @@ def sample_archives(tmpdir) -> list[bytes]:
                       index_bits=(3, 4, 5, 8)[variant], huffman=variant != 3)
         with open(path, "rb") as f:
             out.append(f.read())
+    return out
+
+
+def filler_bomb(stream_bytes: int, name: str = "bomb") -> bytes:
+    """One all-zero tensor whose gap stream is one-bit fillers (single-symbol Huffman, 8-bit
+    gaps): 2,040 declared elements per stream byte, the densest claim the stream rules allow."""
+    count = 8 * stream_bytes
+    rec = {"name": name, "shape": [255 * count], "encoding": "sparse_f32", "nonzero": 0, "gap_bits": 8,
+           "gap_count": count, "gap_coding": "huffman"}
+    return assemble([(rec, [("values", b""), ("gap_lengths", bytes(255) + b"\x01"), ("gap", bytes(stream_bytes))])],
+                    {"model": None, "config": {}})
+
+
+def _raw_claim(shape: list[int], name: str = "t") -> tuple[dict, list]:
+    return ({"name": name, "shape": shape, "encoding": "raw", "dtype": "uint8", "half": False},
+            [("data", b"")])
+
+
+def bomb_archives() -> list[tuple[str, bytes]]:
+    """The decompression-bomb family, as (label, bytes): files of a few bytes to 1 MB whose
+    headers claim up to billions of elements, absurd shapes, or many records. Each must be
+    refused with a FormatError or decode within its density cap (SPEC.md)."""
+    out = [(f"filler bomb, {n} stream bytes", filler_bomb(n)) for n in (1, 1024, 50_000, 1 << 20)]
+    # the largest filler bomb the density cap admits: it decodes, bounded by the cap
+    n = (DENSITY_SLACK + DENSITY * 600) // (255 * 8 - DENSITY)
+    while 255 * 8 * n > DENSITY * len(filler_bomb(n)) + DENSITY_SLACK:
+        n -= 8
+    out.append(("filler bomb at the density cap", filler_bomb(n)))
+    half = [filler_bomb(n, f"b{i}") for i in range(2)]
+    out.append(("two records under the cap alone, over it together",
+                assemble([(json.loads(h[PREAMBLE: PREAMBLE + struct.unpack_from("<I", h, 8)[0]])["records"][0],
+                           [("values", b""), ("gap_lengths", bytes(255) + b"\x01"), ("gap", bytes(n))])
+                          for h in half], {"model": None, "config": {}})))
+    for shape in ([2**31, 2**31, 0], [0] + [2**31] * 7, [2**31] * 8, [2**17, 2**17, 0, 1]):
+        out.append((f"shape {shape}", assemble([_raw_claim(shape)], {"model": None, "config": {}})))
+    out.append(("100,000 empty records (the SPEC's most)",
+                assemble([_raw_claim([0, 2**31], f"t{i}") for i in range(100_000)], {"model": None, "config": {}})))
     return out
 
 
@@ -137,6 +175,31 @@ def check_one(data: bytes) -> str | None:
         if tuple(dense[rec["name"]].shape) != tuple(rec["shape"]):
             return f"record {rec['name']!r} decoded to shape {dense[rec['name']].shape}, header says {rec['shape']}"
     return None
+
+
+def run_bombs(max_case_s: float = 10.0) -> dict:
+    """Every bomb of ``bomb_archives``: a FormatError or a consistent archive, each within ``max_case_s``."""
+    import time
+
+    failures, rows = [], []
+    for label, data in bomb_archives():
+        t0 = time.perf_counter()
+        try:
+            arch = parse_archive(data, "bomb")
+            dense = arch.dense_arrays()
+            bad = [r["name"] for r in arch.records if tuple(dense[r["name"]].shape) != tuple(r["shape"])]
+            outcome, problem = "decoded", f"records {bad[:3]} decoded to the wrong shape" if bad else None
+        except FormatError as exc:
+            outcome, problem = type(exc).__name__, None
+        except Exception as exc:  # noqa: BLE001 - exactly what the fuzzer hunts
+            outcome, problem = type(exc).__name__, f"{type(exc).__name__}: {exc}"
+        dt = time.perf_counter() - t0
+        if dt > max_case_s:
+            problem = f"took {dt:.1f} s (limit {max_case_s} s)"
+        rows.append({"case": label, "file_bytes": len(data), "outcome": outcome, "s": round(dt, 4)})
+        if problem:
+            failures.append({"case": label, "problem": problem})
+    return {"bombs": rows, "failures": failures}
 
 
 def run_fuzz(cases: int, seed: int, archives: list[bytes]) -> dict:

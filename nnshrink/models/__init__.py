@@ -78,6 +78,17 @@ def resolve_config(name: str, **overrides) -> dict[str, Any]:
     return {**spec.defaults, **overrides}
 
 
+def state_shapes(name: str, config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+    """The state_dict shapes ``name`` built with ``config`` would have, found on the meta
+    device (no memory spent): a config read from a file is checked against the file's own
+    tensors before the model is built for real."""
+    import torch
+
+    with torch.device("meta"):
+        model = build_model(name, **config)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
 def build_model(name: str, **overrides) -> nn.Module:
     """Build a registered model; ``overrides`` must be keys of its default config."""
     spec = get_spec(name)

@@ -12,7 +12,8 @@ sign(0) = +1 everywhere (training, packing, kernels). An XNOR conv pads its *bin
 input with -1, not 0, so a 1-bit kernel reproduces it exactly (there is no 0 in 1 bit).
 
 The real-valued weights stay in ``weight`` (state_dict keys are unchanged: ``conv2.weight``),
-``export_binary`` turns them into ``BinaryTensor`` (packed signs + per-channel scales).
+``export_binary`` turns them into ``BinaryTensor`` (packed signs + per-channel scales);
+``nnshrink.encodings.export_encodings`` adds the rest of the model for the archive.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..compressed import BinaryTensor, CompressedTensor, DenseTensor
+from ..compressed import BinaryTensor
 from ..errors import ConfigError
 
 MODES = ("bwn", "xnor")
@@ -197,17 +198,3 @@ def export_binary(model: nn.Module) -> dict[str, BinaryTensor]:
         alpha = weight_scale(w).reshape(-1).numpy().astype(np.float32)
         out[f"{name}.weight"] = BinaryTensor(tuple(w.shape), (w >= 0).numpy(), alpha)
     return out
-
-
-@torch.no_grad()
-def export_tensors(model: nn.Module) -> dict[str, CompressedTensor]:
-    """The whole ``state_dict`` for the archive: BinaryTensor for binary weights, DenseTensor else.
-
-    Non-float buffers (BatchNorm's ``num_batches_tracked``) are left out: they do not
-    affect inference, and ``load_state_dict(strict=False)`` skips them.
-    """
-    tensors: dict[str, CompressedTensor] = dict(export_binary(model))
-    for key, value in model.state_dict().items():
-        if key not in tensors and value.is_floating_point():
-            tensors[key] = DenseTensor(value.detach().float().cpu().numpy())
-    return tensors

@@ -18,7 +18,7 @@ import torch.nn as nn
 from ..compressed import BinaryTensor
 from ..errors import ConfigError
 from ..quantize.binary import BinaryConv2d, BinaryLinear, binarize_weight, export_binary, weight_scale
-from .kernels.xnor import pack_bits, pack_conv_weight, xnor_conv2d, xnor_matmul
+from .kernels.xnor import pack_sign_words, pack_conv_weight, xnor_conv2d, xnor_matmul
 
 
 def _packed_from(layer: nn.Module, tensor: BinaryTensor | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -28,7 +28,7 @@ def _packed_from(layer: nn.Module, tensor: BinaryTensor | None = None) -> tuple[
     signs, scales = np.asarray(tensor.signs, bool), np.asarray(tensor.scales, np.float32).copy()
     if signs.ndim == 4:  # conv kernels: (dy, dx, c) order, matching the fused im2col
         return pack_conv_weight(signs), scales
-    return pack_bits(signs.reshape(signs.shape[0], -1)), scales
+    return pack_sign_words(signs.reshape(signs.shape[0], -1)), scales
 
 
 def _bias(layer: nn.Module):

@@ -213,19 +213,28 @@ def _bias_for(name: str, mod: nn.Linear, tensors) -> object:
     return tensors[key] if key in tensors else mod.bias
 
 
+# Modules whose forward reads their Linear children's ``.weight`` directly (torch's fused
+# eval fast path of the transformer layers): a kernel layer there has no weight to read.
+_READS_CHILD_WEIGHTS = (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer, nn.MultiheadAttention)
+
+
 def accelerate(model: nn.Module, tensors: dict[str, CompressedTensor], *, inplace: bool = False,
                sparse_linear_for_shared: bool = False) -> nn.Module:
     """Swap each plain ``nn.Linear`` whose ``<name>.weight`` in ``tensors`` is sparse or shared.
 
     SparseTensor -> SparseLinear; SharedTensor -> CodebookLinear (or SparseLinear with
-    ``sparse_linear_for_shared``). Other layers are left as they are. Returns a copy
+    ``sparse_linear_for_shared``). Other layers are left as they are, and so are the Linear
+    children of modules that read their weights directly (transformer layers). Returns a copy
     unless ``inplace``; the result is inference-only (call ``.eval()``).
     """
     if not inplace:
         model = copy.deepcopy(model)
+    kept_dense = {f"{parent}.{child}" if parent else child
+                  for parent, mod in model.named_modules() if isinstance(mod, _READS_CHILD_WEIGHTS)
+                  for child, _ in mod.named_children()}
     swaps = []
     for name, mod in model.named_modules():
-        if type(mod) is not nn.Linear:  # subclasses (binary layers, MHA's out_proj) compute something else
+        if type(mod) is not nn.Linear or name in kept_dense:  # subclasses (binary layers) compute something else
             continue
         t = tensors.get(f"{name}.weight" if name else "weight")
         if not isinstance(t, (SparseTensor, SharedTensor)):

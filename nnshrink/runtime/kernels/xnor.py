@@ -145,7 +145,7 @@ def pack_rows(x: np.ndarray, transpose: bool = False) -> np.ndarray:
     return out
 
 
-def pack_bits(bits: np.ndarray) -> np.ndarray:
+def pack_sign_words(bits: np.ndarray) -> np.ndarray:
     """Offline packing of a bool (N, K) sign matrix (True = +1) -> uint64 (N, W), zero-padded."""
     bits = np.asarray(bits, bool)
     n, k = bits.shape
@@ -156,7 +156,7 @@ def pack_bits(bits: np.ndarray) -> np.ndarray:
 
 def pack_rows_ref(x: np.ndarray) -> np.ndarray:
     """Plain numpy reference of ``pack_rows`` (packbits, zero padding, little-endian words)."""
-    return pack_bits(np.asarray(x) >= 0)
+    return pack_sign_words(np.asarray(x) >= 0)
 
 
 def unpack_rows_ref(packed: np.ndarray, k: int) -> np.ndarray:
@@ -546,7 +546,7 @@ def pack_conv_weight(weight: np.ndarray) -> np.ndarray:
     """Offline packing of conv kernels (N, C, kh, kw), floats or bool signs, in (dy, dx, c) order."""
     w = np.asarray(weight)
     bits = w if w.dtype == bool else w >= 0
-    return pack_bits(bits.transpose(0, 2, 3, 1).reshape(w.shape[0], -1))
+    return pack_sign_words(bits.transpose(0, 2, 3, 1).reshape(w.shape[0], -1))
 
 
 def xnor_conv2d(x: np.ndarray, w_packed: np.ndarray, kernel: tuple[int, int], alpha: np.ndarray | None = None,
