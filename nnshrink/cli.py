@@ -63,6 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         _set_threads()
+        if getattr(args, "device", None) is not None:  # every command, before any model moves
+            from .train import resolve_device
+
+            resolve_device(args.device)
         return int(args.func(args) or 0)
     except NNShrinkError as exc:
         print(one_line(f"nnshrink {args.command}: error: {exc}"), file=sys.stderr)
