@@ -1,6 +1,7 @@
 """Load a runnable model from any file nnshrink writes, into nnshrink's zoo model or the
 user's own module: a checkpoint or an .nsk archive. Only tensors and JSON are read, so
-an archive of the user's model loads anywhere its class exists, without pickle."""
+an archive of the user's model loads anywhere its class exists, and loading never runs
+code from the file."""
 
 from __future__ import annotations
 

@@ -247,12 +247,12 @@ def evaluate(model: nn.Module, data: Dataset, *, device: str | torch.device = "c
 _DEFAULTS: dict[str, dict] = {
     "lenet300": dict(epochs=20, lr=0.05, weight_decay=1e-4, batch_size=128),
     "lenet5": dict(epochs=12, lr=0.05, weight_decay=5e-4, batch_size=128),
-    # binary nets (engineer D): Adam, no weight decay on the +-1 weights' latent values
+    # binary nets: Adam, no weight decay on the +-1 weights' latent values
     "lenet5-bwn": dict(epochs=8, lr=2e-3, optimizer="adam", weight_decay=0.0, batch_size=128),
     "lenet5-xnor": dict(epochs=6, lr=2e-3, optimizer="adam", weight_decay=0.0, batch_size=128),
     "vgg-small-bwn": dict(epochs=4, lr=2e-3, optimizer="adam", weight_decay=0.0, batch_size=128),
     "vgg-small-xnor": dict(epochs=4, lr=2e-3, optimizer="adam", weight_decay=0.0, batch_size=128),
-    # compact architectures (engineer E)
+    # compact architectures
     "squeezenet-small": dict(epochs=10, lr=2e-3, optimizer="adam", weight_decay=0.0, batch_size=128),
     "mobilenet-small": dict(epochs=10, lr=0.05, weight_decay=1e-4, batch_size=128),
     "vgg-small": dict(epochs=10, lr=0.02, weight_decay=5e-4, batch_size=128),

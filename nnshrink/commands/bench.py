@@ -124,7 +124,7 @@ def _split(tensors: dict) -> tuple[dict, dict]:
 
 
 def _binary_model(model, tensors):
-    """The bit-packed model from engineer D's runtime, or (None, why)."""
+    """The bit-packed model of the XNOR runtime, or (None, why)."""
     try:
         from ..runtime.binary_infer import pack_model
     except ImportError:

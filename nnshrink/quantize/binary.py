@@ -1,6 +1,6 @@
 """Binarised layers: BWN (binary weights) and XNOR-Net (binary weights and inputs).
 
-Rastegari et al. 2016 (shared/reference/methods.md section 5):
+Rastegari et al. 2016, "XNOR-Net" (ECCV):
 - weights  W ~ alpha * sign(W), alpha = mean |W| per output channel;
 - XNOR inputs I ~ K * sign(I), K = mean over channels of |I| box-filtered to the
   kernel's footprint (one scalar per sample for a Linear layer); ``scale_input=False``
