@@ -18,6 +18,7 @@ import copy
 import hashlib
 import json
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,8 @@ from .errors import ConfigError
 from .io_utils import atomic_write_bytes, check_output_file
 from .post_training import compress_tensors  # noqa: F401  (moved; re-exported for callers)
 from .recipes import EncodeConfig, Recipe
+from .report import growth_warning
+from .sizes import state_bytes
 from .stages import Context, export_all, fit_trainer, get_stage, top1_metric
 from .workdir import work_folder, work_path
 
@@ -151,6 +154,46 @@ def restore(model: nn.Module, archive) -> None:
 
 
 # ---------------------------------------------------------------- the run
+def _clock(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    return f"{m // 60}:{m % 60:02d}:{s:02d}" if m >= 60 else f"{m}:{s:02d}"
+
+
+class StageProgress:
+    """The run's overall progress: one line per stage on stderr (stage k of n, its name,
+    elapsed time) with an estimate of what is left once some retraining has run: the
+    seconds per planned retraining epoch so far times the epochs still planned
+    (``Recipe.planned_epochs``). Stages resumed from the work folder cost no time here,
+    so they count no epochs."""
+
+    def __init__(self, recipe: Recipe, *, enabled: bool, retrains: bool, stream=None):
+        self.stages, self.enabled, self.stream = recipe.stages, enabled, stream
+        self.epochs = recipe.planned_epochs() if retrains else {}
+        self.start, self.done_epochs = time.perf_counter(), 0.0
+
+    def line(self, k: int) -> str:
+        """The line shown as stage ``k`` (0-based) starts."""
+        elapsed = time.perf_counter() - self.start
+        left = sum(self.epochs.get(s, 0.0) for s in self.stages[k:])
+        estimate = f", about {_clock(elapsed / self.done_epochs * left)} left" if self.done_epochs and left else ""
+        return (f"compress: stage {k + 1} of {len(self.stages)}: {self.stages[k]} "
+                f"(elapsed {_clock(elapsed)}{estimate})")
+
+    def begin(self, k: int) -> None:
+        self._write(self.line(k))
+
+    def finished(self, k: int, resumed: bool = False) -> None:
+        if not resumed:
+            self.done_epochs += self.epochs.get(self.stages[k], 0.0)
+
+    def done(self) -> None:
+        self._write(f"compress: done, {len(self.stages)} stages in {_clock(time.perf_counter() - self.start)}")
+
+    def _write(self, text: str) -> None:
+        if self.enabled:
+            print(text, file=self.stream or sys.stderr, flush=True)
+
+
 @dataclass
 class Compressed:
     """A finished run: the archive's bytes, its encodings, and the report."""
@@ -191,7 +234,8 @@ def compress_model(model: nn.Module, recipe: Recipe, ctx: Context, *, metadata: 
     if not all(get_stage(s).exclusive for s in recipe.compression_stages):
         compressible(model)  # a model with nothing to compress fails here, before any work
     check_recipe(model, recipe)
-    original_bytes = 4 * sum(int(np.prod(t.shape)) for t in model.state_dict().values())
+    original_bytes = state_bytes(model.state_dict())  # each tensor's own dtype
+    progress = StageProgress(recipe, enabled=ctx.progress, retrains=ctx.trainer is not None)
     pristine = copy.deepcopy(model) if ctx.metric is not None else None
     if snapshots is not None:
         snapshots["dense"] = _weights(model)
@@ -201,6 +245,7 @@ def compress_model(model: nn.Module, recipe: Recipe, ctx: Context, *, metadata: 
     tensors: dict[str, CompressedTensor] | None = None
     for i, name in enumerate(recipe.compression_stages):
         stage, cfg = get_stage(name), getattr(recipe, name)
+        progress.begin(i)
         done = work.load(i, name) if work is not None else None
         if done is not None:
             record, blob = done
@@ -220,11 +265,13 @@ def compress_model(model: nn.Module, recipe: Recipe, ctx: Context, *, metadata: 
             blob = serialize_archive(tensors, metadata, idx_bits, False)
             if work is not None:
                 work.save(i, name, blob, record)
+        progress.finished(i, resumed=done is not None)
         records.append(record)
         rungs.append({"rung": stage.rung(tensors), "bytes": len(blob), "top1": record["top1"]})
         if snapshots is not None:
             snapshots[name] = {n: tensors[n].to_dense() for n in snapshots["dense"]}
 
+    progress.begin(len(recipe.stages) - 1)
     t0 = time.perf_counter()
     if tensors is None:  # a recipe of "encode" alone stores the model as it is
         tensors = export_all(model)
@@ -245,6 +292,9 @@ def compress_model(model: nn.Module, recipe: Recipe, ctx: Context, *, metadata: 
     for r in rungs:
         r["ratio"] = original_bytes / r["bytes"]
     records.append({"stage": "encode", "seconds": encode_s, "top1": top1_after})
+    grew = growth_warning(original_bytes, len(blob))
+    if grew:
+        ctx.note(grew)
     report = {
         "model": metadata.get("model") or (metadata.get("info") or {}).get("class"),
         "recipe": recipe.as_dict(), "defaults": recipe.defaults,
@@ -254,6 +304,7 @@ def compress_model(model: nn.Module, recipe: Recipe, ctx: Context, *, metadata: 
         "ladder": rungs, "stages": records, "layers": archive.layer_rows(), "warnings": list(ctx.notes),
         "seconds": time.perf_counter() - t_start,
     }
+    progress.done()
     return Compressed(blob, dict(tensors), report)
 
 

@@ -22,6 +22,7 @@ from .checkpoint import load_tensors
 from .compressed import CompressedTensor, DenseTensor, SharedTensor, SparseTensor
 from .errors import ConfigError
 from .format.layout import BFLOAT16
+from .sizes import tensor_bytes
 
 # torch dtypes the archive stores raw (format/SPEC.md); bfloat16 travels as its 16 bits.
 _RAW_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64, torch.int32,
@@ -65,7 +66,7 @@ def compress_tensors(
     idx_bits: dict[str, int] = {}
     original = 0
     for name, t in tensors_in.items():
-        original += t.numel() * 4
+        original += tensor_bytes(t)  # its own dtype: an int64 tensor is 8 bytes per element
         if lossless or not t.is_floating_point() or t.dim() < 2 or t.numel() < min_numel:
             out[name] = DenseTensor(exact_array(name, t))
             continue

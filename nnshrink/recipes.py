@@ -35,7 +35,7 @@ import math
 import tomllib
 import types
 import typing
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -98,6 +98,34 @@ class Recipe:
                 raise ConfigError(f"{stage} config must be a {config_type(stage).__name__}; got {cfg!r}")
         return Recipe(self.name, self.stages, {**self.configs, **configs}, self.defaults)
 
+    def scaled(self, factor: float) -> "Recipe":
+        """A copy in which every retraining runs ``factor`` times its epochs: every stage
+        config field named ``*_epochs`` (prune ``retrain_epochs`` / ``final_epochs``, share
+        ``finetune_epochs``) that is > 0; 0 (no retraining) and -1 ("same as
+        retrain_epochs") keep their meaning."""
+        check_epochs_scale(factor)
+        configs = {}
+        for stage in self.compression_stages:
+            cfg = getattr(self, stage)
+            configs[stage] = replace(cfg, **{name: value * factor for name, value in _epoch_fields(cfg).items()
+                                             if value > 0})
+        return Recipe(self.name, self.stages, {**self.configs, **configs},
+                      f"{self.defaults}; retraining epochs x{factor:g}")
+
+    def planned_epochs(self) -> dict[str, float]:
+        """Epochs each stage retrains when a trainer is given (the progress estimate):
+        prune retrains after each of its ``rounds``, the last time for ``final_epochs``;
+        other stages once for each ``*_epochs`` field."""
+        out = {}
+        for stage in self.compression_stages:
+            cfg = getattr(self, stage)
+            if stage == "prune":
+                final = cfg.final_epochs if cfg.final_epochs >= 0 else cfg.retrain_epochs
+                out[stage] = (cfg.rounds - 1) * cfg.retrain_epochs + final if cfg.retrain_epochs > 0 else 0.0
+            else:
+                out[stage] = float(sum(v for v in _epoch_fields(cfg).values() if v > 0))
+        return out
+
     @property
     def compression_stages(self) -> tuple[str, ...]:
         return tuple(s for s in self.stages if s != ENCODE)
@@ -113,6 +141,17 @@ class Recipe:
             out[stage] = {f.name: (list(v) if isinstance(v := getattr(cfg, f.name), tuple) else v)
                           for f in fields(cfg)}
         return out
+
+
+def _epoch_fields(cfg: Any) -> dict[str, float]:
+    return {f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name.endswith("_epochs")}
+
+
+def check_epochs_scale(factor: Any, what: str = "epochs scale") -> float:
+    """``factor`` if it is a finite number > 0, else a ConfigError naming it."""
+    if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not math.isfinite(factor) or factor <= 0:
+        raise ConfigError(f"{what} must be a finite number > 0; got {factor!r}")
+    return float(factor)
 
 
 _TYPE_WORDS = {bool: "bool (true or false)", int: "int", float: "finite float", str: "str"}

@@ -7,6 +7,9 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
+from .format.errors import printable
+from .sizes import dtype_bytes
+
 # Deep Compression (Han, Mao, Dally 2016), Tables 1-3: error before -> after, size, ratio,
 # and per layer kept %, weight bits (P+Q), index bits, % of original after P+Q+H.
 PAPER = {
@@ -24,6 +27,48 @@ def _fmt(v, spec: str, empty: str = "-") -> str:
     return empty if v is None else format(v, spec)
 
 
+def ratio_text(original: int, compressed: int) -> str:
+    """``original / compressed`` as "12.3x"; an output larger than its input says so
+    (a 0.97 ratio must never read as "1.0x")."""
+    if compressed <= 0:
+        return "-"
+    ratio = original / compressed
+    return f"{ratio:.2f}x, LARGER than the input" if compressed > original else f"{ratio:.1f}x"
+
+
+def growth_warning(original: int, compressed: int) -> str | None:
+    """The report's warning for an output larger than its input (None when it is not)."""
+    if compressed <= original:
+        return None
+    return (f"the output ({compressed:,} bytes) is larger than the input ({original:,} bytes): "
+            "this compression gains nothing on this input")
+
+
+def flag_growth(report: dict[str, Any]) -> dict[str, Any]:
+    """Add ``growth_warning`` to ``report['warnings']`` (once) when the output grew."""
+    text = growth_warning(report["original_bytes"], report["compressed_bytes"])
+    warnings = report.setdefault("warnings", [])
+    if text is not None and text not in warnings:
+        warnings.append(text)
+    return report
+
+
+MAX_NAME = 80  # longer names are cut in the middle: both ends of a key say the most
+
+
+def short_name(name: Any, limit: int = MAX_NAME) -> str:
+    """A tensor name, escaped for the terminal and at most ``limit`` characters."""
+    text = printable(name)
+    if len(text) <= limit:
+        return text
+    head = (limit - 3) // 2
+    return f"{text[:head]}...{text[len(text) - (limit - 3 - head):]}"
+
+
+def name_width(names: Iterable[str], header: str) -> int:
+    """The width of a name column: the longest (shortened) name, at least the header."""
+    return max([len(header), *(len(short_name(n)) for n in names)])
+
 
 def _bits(v) -> str:
     """'before->after' for {before, after} bit counts (after = with Huffman), '-' for none."""
@@ -33,26 +78,37 @@ def _bits(v) -> str:
 
 
 def layer_table(layers: Iterable[Mapping[str, Any]], model: str | None = None) -> str:
-    """The paper's per-layer table (bits before -> after Huffman), the paper's row beside ours."""
-    paper = PAPER.get(model or "", {}).get("layers", {})
-    lines = [f"{'tensor':<14} {'params':>9} {'kept %':>7} {'weight bits':>12} {'index bits':>11} {'bytes':>8} "
-             f"{'% of f32':>8}  paper (kept %, weight bits, % after P+Q+H)"]
+    """The paper's per-layer table (bits before -> after Huffman); the paper's own row
+    beside ours only for the models the paper has (``PAPER``). "% of input" is the stored
+    size against the tensor's own dtype (``sizes.dtype_bytes``), so integers count honestly."""
+    layers = list(layers)
+    paper = PAPER.get(model or "", {}).get("layers")
+    w = name_width((row["name"] for row in layers), "tensor")
+    head = (f"{'tensor':<{w}} {'params':>9} {'kept %':>7} {'weight bits':>12} {'index bits':>11} {'bytes':>8} "
+            f"{'% of input':>10}")
+    lines = [head + ("  paper (kept %, weight bits, % after P+Q+H)" if paper else "")]
     for row in layers:
         name = row["name"]
-        ref = paper.get(name.rsplit(".", 1)[0]) if name.endswith(".weight") else None
-        ref_s = "" if ref is None else f"{ref[0]}%, {ref[1]} bits, {ref[3]}%"
-        pct = 100 * row["bytes"] / max(4 * row["params"], 1)
-        lines.append(f"{name:<14} {row['params']:>9,} {100 * row['nonzero'] / max(row['params'], 1):>7.1f} "
-                     f"{_bits(row.get('weight_bits')):>12} {_bits(row.get('index_bits')):>11} {row['bytes']:>8,} "
-                     f"{pct:>8.2f}  {ref_s}".rstrip())
+        ref = paper.get(name.rsplit(".", 1)[0]) if paper and name.endswith(".weight") else None
+        ref_s = "" if ref is None else f"  {ref[0]}%, {ref[1]} bits, {ref[3]}%"
+        own = row["params"] * dtype_bytes(row.get("dtype", "float32"))
+        lines.append(f"{short_name(name):<{w}} {row['params']:>9,} "
+                     f"{100 * row['nonzero'] / max(row['params'], 1):>7.1f} {_bits(row.get('weight_bits')):>12} "
+                     f"{_bits(row.get('index_bits')):>11} {row['bytes']:>8,} {100 * row['bytes'] / max(own, 1):>10.2f}"
+                     f"{ref_s}")
     return "\n".join(lines)
 
 
 def ladder_table(rungs: Iterable[Mapping[str, Any]]) -> str:
-    """dense -> pruned -> pruned+shared -> +Huffman, like the paper's AlexNet ladder."""
+    """dense -> pruned -> pruned+shared -> +Huffman, like the paper's AlexNet ladder; the
+    first rung is the input, and a rung larger than it is marked."""
+    rungs = list(rungs)
+    original = rungs[0]["bytes"] if rungs else 0
     lines = [f"{'rung':<22} {'bytes':>10} {'ratio':>8} {'top-1':>8}"]
     for r in rungs:
-        lines.append(f"{r['rung']:<22} {r['bytes']:>10,} {r['ratio']:>7.1f}x {_fmt(r.get('top1'), '.4f'):>8}")
+        grew = r["bytes"] > original
+        lines.append(f"{r['rung']:<22} {r['bytes']:>10,} {r['ratio']:>7.{2 if grew else 1}f}x "
+                     f"{_fmt(r.get('top1'), '.4f'):>8}" + ("  LARGER than the input" if grew else ""))
     return "\n".join(lines)
 
 

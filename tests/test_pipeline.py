@@ -1,9 +1,10 @@
 """The Deep Compression pipeline end to end on a tiny self-made dataset."""
 
 import json
+import re
 import subprocess
 import sys
-from dataclasses import replace
+from dataclasses import fields, replace
 
 import numpy as np
 import pytest
@@ -181,3 +182,79 @@ def test_layer_pattern_that_matches_nothing(trained, tmp_path):
     recipe = recipe_from_dict({"stages": ["prune", "encode"], "prune": {"layers": {"fc9": 0.5}}})
     with pytest.raises(ConfigError, match="'fc9' matches no compressible tensor"):
         pipeline.compress_checkpoint(trained, tmp_path / "x.nsk", recipe, data=None, retrain=False, progress=False)
+
+
+# ---------------------------------------------------------------- honest sizes, epochs scale, progress
+class BNNet(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc, self.bn = torch.nn.Linear(64, 32), torch.nn.BatchNorm1d(32)
+
+    def forward(self, x):
+        return self.bn(self.fc(x))
+
+
+def _ctx(**kw):
+    from nnshrink.stages import Context
+
+    return Context(progress=False, **kw)
+
+
+def test_original_bytes_count_each_tensors_own_dtype():
+    model = BNNet()
+    rep = pipeline.compress_model(model, recipe_from_dict({"stages": ["encode"]}), _ctx(), metadata={"model": None})
+    # num_batches_tracked is int64: 8 bytes, not 4
+    floats = sum(t.numel() for n, t in model.state_dict().items() if n != "bn.num_batches_tracked")
+    assert rep.report["original_bytes"] == 4 * floats + 8
+
+
+def test_an_output_larger_than_its_input_is_a_warning():
+    rep = pipeline.compress_model(torch.nn.Linear(2, 2), recipe_from_dict({"stages": ["encode"]}), _ctx(),
+                                  metadata={"model": None}).report
+    assert rep["compressed_bytes"] > rep["original_bytes"] and rep["ratio"] < 1
+    assert any("larger than the input" in w for w in rep["warnings"])
+
+
+def test_recipe_scaled_scales_every_retraining():
+    recipe = recipe_from_dict({"stages": ["prune", "share", "encode"],
+                               "prune": {"rounds": 3, "retrain_epochs": 2, "final_epochs": 6},
+                               "share": {"finetune_epochs": 1}})
+    half = recipe.scaled(0.5)
+    assert (half.prune.retrain_epochs, half.prune.final_epochs, half.share.finetune_epochs) == (1.0, 3.0, 0.5)
+    assert half.prune.rounds == 3 and half.share.lr_factor == recipe.share.lr_factor
+    assert half.as_dict() != recipe.as_dict()  # a resumed run with another scale is another run
+    assert recipe.planned_epochs() == {"prune": 2 * 2 + 6, "share": 1.0}
+    # -1 ("same as retrain_epochs") and 0 (no retraining) keep their meaning
+    default = recipe_from_dict({"stages": ["prune", "share", "encode"], "share": {"finetune_epochs": 0}}).scaled(3)
+    assert default.prune.final_epochs == -1 and default.prune.retrain_epochs == 6 and default.share.finetune_epochs == 0
+    # every *_epochs field of every registered stage is scaled
+    for name, stage in REGISTRY.items():
+        cfg = recipe_from_dict({"stages": [name, "encode"]}).scaled(2)
+        base = stage.config()
+        for f in fields(base):
+            if f.name.endswith("_epochs") and getattr(base, f.name) > 0:
+                assert getattr(getattr(cfg, name), f.name) == 2 * getattr(base, f.name)
+
+
+@pytest.mark.parametrize("bad", [0, -1, float("nan"), float("inf"), True, "2"])
+def test_recipe_scaled_refuses_bad_factors(bad):
+    with pytest.raises(ConfigError, match="epochs scale must be a finite number > 0"):
+        recipe_from_dict(FAST).scaled(bad)
+
+
+def test_progress_line_per_stage_with_an_estimate(capsys):
+    from nnshrink.stages import Context
+
+    calls = []
+    ctx = Context(trainer=lambda model, epochs, hints: calls.append(epochs), progress=True)
+    pipeline.compress_model(BNNet(), recipe_from_dict(FAST), ctx, metadata={"model": None})
+    err = capsys.readouterr().err.splitlines()
+    lines = [l for l in err if l.startswith("compress: ")]
+    assert [re.sub(r"\d+:\d\d", "T", l) for l in lines] == [
+        "compress: stage 1 of 3: prune (elapsed T)",
+        "compress: stage 2 of 3: share (elapsed T, about T left)",  # prune's 2 of 3 planned epochs ran
+        "compress: stage 3 of 3: encode (elapsed T)",
+        "compress: done, 3 stages in T"]
+    assert calls == [1, 1, 1]
+    pipeline.compress_model(BNNet(), recipe_from_dict(FAST), _ctx(), metadata={"model": None})
+    assert "compress:" not in capsys.readouterr().err

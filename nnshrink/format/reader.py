@@ -440,8 +440,9 @@ def _stats(s: _Spec, raw_nonzero: int | None) -> dict[str, Any]:
         gb = f["gap_bits"] if sparse else 0
         gafter = 8 * (plen["gap"] + plen.get("gap_lengths", 0)) / nnz if sparse and nnz else 0.0
         ibits = {"before": gb, "after": round(gafter, 3)}
-    return {"name": s.name, "shape": list(s.shape), "encoding": s.encoding, "params": s.numel, "nonzero": int(nnz),
-            "weight_bits": wbits, "index_bits": ibits, "bytes": s.length,
+    dtype = ("float32" if f["half"] else f["dtype"]) if s.encoding == "raw" else "float32"  # what it decodes to
+    return {"name": s.name, "shape": list(s.shape), "encoding": s.encoding, "dtype": dtype, "params": s.numel,
+            "nonzero": int(nnz), "weight_bits": wbits, "index_bits": ibits, "bytes": s.length,
             "index_coding": f.get("index_coding"), "gap_coding": f.get("gap_coding")}
 
 
