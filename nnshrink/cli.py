@@ -2,7 +2,8 @@
 
 Each sub-command lives in its own module under :mod:`nnshrink.commands` and exposes
 ``register(subparsers)``; the module list is discovered, so adding a command means adding
-a file. User errors (:class:`NNShrinkError`) print one line and exit 2.
+a file. User errors (:class:`NNShrinkError`) print one line and exit 2; a reader that
+closes the pipe early (``nnshrink inspect X | head``) ends the command quietly.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from .errors import NNShrinkError
 
 MAX_THREADS = 1024
 MAX_ERROR_CHARS = 500
+EXIT_BROKEN_PIPE = 128 + 13  # what a shell reports for a command killed by SIGPIPE
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,13 +69,29 @@ def main(argv: list[str] | None = None) -> int:
             from .train import resolve_device
 
             resolve_device(args.device)
-        return int(args.func(args) or 0)
+        rc = int(args.func(args) or 0)
+        sys.stdout.flush()  # inside the try: a closed pipe surfaces here, not at exit
+        return rc
+    except BrokenPipeError:
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
     except NNShrinkError as exc:
         print(one_line(f"nnshrink {args.command}: error: {exc}"), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"nnshrink {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's final flush of what the closed pipe
+    did not take raises nothing (Python's documented recipe for SIGPIPE)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # stdout without a file descriptor (captured in tests)
+        pass
 
 
 if __name__ == "__main__":  # pragma: no cover

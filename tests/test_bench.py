@@ -49,6 +49,7 @@ def test_bench_cli_json(capsys):
         assert set(row["speedup_vs_dense"]) >= {"sparse", "codebook"}
         assert all(v > 0 for v in row["median_us"].values())
     assert rep["binary_skipped"]
+    assert set(rep["columns"]) == {"dense", "sparse", "codebook"} and "baseline" in rep["columns"]["dense"]
 
 
 @pytest.mark.parametrize("argv, msg", [
@@ -77,3 +78,47 @@ def test_bench_reads_an_archive(tmp_path, capsys):
     rep = json.loads(capsys.readouterr().out)
     assert rep["source"].startswith("archive") and len(rep["layers"]) == 3
     assert set(rep["model"][0]["speedup_vs_dense"]) >= {"sparse", "codebook"}
+
+
+def test_float_twin_is_the_same_architecture_in_float():
+    from nnshrink.commands.bench import float_twin
+    from nnshrink.quantize.binary import binary_layers
+
+    model = build_model("lenet5-xnor").eval()
+    twin = float_twin(model)
+    assert binary_layers(model) and not binary_layers(twin)
+    assert ({k: v.shape for k, v in twin.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()})
+    plain = build_model("lenet300")
+    assert float_twin(plain) is plain
+
+
+def test_bench_measures_a_binary_net_against_its_float_model(capsys):
+    assert main(["bench", "--model", "lenet5-xnor", "--batch", "8", "--repeats", "3", "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    row = rep["model"][0]
+    assert set(row["median_us"]) == set(rep["columns"]) == {"dense", "sparse", "codebook", "binary",
+                                                            "float_emulation"}
+    assert "same architecture" in rep["columns"]["dense"] and "emulated in float" in rep["columns"]["float_emulation"]
+    # the slow float emulation of the XNOR layers is a column of its own, never the baseline
+    assert row["median_us"]["float_emulation"] > 2 * row["median_us"]["dense"]
+    assert row["speedup_vs_dense"]["float_emulation"] < 0.5
+
+
+def test_bench_runs_a_binary_archive_like_its_checkpoint(tmp_path, capsys):
+    from nnshrink.models import resolve_config
+    from nnshrink.pipeline import archive_metadata, compress_model
+    from nnshrink.recipes import load_recipe
+    from nnshrink.stages import Context
+
+    meta = archive_metadata("lenet5-xnor", resolve_config("lenet5-xnor"), {})
+    done = compress_model(build_model("lenet5-xnor"), load_recipe("binary", "lenet5-xnor"), Context(progress=False),
+                          metadata=meta)
+    path = tmp_path / "x.nsk"
+    path.write_bytes(done.blob)
+    assert main(["bench", "--model", str(path), "--batch", "4", "--repeats", "3"]) == 0
+    out = capsys.readouterr().out
+    model_row = next(l for l in out.splitlines() if l.startswith("model"))
+    assert "binary x" in model_row and "float_emulation x" in model_row
+    legend = out[out.index("columns:"):].splitlines()
+    assert [l.split()[0] for l in legend[1:]] == ["dense", "binary", "float_emulation", "sparse", "codebook"]
+    assert "skipped (no sparse or shared Linear weights)" in legend[4]

@@ -1,10 +1,13 @@
 """``nnshrink bench``: dense vs sparse vs codebook (vs binary) inference latency on CPU.
 
 Per fc layer and for the whole model, median of interleaved repeats after warm-up,
-as ratios against dense torch measured in the same run (thread CPU time when single-
-threaded, see ``runtime.timing``). The compressed weights come
-from an .nsk archive, or (for a model name or a checkpoint) from an in-process
-magnitude prune to ``--sparsity`` plus linear-init k-means to 2**bits centroids.
+as ratios against the FLOAT model measured in the same run (thread CPU time when single-
+threaded, see ``runtime.timing``). For a binary net that is the float network of the same
+architecture (``float_twin``), not the slow float emulation of the binary layers, which is
+a column of its own (``float_emulation``); ``LEGEND`` says what every column is. The
+compressed weights come from an .nsk archive (sparse, shared or binary records), or (for a
+model name or a checkpoint) from an in-process magnitude prune to ``--sparsity`` plus
+linear-init k-means to 2**bits centroids.
 """
 
 from __future__ import annotations
@@ -108,12 +111,52 @@ def _load(args):
     return model, tensors, shape, what + f", pruned to {args.sparsity:.0%} and shared to {args.bits} bits in-process"
 
 
-def _split(tensors: dict) -> tuple[dict, dict]:
-    """({name: SparseTensor-or-SharedTensor for SparseLinear}, {name: SharedTensor for CodebookLinear})."""
+# What each column is; every speed-up is the dense column's time over the column's time.
+LEGEND = {
+    "dense": "the float model in plain torch layers: the baseline of every speed-up",
+    "sparse": "its pruned / shared Linear layers run from CSR by nnshrink's sparse kernel",
+    "codebook": "its shared Linear layers run from codes + codebook by nnshrink's codebook kernel",
+    "binary": "the binary net deployed: XNOR layers bit-packed (XNOR + popcount kernels), BWN layers decoded "
+              "to float",
+    "float_emulation": "the binary net as trained: its binary layers emulated in float (sign and scale on "
+                       "every call); slow by construction, not a deployment",
+}
+DENSE_OF_BINARY = ("the float model of the same architecture (each binary layer a plain float layer of the same "
+                   "shape) in plain torch layers: the baseline of every speed-up")
+
+
+def float_twin(model):
+    """``model`` with every binary layer replaced by a plain float layer of the same shape:
+    the float network a binary net is measured against (``model`` itself when it has no
+    binary layers). Its weights are the binarised ones; timing does not depend on them."""
+    import copy
+
+    from ..quantize.binary import binary_layers
+    from ..runtime.binary_infer import _dense_twin
+
+    names = list(binary_layers(model))
+    if not names:
+        return model
+    twin = copy.deepcopy(model).eval()
+    modules = dict(twin.named_modules())
+    for name in names:
+        parent, _, attr = name.rpartition(".")
+        setattr(modules[parent], attr, _dense_twin(modules[name]))
+    return twin
+
+
+def _split(model, tensors: dict) -> tuple[dict, dict]:
+    """({name: SparseTensor-or-SharedTensor for SparseLinear}, {name: SharedTensor for
+    CodebookLinear}), for the plain nn.Linear layers of ``model`` only."""
+    import torch.nn as nn
+
     from ..compressed import SharedTensor, SparseTensor
 
+    modules = dict(model.named_modules())
     for_sparse, for_codebook = {}, {}
     for k, t in tensors.items():
+        if type(modules.get(k.removesuffix(".weight"))) is not nn.Linear or not k.endswith(".weight"):
+            continue
         if isinstance(t, tuple):
             for_sparse[k], for_codebook[k] = t[1], t[2]
         elif isinstance(t, SparseTensor):
@@ -153,7 +196,6 @@ def run(args) -> int:
     os.environ["NUMBA_NUM_THREADS"] = str(args.threads)
 
     import torch
-    import torch.nn as nn
 
     from ..runtime.layers import accelerate
     from ..runtime.timing import pick_clock, time_interleaved
@@ -161,12 +203,20 @@ def run(args) -> int:
     torch.set_num_threads(args.threads)
     model, tensors, in_shape, source = _load(args)
     model = model.eval()
-    for_sparse, for_codebook = _split(tensors)
+    base = float_twin(model)  # the float model every column is measured against
+    is_binary = base is not model
+    for_sparse, for_codebook = _split(base, tensors)
+    skipped = {}
+    sparse_model = accelerate(base, for_sparse, sparse_linear_for_shared=True) if for_sparse else None
+    codebook_model = accelerate(base, for_codebook) if for_codebook else None
     if not for_sparse:
-        raise ConfigError(f"{args.model}: no sparse or shared Linear weights to run")
-    sparse_model = accelerate(model, for_sparse, sparse_linear_for_shared=True)
-    codebook_model = accelerate(model, for_codebook) if for_codebook else None
-    binary_model, binary_skip = _binary_model(model, tensors)
+        skipped["sparse"] = "no sparse or shared Linear weights"
+    if not for_codebook:
+        skipped["codebook"] = "no shared Linear weights"
+    binary_model, skipped["binary"] = _binary_model(model, tensors)
+    if sparse_model is None and binary_model is None:
+        raise ConfigError(f"{args.model}: nothing compressed to run (no sparse or shared Linear weights, "
+                          "no binary layers)")
 
     def sub(m, name):
         return m.get_submodule(name) if m is not None else None
@@ -175,32 +225,34 @@ def run(args) -> int:
     with torch.no_grad():
         for key in for_sparse:
             name = key[: -len(".weight")]
-            dense = model.get_submodule(name)
-            if type(dense) is not nn.Linear:
-                continue
+            dense = base.get_submodule(name)
             for b in batches:
                 x = torch.randn(b, dense.in_features)
                 fns = {"dense": lambda d=dense, x=x: d(x), "sparse": lambda m=sub(sparse_model, name), x=x: m(x)}
-                if codebook_model is not None and key in for_codebook:
+                if key in for_codebook:
                     fns["codebook"] = lambda m=sub(codebook_model, name), x=x: m(x)
                 layers.append(_row(name, b, time_interleaved(fns, repeats=args.repeats),
                                    shape=list(dense.weight.shape)))
         if in_shape is not None:
             for b in batches:
                 x = torch.randn(b, *in_shape)
-                ref = model(x)
-                fns = {"dense": lambda x=x: model(x), "sparse": lambda x=x: sparse_model(x)}
-                if codebook_model is not None:
-                    fns["codebook"] = lambda x=x: codebook_model(x)
-                if binary_model is not None:
-                    fns["binary"] = lambda x=x: binary_model(x)
+                ref = base(x)
+                fns = {"dense": lambda x=x: base(x)}
+                for k, m in (("sparse", sparse_model), ("codebook", codebook_model), ("binary", binary_model),
+                             ("float_emulation", model if is_binary else None)):
+                    if m is not None:
+                        fns[k] = lambda x=x, m=m: m(x)
                 for k in ("sparse", "codebook"):
                     if k in fns and not torch.allclose(fns[k](), ref, rtol=1e-3, atol=1e-3):
                         raise ConfigError(f"{k} model output disagrees with the dense model; please report")
                 whole.append(_row("model", b, time_interleaved(fns, repeats=args.repeats)))
+    present = {k for row in layers + whole for k in row["median_us"]}
+    columns = {k: (DENSE_OF_BINARY if k == "dense" and is_binary else text)
+               for k, text in LEGEND.items() if k in present}
     report = {"source": source, "threads": args.threads, "repeats": args.repeats, "batches": batches,
-              "clock": pick_clock(),
-              "binary_skipped": binary_skip, "layers": layers, "model": whole}
+              "clock": pick_clock(), "columns": columns,
+              "skipped": {k: v for k, v in skipped.items() if v and k not in present},
+              "binary_skipped": skipped["binary"], "layers": layers, "model": whole}
     if args.json is not None:
         emit_json(report, args.json, force=args.force)
         if args.json != "-":
@@ -220,9 +272,13 @@ def _print(report) -> None:
     clock = "thread CPU time" if report["clock"] == "thread" else "wall time"
     out.write(f"{report['source']}\n{report['threads']} thread(s), {clock}, median of {report['repeats']} "
               "interleaved repeats after warm-up\n")
-    out.write(f"{'layer':<12} {'batch':>5} {'dense us':>10}   speed-up vs dense torch\n")
+    out.write(f"{'layer':<12} {'batch':>5} {'dense us':>10}   speed-up vs dense (dense time / column time)\n")
     for row in report["layers"] + report["model"]:
         sp = "  ".join(f"{k} x{v:.2f}" for k, v in row["speedup_vs_dense"].items())
         out.write(f"{row['name']:<12} {row['batch']:>5} {row['median_us']['dense']:>10.1f}   {sp}\n")
-    if report["binary_skipped"]:
-        out.write(f"binary: skipped ({report['binary_skipped']})\n")
+    width = max(map(len, report["columns"]))
+    out.write("columns:\n")
+    for k, text in report["columns"].items():
+        out.write(f"  {k:<{width}}  {text}\n")
+    for k, why in report["skipped"].items():
+        out.write(f"  {k:<{width}}  skipped ({why})\n")

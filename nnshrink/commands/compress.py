@@ -28,23 +28,35 @@ def register(sub) -> None:
     add_device_arg(p)
     p.add_argument("--no-retrain", action="store_true", help="compress without retraining or fine-tuning")
     p.add_argument("--sparsity", type=float, default=None, help="target sparsity per layer (overrides the recipe)")
-    p.add_argument("--bits", type=int, default=None, help="codebook width: 2**bits shared values per shared tensor (overrides the recipe)")
+    p.add_argument("--bits", type=int, default=None,
+                   help="codebook width: 2**bits shared values per shared tensor (overrides the recipe)")
+    p.add_argument("--epochs-scale", type=float, default=None, metavar="F",
+                   help="multiply every retraining of the recipe (prune retrain_epochs / final_epochs, share "
+                        "finetune_epochs) by F > 0: 0.5 for a quicker run, 2 for a longer one")
     add_json_arg(p)
     p.add_argument("--plots", default=None, metavar="PNG", help="plot the weight distributions to this PNG")
     p.add_argument("--resume", action="store_true", help="continue a killed run from its last finished stage")
     add_force_arg(p)
     p.add_argument("--keep-work", action="store_true", help="keep the per-stage checkpoints (OUT.work/)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--quiet", action="store_true", help="no progress lines or bars (stderr)")
     p.set_defaults(func=run)
 
 
-def _override(recipe, sparsity, bits):
+def _override(recipe, args):
+    """The recipe with the command line's --sparsity, --bits and --epochs-scale applied."""
     from dataclasses import replace
 
-    if sparsity is not None and "prune" in recipe.stages:
-        recipe = recipe.with_configs(prune=replace(recipe.prune, method="sparsity", sparsity=sparsity, layers={}))
-    if bits is not None and "share" in recipe.stages:
-        recipe = recipe.with_configs(share=replace(recipe.share, fc_bits=bits, conv_bits=bits, layers={}))
+    from ..errors import ConfigError
+
+    if args.sparsity is not None and "prune" in recipe.stages:
+        recipe = recipe.with_configs(prune=replace(recipe.prune, method="sparsity", sparsity=args.sparsity, layers={}))
+    if args.bits is not None and "share" in recipe.stages:
+        recipe = recipe.with_configs(share=replace(recipe.share, fc_bits=args.bits, conv_bits=args.bits, layers={}))
+    if args.epochs_scale is not None:
+        if not recipe.retrains:
+            raise ConfigError(f"--epochs-scale {args.epochs_scale:g} given, but recipe {recipe.name!r} retrains "
+                              "nothing to scale")
+        recipe = recipe.scaled(args.epochs_scale)
     return recipe
 
 
@@ -137,7 +149,7 @@ def compress_own_model(args, out) -> dict:
             raise ConfigError(f"--data-factory {args.data_factory!r} must return (train_loader, test_loader); "
                               f"got {type(loaders).__name__}")
         data = dataset_from_loaders(*loaders, args.data_factory)
-    recipe = _override(load_recipe(args.recipe or "deep-compression"), args.sparsity, args.bits)
+    recipe = _override(load_recipe(args.recipe or "deep-compression"), args)
     retrain = data is not None and not args.no_retrain
     ctx = Context(trainer=fit_trainer(data, TrainConfig(), device=args.device, progress=not args.quiet)
                   if retrain else None,
@@ -159,7 +171,8 @@ def run(args) -> int:
     from ..errors import ConfigError
     from ..pipeline import compress_checkpoint
     from ..post_training import compress_tensors
-    from ..recipes import PruneConfig, ShareConfig, load_recipe
+    from ..recipes import PruneConfig, ShareConfig, check_epochs_scale, load_recipe
+    from ..report import flag_growth
     from ..train import resolve_device
 
     out, plots = check_outputs(args, args.output, args.plots)  # --resume does not imply --force
@@ -167,6 +180,8 @@ def run(args) -> int:
         PruneConfig(sparsity=args.sparsity)  # validates with a clear message
     if args.bits is not None:
         ShareConfig(fc_bits=args.bits, conv_bits=args.bits)
+    if args.epochs_scale is not None:
+        check_epochs_scale(args.epochs_scale, "--epochs-scale")
     if args.data_factory and not args.model_factory:
         raise ConfigError("--data-factory needs --model-factory (the model the data is for)")
     plain = not args.model_factory and not is_nnshrink_checkpoint(args.input)
@@ -184,11 +199,12 @@ def run(args) -> int:
         from ..data import load_dataset
 
         model_name = read_metadata(args.input).get("nnshrink.model")
-        recipe = _override(load_recipe(args.recipe or "deep-compression", model_name), args.sparsity, args.bits)
+        recipe = _override(load_recipe(args.recipe or "deep-compression", model_name), args)
         data = load_dataset(args.dataset, args.data_dir) if args.dataset else None
         report = compress_checkpoint(args.input, out, recipe, data=data, device=str(device),
                                      retrain=not args.no_retrain, resume=args.resume, progress=not args.quiet,
                                      plots=plots, keep_work=args.keep_work)
+    flag_growth(report)
     if args.json:
         emit_json(report, args.json, force=args.force)
     if args.json != "-":
@@ -204,10 +220,14 @@ def _refuse_unused(args, plain: bool) -> None:
         unused = [flag for flag, value in (("--recipe", args.recipe), ("--dataset", args.dataset),
                                            ("--data-dir", args.data_dir), ("--device", args.device != "cpu"),
                                            ("--plots", args.plots), ("--resume", args.resume),
-                                           ("--keep-work", args.keep_work)) if value]
+                                           ("--keep-work", args.keep_work),
+                                           ("--epochs-scale", args.epochs_scale is not None)) if value]
         if unused:
             raise ConfigError(f"{', '.join(unused)} given, but {args.input} is a plain tensor file: post-training "
-                              "compression takes no recipe, data or device (only --sparsity and --bits)")
+                              "compression takes no recipe, data, retraining or device (only --sparsity and --bits)")
+    elif args.epochs_scale is not None and (args.no_retrain or (args.model_factory and not args.data_factory)):
+        why = "--no-retrain" if args.no_retrain else "no --data-factory"
+        raise ConfigError(f"--epochs-scale {args.epochs_scale:g} given, but nothing retrains ({why})")
     elif args.data_dir and not args.dataset:
         raise ConfigError(f"--data-dir {args.data_dir} given without --dataset NAME, so no data would be read")
     elif args.no_retrain and not args.dataset and not args.data_factory and args.device != "cpu":
@@ -216,7 +236,7 @@ def _refuse_unused(args, plain: bool) -> None:
 
 
 def print_summary(report: dict) -> None:
-    from ..report import ladder_table, layer_table
+    from ..report import ladder_table, layer_table, ratio_text
 
     print(layer_table(report["layers"], report.get("model")))
     if report.get("ladder"):
@@ -225,7 +245,8 @@ def print_summary(report: dict) -> None:
     top = ""
     if report.get("top1_after") is not None:
         top = f", top-1 {report['top1_before']:.4f} -> {report['top1_after']:.4f}"
+    ratio = ratio_text(report["original_bytes"], report["compressed_bytes"])
     print(f"\n{report['output']}: {report['original_bytes']:,} -> {report['compressed_bytes']:,} bytes "
-          f"({report['ratio']:.1f}x){top}")
+          f"({ratio}){top}")
     for line in report.get("warnings") or []:
         print(f"warning: {line}")

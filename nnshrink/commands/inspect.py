@@ -15,35 +15,63 @@ def register(sub) -> None:
 
 
 def summarize(arch) -> dict:
-    """The JSON report: per layer and totals; compressed_bytes is the real file size."""
+    """The JSON report: per layer and totals. ``original_bytes`` counts each tensor in the
+    dtype it decodes to (an int64 tensor 8 bytes per element); ``percent_of_float32`` is
+    given for float tensors only (None for integer and bool ones); ``compressed_bytes``
+    is the real file size."""
+    from ..sizes import dtype_bytes, is_float_dtype
+
     layers = []
     for r in arch.records:
-        f32 = 4 * r["params"]
+        dtype = r.get("dtype", "float32")
+        own = r["params"] * dtype_bytes(dtype)
+        f32 = 4 * r["params"] if is_float_dtype(dtype) else None
         layers.append({**r, "kept": r["nonzero"] / r["params"] if r["params"] else 0.0,
-                       "float32_bytes": f32, "percent_of_float32": 100.0 * r["bytes"] / f32 if f32 else 0.0})
-    original = sum(l["float32_bytes"] for l in layers)
+                       "original_bytes": own, "percent_of_original": 100.0 * r["bytes"] / own if own else 0.0,
+                       "float32_bytes": f32, "percent_of_float32": 100.0 * r["bytes"] / f32 if f32 else None})
+    original = sum(l["original_bytes"] for l in layers)
     params = sum(l["params"] for l in layers)
     nonzero = sum(l["nonzero"] for l in layers)
-    return {"input": arch.source, "model": arch.metadata.get("model"), "layers": layers,
+    info = arch.metadata.get("info")
+    return {"input": arch.source, "model": arch.metadata.get("model"),
+            "class": info.get("class") if isinstance(info, dict) else None,
+            "source": info.get("source") if isinstance(info, dict) else None, "layers": layers,
             "params": params, "nonzero": nonzero, "original_bytes": original,
             "record_bytes": sum(l["bytes"] for l in layers), "compressed_bytes": arch.file_bytes,
             "ratio": original / arch.file_bytes if arch.file_bytes else 0.0}
 
 
+def _what(rep: dict) -> str:
+    """What the archive holds: a zoo model, the user's own class, or plain tensors."""
+    if rep["model"]:
+        return f"model {printable(rep['model'])}"
+    if rep["class"]:
+        return f"class {printable(rep['class'])}"
+    if rep["source"]:
+        return f"tensors of {printable(rep['source'])} (post-training)"
+    return "tensors (no model named)"
+
+
 def format_table(rep: dict) -> str:
-    head = (f"{'layer':<28} {'shape':<18} {'weights':>10} {'kept':>7} {'enc':<10} {'w bits':>11} "
-            f"{'idx bits':>11} {'bytes':>10} {'% f32':>7}")
-    lines = [f"{printable(rep['input'])}: model {printable(rep['model'])}", head, "-" * len(head)]
+    from ..report import name_width, ratio_text, short_name
+
+    w = name_width((l["name"] for l in rep["layers"]), "layer")
+    head = (f"{'layer':<{w}} {'shape':<18} {'dtype':<8} {'weights':>10} {'kept':>7} {'enc':<10} {'w bits':>11} "
+            f"{'idx bits':>11} {'bytes':>10} {'% orig':>7} {'% f32':>7}")
+    lines = [f"{printable(rep['input'])}: {_what(rep)}", head, "-" * len(head)]
     for l in rep["layers"]:
         wb, ib = l["weight_bits"], l["index_bits"]
-        lines.append(f"{printable(l['name'])[:28]:<28} {'x'.join(map(str, l['shape'])) or '()':<18} {l['params']:>10} "
-                     f"{100 * l['kept']:>6.1f}% {l['encoding']:<10} {wb['before']:>3}->{wb['after']:<6.2f} "
-                     f"{ib['before']:>3}->{ib['after']:<6.2f} {l['bytes']:>10} {l['percent_of_float32']:>6.2f}%")
+        f32 = "-" if l["percent_of_float32"] is None else f"{l['percent_of_float32']:.2f}%"
+        lines.append(f"{short_name(l['name']):<{w}} {'x'.join(map(str, l['shape'])) or '()':<18} "
+                     f"{l.get('dtype', '-'):<8} {l['params']:>10} {100 * l['kept']:>6.1f}% {l['encoding']:<10} "
+                     f"{wb['before']:>3}->{wb['after']:<6.2f} {ib['before']:>3}->{ib['after']:<6.2f} {l['bytes']:>10} "
+                     f"{l['percent_of_original']:>6.2f}% {f32:>7}")
     lines.append("-" * len(head))
     kept = 100 * rep["nonzero"] / rep["params"] if rep["params"] else 0.0
-    lines.append(f"{'total':<28} {'':<18} {rep['params']:>10} {kept:>6.1f}% "
-                 f"float32 {rep['original_bytes']} B -> file {rep['compressed_bytes']} B "
-                 f"({100 / rep['ratio'] if rep['ratio'] else 0:.2f}%, {rep['ratio']:.1f}x)")
+    pct = 100 * rep["compressed_bytes"] / rep["original_bytes"] if rep["original_bytes"] else 0.0
+    lines.append(f"{'total':<{w}} {'':<18} {'':<8} {rep['params']:>10} {kept:>6.1f}% "
+                 f"tensors {rep['original_bytes']} B (own dtypes) -> file {rep['compressed_bytes']} B "
+                 f"({pct:.2f}%, {ratio_text(rep['original_bytes'], rep['compressed_bytes'])})")
     return "\n".join(lines)
 
 
