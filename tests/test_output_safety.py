@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import stat
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -227,6 +228,28 @@ def test_item7_second_run_and_resume_refused_while_first_runs(ckpt, tmp_path):
     finally:
         first.kill()
         first.wait()
+
+
+def test_item7_post_training_write_is_refused_while_another_run_writes(tmp_path):
+    from safetensors.torch import save_file
+
+    plain = tmp_path / "w.safetensors"
+    save_file({"w": torch.randn(64, 64)}, str(plain))
+    out = tmp_path / "w.nsk"
+    first = subprocess.Popen([sys.executable, "-c", HOLDER, str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert first.stdout.readline().strip() == "ready"
+        p = run_cli("compress", plain, "-o", out, "--no-retrain", "--bits", "6")
+        one_line_error(p.returncode, p.stderr, "another nnshrink run", f"pid {first.pid}")
+        assert not out.exists()
+    finally:
+        first.kill()
+        first.wait()
+    p = run_cli("compress", plain, "-o", out, "--no-retrain", "--bits", "6")
+    assert p.returncode == 2 and "--resume" in p.stderr  # the dead run's finished stage is not lost silently
+    shutil.rmtree(tmp_path / "w.nsk.work")
+    p = run_cli("compress", plain, "-o", out, "--no-retrain", "--bits", "6")
+    assert p.returncode == 0 and out.is_file() and not (tmp_path / "w.nsk.work").exists(), p.stderr
 
 
 def test_item7_dead_runs_lock_is_taken_over(tmp_path):

@@ -193,7 +193,10 @@ def run(args) -> int:
     if args.model_factory:
         report = compress_own_model(args, out)
     elif plain:
-        report = compress_tensors(args.input, out, sparsity=args.sparsity or 0.0, bits=args.bits)
+        from ..workdir import work_dir
+
+        with work_dir(out, {"post-training": str(args.input)}):  # the lock: one run writes ``out`` at a time
+            report = compress_tensors(args.input, out, sparsity=args.sparsity or 0.0, bits=args.bits)
     else:
         from ..checkpoint import read_metadata
         from ..data import load_dataset
