@@ -113,6 +113,7 @@ def compress_own_model(args, out) -> dict:
     """INPUT is a plain state_dict of the module ``--model-factory`` builds."""
     import torch.nn as nn
 
+    from ..batchnorm import calibration_batches
     from ..checkpoint import load_tensors
     from ..errors import ConfigError
     from ..loading import load_into
@@ -142,7 +143,8 @@ def compress_own_model(args, out) -> dict:
     ctx = Context(trainer=fit_trainer(data, TrainConfig(), device=args.device, progress=not args.quiet)
                   if retrain else None,
                   metric=top1_metric(data, device=args.device) if data is not None else None,
-                  device=args.device, progress=not args.quiet)
+                  device=args.device, progress=not args.quiet,
+                  calibration=calibration_batches(data.train_x) if data is not None else None)
     if data is None:
         ctx.note("no --data-factory: compressed without retraining (--no-retrain)")
     cls = f"{type(model).__module__}.{type(model).__qualname__}"
