@@ -72,7 +72,7 @@ def test_empty_or_failing_batches_leave_the_old_statistics():
 
 
 # ---------------------------------------------------------------- in the pipeline
-def _task():
+def bn_task():
     """A BN conv net trained on a synthetic task (each class lights up one row)."""
     import torch.nn.functional as F
 
@@ -100,7 +100,7 @@ def test_pruning_without_retraining_keeps_accuracy_with_recalibration():
     import nnshrink
     from nnshrink.recipes import load_recipe
 
-    net, x, y = _task()
+    net, x, y = bn_task()
 
     @torch.no_grad()
     def top1(m):
