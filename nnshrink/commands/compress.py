@@ -157,6 +157,8 @@ def compress_own_model(args, out) -> dict:
 
 
 def run(args) -> int:
+    import sys
+
     from ..checkpoint import is_nnshrink_checkpoint
     from ..errors import ConfigError
     from ..pipeline import compress_checkpoint
@@ -195,6 +197,8 @@ def run(args) -> int:
         emit_json(report, args.json, force=args.force)
     if args.json != "-":
         print_summary(report)
+    for line in report.get("warnings") or []:  # on stderr, also beside --json -
+        print(f"warning: {line}", file=sys.stderr)
     return 0
 
 
@@ -229,5 +233,8 @@ def print_summary(report: dict) -> None:
         top = f", top-1 {report['top1_before']:.4f} -> {report['top1_after']:.4f}"
     print(f"\n{report['output']}: {report['original_bytes']:,} -> {report['compressed_bytes']:,} bytes "
           f"({report['ratio']:.1f}x){top}")
-    for line in report.get("warnings") or []:
-        print(f"warning: {line}")
+    if report.get("max_rel_error_tensor"):
+        from ..format.errors import show
+
+        print(f"reconstruction error (relative L2): worst {report['max_rel_error']:.4f} in "
+              f"{show(report['max_rel_error_tensor'])} (per tensor: rel_error in --json)")
