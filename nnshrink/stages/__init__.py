@@ -134,18 +134,20 @@ class Context:
             raise StageError(f"stage {stage!r}: fine_tune raised {type(exc).__name__}: {exc}") from exc
         return True
 
-    def recalibrate(self, model: nn.Module, stage: str, where: str) -> dict | None:
+    def recalibrate(self, model: nn.Module, stage: str, where: str, *, by_training: bool = False) -> dict | None:
         """Re-estimate ``model``'s BatchNorm statistics after its weights changed (from at
-        most ``batchnorm.CALIBRATION_BATCHES`` calibration batches); the
-        record (``{"after": where, "batches": n}``) for the stage's report, or None when
-        the model has no BatchNorm or the run has no calibration data (then a note)."""
+        most ``batchnorm.CALIBRATION_BATCHES`` calibration batches); the record
+        (``{"after": where, "batches": n}``) for the stage's report, or None when the model
+        has no BatchNorm or the run has no calibration data (then a note, unless
+        ``by_training``: the stage retrains right before or after, which refreshes them too)."""
         from ..batchnorm import CALIBRATION_BATCHES, batchnorm_layers, recalibrate_bn
 
         if not batchnorm_layers(model):
             return None
         if self.calibration is None:
-            self.note(f"{stage}: BatchNorm statistics not recalibrated after the weights changed "
-                      "(no calibration data; pass calibrate= or a dataset)")
+            if not by_training:
+                self.note(f"{stage}: BatchNorm statistics not recalibrated after the weights changed "
+                          "(no calibration data; pass calibrate= or a dataset)")
             return None
         try:
             n = recalibrate_bn(model, self.calibration, max_batches=CALIBRATION_BATCHES, device=self.device)
