@@ -138,3 +138,45 @@ def test_calibration_batches_are_the_same_every_time():
     assert [b.shape[0] for b in first] == [100, 100, 100]
     assert all(torch.equal(a, b) for a, b in zip(first, second))
     assert sum(b.shape[0] for b in calibration_batches(x[:50])()) == 50
+
+
+BN_FACTORY = '''
+import torch
+import torch.nn as nn
+
+
+def build():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 36, 4))
+
+
+def loaders():
+    g = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 4, (96,), generator=g)
+    x = torch.rand(96, 1, 8, 8, generator=g)
+    ds = torch.utils.data.TensorDataset(x, y)
+    return torch.utils.data.DataLoader(ds, batch_size=32), torch.utils.data.DataLoader(ds, batch_size=64)
+'''
+
+
+def test_data_factory_path_recalibrates_from_its_train_loader(tmp_path, monkeypatch, capsys):
+    import json
+    import sys
+
+    from safetensors.torch import save_file
+
+    from nnshrink.cli import main
+
+    (tmp_path / "bnnets.py").write_text(BN_FACTORY)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import bnnets
+
+    save_file(bnnets.build().state_dict(), str(tmp_path / "w.safetensors"))
+    assert main(["compress", "w.safetensors", "-o", "w.nsk", "--model-factory", "bnnets:build", "--data-factory",
+                 "bnnets:loaders", "--recipe", "prune", "--no-retrain", "--quiet", "--json", "-"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    # the 96 training images make one calibration batch of up to 128
+    assert rep["stages"][0]["details"]["rounds"][0]["bn_recalibrated"] == [{"after": "pruning round 1", "batches": 1}]
+    assert not any("not recalibrated" in w for w in rep["warnings"])
+    sys.modules.pop("bnnets", None)
