@@ -76,10 +76,12 @@ def compress(
     and the report's ``warnings`` say so. ``evaluate(model) -> float`` (higher is better)
     fills the ladder and per-stage rows; ``top1_after`` is measured on the archive itself.
     ``calibrate``: input batches (tensors or ``(x, y, ...)`` tuples) as a list, a
-    DataLoader or a function returning a fresh iterable -- read again after every step
-    that changes weights (at most 100 batches each time), so not a one-shot generator. With it, BatchNorm running statistics are re-estimated after each prune
-    step and after sharing, before anything is measured (``batchnorm.recalibrate_bn``;
-    the stage records say when); without it a BN model gets a warning instead.
+    DataLoader or a function returning a fresh iterable; it is read again (at most 100
+    batches) after every step that changes weights, so not a one-shot generator. With it,
+    BatchNorm running statistics are re-estimated after each prune step and after
+    sharing, before anything is measured (``batchnorm.recalibrate_bn``; the stage
+    records' ``bn_recalibrated`` say when); without it, a BN model that no ``fine_tune``
+    retrains gets a warning instead.
     ``work_dir``: a folder for the run's stage files; each finished stage is kept there,
     and a run with the same (uncompressed) weights and recipe continues from the last one
     (e.g. after ``fine_tune`` raised); it is removed when the run succeeds. ``seed`` seeds
