@@ -13,10 +13,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import torch.nn as nn
 
+from .batchnorm import check_batches
 from .compressed import CompressedTensor
 from .errors import ConfigError
 from .io_utils import atomic_write_bytes
@@ -62,6 +63,7 @@ def compress(
     *,
     fine_tune: Callable[[nn.Module, int], None] | None = None,
     evaluate: Callable[[nn.Module], float] | None = None,
+    calibrate: Iterable[Any] | Callable[[], Iterable[Any]] | None = None,
     device: str = "cpu",
     progress: bool = True,
     work_dir: str | os.PathLike | None = None,
@@ -73,6 +75,13 @@ def compress(
     retrains (prune rounds, centroid fine-tuning); without it those stages do not retrain
     and the report's ``warnings`` say so. ``evaluate(model) -> float`` (higher is better)
     fills the ladder and per-stage rows; ``top1_after`` is measured on the archive itself.
+    ``calibrate``: input batches (tensors or ``(x, y, ...)`` tuples) as a list, a
+    DataLoader or a function returning a fresh iterable; it is read again (at most 100
+    batches) after every step that changes weights, so not a one-shot generator. With it,
+    BatchNorm running statistics are re-estimated after each prune step and after
+    sharing, before anything is measured (``batchnorm.recalibrate_bn``; the stage
+    records' ``bn_recalibrated`` say when); without it, a BN model that no ``fine_tune``
+    retrains gets a warning instead.
     ``work_dir``: a folder for the run's stage files; each finished stage is kept there,
     and a run with the same (uncompressed) weights and recipe continues from the last one
     (e.g. after ``fine_tune`` raised); it is removed when the run succeeds. ``seed`` seeds
@@ -86,18 +95,21 @@ def compress(
         raise ConfigError(f"model must be an nn.Module; got {type(model).__name__}")
     _callable(fine_tune, "fine_tune")
     _callable(evaluate, "evaluate")
+    if calibrate is not None:
+        calibrate = check_batches(calibrate, "calibrate")
     recipe = _recipe(recipe)
     model.to(resolve_device(device))
     cls = f"{type(model).__module__}.{type(model).__qualname__}"
     ctx = Context(trainer=user_trainer(fine_tune) if fine_tune is not None else None, metric=evaluate,
-                  device=device, progress=progress, seed=seed)
+                  device=device, progress=progress, seed=seed, calibration=calibrate)
     metadata = archive_metadata(None, {}, {"class": cls, "recipe": recipe.name})
     if work_dir is None:
         done = compress_model(model, recipe, ctx, metadata=metadata)
     else:
         check_recipe(model, recipe)
         run_id = {"class": cls, "state_sha256": state_digest(model), "recipe": recipe.as_dict(),
-                  "fine_tune": fine_tune is not None, "seed": seed}
+                  "fine_tune": fine_tune is not None, "seed": seed,
+                  "calibrate": calibrate is not None}
         with hold_work(work_dir, run_id, resume=True) as work:
             done = compress_model(model, recipe, ctx, metadata=metadata, work=work)
     return Result(model, done.report, done.tensors, done.blob)

@@ -352,6 +352,7 @@ def compress_checkpoint(
 ) -> dict[str, Any]:
     """Run ``recipe`` on an nnshrink (zoo) checkpoint and write the archive; returns the
     report. Retraining is nnshrink's own ``fit`` with the model's training defaults."""
+    from .batchnorm import calibration_batches
     from .checkpoint import load_checkpoint
     from .train import default_train_config
 
@@ -363,7 +364,8 @@ def compress_checkpoint(
     ctx = Context(trainer=fit_trainer(data, train_cfg, device=device, progress=progress)
                   if retrain and data is not None else None,
                   metric=top1_metric(data, device=device) if data is not None else None,
-                  device=device, progress=progress, seed=train_cfg.seed)
+                  device=device, progress=progress, seed=train_cfg.seed,
+                  calibration=calibration_batches(data.train_x, seed=train_cfg.seed) if data is not None else None)
     metadata = archive_metadata(meta["model"], meta["config"],
                                 {"dataset": data.name if data else meta["info"].get("dataset"),
                                  "recipe": recipe.name})

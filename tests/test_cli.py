@@ -108,7 +108,7 @@ def test_post_training_sizes_are_the_tensors_real_bytes(tmp_path):
     assert rep["compressed_bytes"] > rep["original_bytes"]
     assert any("larger than the input" in w for w in rep["warnings"])
     assert "LARGER than the input" in p.stdout and "(1.0x)" not in p.stdout
-    assert "warning: the output" in p.stdout
+    assert "warning: the output" in p.stderr  # warnings go to stderr (stdout stays clean with --json -)
     layers = {l["name"]: l for l in json.loads(run("inspect", out, "--json").stdout)["layers"]}
     assert layers["steps"]["dtype"] == "int64" and layers["steps"]["percent_of_float32"] is None
     assert layers["steps"]["original_bytes"] == 8000 and layers["steps"]["percent_of_original"] == 100.0

@@ -29,6 +29,20 @@ def test_sweep_restores_model_and_degrades(trained, tiny_dataset):
     assert res.curves["3"][-1] < res.baseline  # 99% of the last layer gone hurts
 
 
+def test_sweep_recalibrates_batchnorm_at_every_point():
+    from test_batchnorm import bn_task
+
+    from nnshrink.data import Dataset
+
+    net, x, y = bn_task()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    res = sensitivity_sweep(net, Dataset("rows", x, y, x, y), steps=[0.9], layers=["0"])
+    assert res.bn_recalibrated and res.as_dict()["bn_recalibrated"]
+    assert res.curves["0"][0] > 0.9  # stale statistics: 0.36 (measured), re-estimated: 1.0
+    for k, v in net.state_dict().items():  # weights and running statistics come back
+        assert torch.equal(v, before[k]), k
+
+
 def test_sparsities_for_drop():
     res = SensitivityResult(0.90, [0.5, 0.8, 0.9, 0.95], {"a": [0.90, 0.895, 0.88, 0.70], "b": [0.5, 0.9, 0.9, 0.9]})
     assert sparsities_for_drop(res, 0.01) == {"a": 0.8, "b": 0.0}
@@ -58,10 +72,17 @@ def test_cli(tmp_path, tiny_idx_dir, capsys):
     rc = main(["sensitivity", str(ckpt), "--dataset", "idx", "--data-dir", str(tiny_idx_dir),
                "--steps", "0.5,0.9", "--plot", str(png), "--json"])
     assert rc == 0
-    out = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    out = json.loads(captured.out)
+    assert "sensitivity" in captured.err  # the progress bar, on stderr
     assert out["steps"] == [0.5, 0.9] and [l["name"] for l in out["layers"]] == ["ip1", "ip2", "ip3"]
     assert set(out["suggested_sparsity"]) == {"ip1", "ip2", "ip3"}
     assert png.exists()
+    rc = main(["sensitivity", str(ckpt), "--dataset", "idx", "--data-dir", str(tiny_idx_dir),
+               "--steps", "0.5", "--quiet"])
+    assert rc == 0
+    captured = capsys.readouterr()
+    assert captured.err == "" and "suggested sparsity" in captured.out
     rc = main(["sensitivity", str(ckpt), "--dataset", "idx", "--data-dir", str(tiny_idx_dir), "--steps", "0.5,1.2"])
     assert rc == 2
     assert "1.2" in capsys.readouterr().err

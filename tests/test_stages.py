@@ -38,7 +38,7 @@ def test_builtin_stages_registered_with_their_configs():
 
 
 def test_recipes_are_validated_against_the_registry():
-    with pytest.raises(ConfigError, match="unknown stage 'quantize'; stages are binary, prune, share, encode"):
+    with pytest.raises(ConfigError, match="unknown stage 'quantize'; stages are binary, fold, prune, share, encode"):
         recipe_from_dict({"stages": ["quantize", "encode"]})
     with pytest.raises(ConfigError, match="'share' before 'prune'"):
         recipe_from_dict({"stages": ["share", "prune", "encode"]})

@@ -125,6 +125,7 @@ def compress_own_model(args, out) -> dict:
     """INPUT is a plain state_dict of the module ``--model-factory`` builds."""
     import torch.nn as nn
 
+    from ..batchnorm import calibration_batches
     from ..checkpoint import load_tensors
     from ..errors import ConfigError
     from ..loading import load_into
@@ -154,7 +155,8 @@ def compress_own_model(args, out) -> dict:
     ctx = Context(trainer=fit_trainer(data, TrainConfig(), device=args.device, progress=not args.quiet)
                   if retrain else None,
                   metric=top1_metric(data, device=args.device) if data is not None else None,
-                  device=args.device, progress=not args.quiet)
+                  device=args.device, progress=not args.quiet,
+                  calibration=calibration_batches(data.train_x) if data is not None else None)
     if data is None:
         ctx.note("no --data-factory: compressed without retraining (--no-retrain)")
     cls = f"{type(model).__module__}.{type(model).__qualname__}"
@@ -167,6 +169,8 @@ def compress_own_model(args, out) -> dict:
 
 
 def run(args) -> int:
+    import sys
+
     from ..checkpoint import is_nnshrink_checkpoint
     from ..errors import ConfigError
     from ..pipeline import compress_checkpoint
@@ -212,6 +216,8 @@ def run(args) -> int:
         emit_json(report, args.json, force=args.force)
     if args.json != "-":
         print_summary(report)
+    for line in report.get("warnings") or []:  # on stderr, also beside --json -
+        print(f"warning: {line}", file=sys.stderr)
     return 0
 
 
@@ -251,5 +257,8 @@ def print_summary(report: dict) -> None:
     ratio = ratio_text(report["original_bytes"], report["compressed_bytes"])
     print(f"\n{report['output']}: {report['original_bytes']:,} -> {report['compressed_bytes']:,} bytes "
           f"({ratio}){top}")
-    for line in report.get("warnings") or []:
-        print(f"warning: {line}")
+    if report.get("max_rel_error_tensor"):
+        from ..format.errors import show
+
+        print(f"reconstruction error (relative L2): worst {report['max_rel_error']:.4f} in "
+              f"{show(report['max_rel_error_tensor'])} (per tensor: rel_error in --json)")

@@ -1,4 +1,5 @@
-"""``nnshrink sensitivity``: prune each layer alone at rising sparsity and report top-1."""
+"""``nnshrink sensitivity``: prune each layer alone at rising sparsity and report top-1
+(BatchNorm statistics re-estimated at every point; a progress bar on stderr)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ def register(sub) -> None:
     p.add_argument("--max-drop", type=float, default=0.01,
                    help="allowed top-1 drop (fraction) for the suggested per-layer sparsities")
     p.add_argument("--plot", default=None, metavar="PNG", help="write the curves as a PNG")
+    p.add_argument("--quiet", action="store_true", help="no progress bar (it goes to stderr)")
     add_json_arg(p)
     add_force_arg(p)
     p.set_defaults(func=run)
@@ -40,7 +42,7 @@ def run(args) -> int:
     plot, = check_outputs(args, args.plot)
     model, meta = load_model(args.checkpoint)
     data = load_dataset(args.dataset or meta.get("info", {}).get("dataset") or "fashion-mnist", args.data_dir)
-    result = sensitivity_sweep(model, data, steps=steps, layers=layers, device=args.device)
+    result = sensitivity_sweep(model, data, steps=steps, layers=layers, device=args.device, progress=not args.quiet)
     suggested = sparsities_for_drop(result, args.max_drop)
     if plot is not None:
         plot_sensitivity(result, plot, title=f"{meta['model']} on {data.name}: pruning sensitivity")
@@ -52,7 +54,8 @@ def run(args) -> int:
         emit_json(out, args.json, force=args.force)
         if args.json == "-":
             return 0
-    print(f"{meta['model']} on {data.name}: dense top-1 {result.baseline:.4f}; each layer pruned alone:")
+    bn = "; BatchNorm statistics re-estimated at every point" if result.bn_recalibrated else ""
+    print(f"{meta['model']} on {data.name}: dense top-1 {result.baseline:.4f}; each layer pruned alone{bn}:")
     print(f"{'sparsity':>10} " + " ".join(f"{n:>9}" for n in result.curves))
     for i, s in enumerate(result.steps):
         print(f"{100 * s:>9.0f}% " + " ".join(f"{result.curves[n][i]:>9.4f}" for n in result.curves))

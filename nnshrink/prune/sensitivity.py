@@ -7,6 +7,7 @@ per-layer target sparsities that seed ``prune_model(overrides=...)``.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, field
 
 import torch
@@ -28,9 +29,10 @@ class SensitivityResult:
     steps: list[float]
     curves: dict[str, list[float]] = field(default_factory=dict)  # layer -> top1 per step
     params: dict[str, int] = field(default_factory=dict)
+    bn_recalibrated: bool = False  # BatchNorm statistics re-estimated at every point
 
     def as_dict(self) -> dict:
-        return {"baseline_top1": self.baseline, "steps": self.steps,
+        return {"baseline_top1": self.baseline, "steps": self.steps, "bn_recalibrated": self.bn_recalibrated,
                 "layers": [{"name": n, "params": self.params.get(n), "top1": c} for n, c in self.curves.items()]}
 
 
@@ -48,28 +50,49 @@ def sensitivity_sweep(model: nn.Module, data: Dataset, *, steps=DEFAULT_STEPS, l
 
     ``layers`` / ``exclude``: patterns as in ``nnshrink.select``. Curves are keyed by
     module name for a module's ``weight``, else by tensor name (both work as patterns).
-    The model is restored after every step (it comes back unchanged).
+    On a model with BatchNorm, its statistics are re-estimated from training batches at
+    every point (``batchnorm.calibration_batches``), as the compress pipeline does after
+    pruning: stale statistics alone would make the curves needlessly pessimistic. The
+    model is restored after every point (it comes back unchanged). ``progress``: a bar
+    on stderr.
     """
+    from tqdm.auto import tqdm
+
+    from ..batchnorm import batchnorm_layers, calibration_batches, recalibrate_bn
+
     steps = check_steps(steps)
     chosen = compressible(model, layers, exclude)
     model.to(device)
-    result = SensitivityResult(evaluate(model, data, device=device), steps)
-    for t in chosen.values():
-        name = t.module_name if t.param_name == "weight" and t.module_name else t.name
-        w = get_param(model, t)
-        saved = w.detach().clone()
-        base_mask = module_masks(owner(model, t)).get(t.param_name)
-        base_mask = torch.ones_like(saved, dtype=torch.bool) if base_mask is None else base_mask
-        curve = []
-        for s in steps:
-            mask = TargetSparsity(s)(saved, base_mask)
-            w.mul_(mask)
-            curve.append(evaluate(model, data, device=device))
-            w.copy_(saved)
-            if progress:
-                print(f"  {name:<20} sparsity {s:5.2f}: top-1 {curve[-1]:.4f}", flush=True)
-        result.curves[name] = curve
-        result.params[name] = saved.numel()
+    bn = batchnorm_layers(model)
+    calibration = calibration_batches(data.train_x) if bn else None
+    bn_saved = {m: {k: v.clone() for k, v in m._buffers.items() if v is not None} for m in bn.values()}
+    result = SensitivityResult(evaluate(model, data, device=device), steps, bn_recalibrated=bool(bn))
+    bar = tqdm(total=len(chosen) * len(steps), desc="sensitivity", unit="point", file=sys.stderr,
+               disable=not progress, leave=False)
+    try:
+        for t in chosen.values():
+            name = t.module_name if t.param_name == "weight" and t.module_name else t.name
+            w = get_param(model, t)
+            saved = w.detach().clone()
+            base_mask = module_masks(owner(model, t)).get(t.param_name)
+            base_mask = torch.ones_like(saved, dtype=torch.bool) if base_mask is None else base_mask
+            curve = []
+            bar.set_postfix_str(name, refresh=False)
+            for s in steps:
+                mask = TargetSparsity(s)(saved, base_mask)
+                w.mul_(mask)
+                if calibration is not None:
+                    recalibrate_bn(model, calibration, device=device)
+                curve.append(evaluate(model, data, device=device))
+                w.copy_(saved)
+                bar.update()
+            result.curves[name] = curve
+            result.params[name] = saved.numel()
+    finally:
+        bar.close()
+        for m, buffers in bn_saved.items():  # the statistics the model came with
+            for k, v in buffers.items():
+                m._buffers[k].copy_(v)
     return result
 
 

@@ -10,6 +10,11 @@ validated against this registry, so adding a stage is one file here that calls
 Retraining goes through ``Context.retrain``: the same call runs the user's
 ``fine_tune(model, epochs)`` or nnshrink's own ``fit`` (``fit_trainer``), which also
 honours the stage's hints (learning-rate factor, L2, which parameters train).
+
+BatchNorm statistics go stale whenever a stage changes weights; ``Context.recalibrate``
+re-estimates them from the run's calibration batches (``Context.calibration``: the
+user's ``calibrate=``, or training inputs on the zoo and --data-factory paths), the same
+way for every stage, and says in the stage's record when it did.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from typing import Any, Callable
 import torch.nn as nn
 
 from ..compressed import CompressedTensor
-from ..errors import ConfigError, StageError
+from ..errors import ConfigError, NNShrinkError, StageError
 
 # (model, epochs, hints) -> None; hints: stage, round, lr_factor, l2, weight_decay, param_filter, desc
 Trainer = Callable[[nn.Module, float, dict], None]
@@ -106,6 +111,7 @@ class Context:
     device: str = "cpu"
     progress: bool = True
     seed: int = 0
+    calibration: Any = None  # batches for BatchNorm recalibration (batchnorm.Batches); None: none
     notes: list[str] = field(default_factory=list)
 
     def note(self, text: str) -> None:
@@ -119,11 +125,38 @@ class Context:
         if self.trainer is None:
             self.note(f"{stage}: retraining skipped (no fine_tune / training data given)")
             return False
+        from ..batchnorm import folded_frozen
+
         try:
-            self.trainer(model, epochs, {"stage": stage, **hints})
+            with folded_frozen(model):
+                self.trainer(model, epochs, {"stage": stage, **hints})
         except Exception as exc:
             raise StageError(f"stage {stage!r}: fine_tune raised {type(exc).__name__}: {exc}") from exc
         return True
+
+    def recalibrate(self, model: nn.Module, stage: str, where: str, *, by_training: bool = False) -> dict | None:
+        """Re-estimate ``model``'s BatchNorm statistics after its weights changed (from at
+        most ``batchnorm.CALIBRATION_BATCHES`` calibration batches); the record
+        (``{"after": where, "batches": n}``) for the stage's report, or None when the model
+        has no BatchNorm or the run has no calibration data (then a note, unless
+        ``by_training``: the stage retrains right before or after, which refreshes them too)."""
+        from ..batchnorm import CALIBRATION_BATCHES, batchnorm_layers, recalibrate_bn
+
+        if not batchnorm_layers(model):
+            return None
+        if self.calibration is None:
+            if not by_training:
+                self.note(f"{stage}: BatchNorm statistics not recalibrated after the weights changed "
+                          "(no calibration data; pass calibrate= or a dataset)")
+            return None
+        try:
+            n = recalibrate_bn(model, self.calibration, max_batches=CALIBRATION_BATCHES, device=self.device)
+        except NNShrinkError:
+            raise
+        except Exception as exc:
+            raise StageError(f"stage {stage!r}: BatchNorm recalibration {where} failed: "
+                             f"{type(exc).__name__}: {exc}") from exc
+        return {"after": where, "batches": n}
 
     def evaluate(self, model: nn.Module, where: str) -> float | None:
         """The metric of ``model`` (None without one); a failing metric names ``where``."""
@@ -135,7 +168,8 @@ class Context:
             raise StageError(f"{where}: evaluate raised {type(exc).__name__}: {exc}") from exc
 
 
-from . import binary, prune, share  # noqa: E402,F401  (each registers itself)
+from . import binary, fold, prune, share  # noqa: E402,F401  (each registers itself)
 from .binary import BinaryConfig  # noqa: E402
+from .fold import FoldConfig  # noqa: E402
 from .prune import PruneConfig  # noqa: E402
 from .share import ShareConfig  # noqa: E402

@@ -103,10 +103,13 @@ def apply(model: nn.Module, cfg: PruneConfig, ctx: Context) -> dict:
             scale_dropout(model, d_original)
         last = i == len(steps) - 1
         epochs = cfg.final_epochs if last and cfg.final_epochs >= 0 else cfg.retrain_epochs
-        if retrains:
-            ctx.retrain(model, epochs, "prune", round=i, lr_factor=cfg.lr_factor, l2=cfg.l2,
-                        desc=f"prune round {i + 1}/{len(steps)}")
-        rounds.append({"round": i + 1, "epochs": epochs if retrains else 0, "seconds": time.perf_counter() - t0})
+        # fresh BatchNorm statistics for the retraining to start from, or for the metric
+        bn = [ctx.recalibrate(model, "prune", f"pruning round {i + 1}", by_training=retrains and epochs > 0)]
+        if retrains and ctx.retrain(model, epochs, "prune", round=i, lr_factor=cfg.lr_factor, l2=cfg.l2,
+                                    desc=f"prune round {i + 1}/{len(steps)}") and last:
+            bn.append(ctx.recalibrate(model, "prune", f"retraining round {i + 1}", by_training=True))
+        rounds.append({"round": i + 1, "epochs": epochs if retrains else 0, "seconds": time.perf_counter() - t0,
+                       "bn_recalibrated": [r for r in bn if r is not None]})
     return {"rounds": rounds, "layers": [r.as_dict() for r in sparsity_report(model)]}
 
 

@@ -57,9 +57,13 @@ def apply(model: nn.Module, cfg: ShareConfig, ctx: Context) -> dict:
 
     bits = bits_plan(model, cfg)
     rows = share_weights(model, bits, init=cfg.init, seed=ctx.seed)
-    ctx.retrain(model, cfg.finetune_epochs, "share", lr_factor=cfg.lr_factor, weight_decay=0.0,
-                param_filter=finetune_filter(model), desc="centroid fine-tuning")
-    return {"bits": bits, "layers": [r if isinstance(r, dict) else r.as_dict() for r in rows]}
+    bn = [ctx.recalibrate(model, "share", "sharing",
+                          by_training=cfg.finetune_epochs > 0 and ctx.trainer is not None)]
+    if ctx.retrain(model, cfg.finetune_epochs, "share", lr_factor=cfg.lr_factor, weight_decay=0.0,
+                   param_filter=finetune_filter(model), desc="centroid fine-tuning"):
+        bn.append(ctx.recalibrate(model, "share", "centroid fine-tuning", by_training=True))
+    return {"bits": bits, "layers": [r if isinstance(r, dict) else r.as_dict() for r in rows],
+            "bn_recalibrated": [r for r in bn if r is not None]}
 
 
 def _rung(tensors) -> str:
