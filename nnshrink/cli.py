@@ -23,8 +23,16 @@ MAX_ERROR_CHARS = 500
 EXIT_BROKEN_PIPE = 128 + 13  # what a shell reports for a command killed by SIGPIPE
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the project's error form: one line naming the bad flag, exit 2 (the
+    usage block argparse prints first would make a bad flag two lines; --help has it)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="nnshrink",
         description="Make trained PyTorch networks small and fast.",
     )

@@ -78,7 +78,18 @@ def test_train_config_refuses_non_finite(kw):
 def test_train_flags_refuse_non_finite(capsys, tmp_path, flag):
     with pytest.raises(SystemExit) as exc:
         main(["train", "--model", "lenet300", flag, "nan", "-o", str(tmp_path / "m.safetensors")])
-    assert exc.value.code == 2 and "finite" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "finite" in err
+    assert len(err.strip().splitlines()) == 1 and flag in err  # one line naming the flag, no usage block
+
+
+@pytest.mark.parametrize("argv", [["train", "--model", "lenet5", "--epochs", "abc", "-o", "x"], ["compress"],
+                                  ["no-such-command"], ["inspect", "a.nsk", "--bogus"]])
+def test_flag_errors_are_one_line(capsys, argv):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and len(err.strip().splitlines()) == 1 and "error:" in err, err
 
 
 def test_checkpoint_of_nans_is_refused(tmp_path):
