@@ -25,13 +25,13 @@ def run(args) -> int:
     from ..io_utils import atomic_path
 
     out, = check_outputs(args, args.output)
-    arch = read_archive(args.input, max_elements=args.max_elements)
-    state = {k: v.contiguous() for k, v in arch.dense_state().items()}
+    archive = read_archive(args.input, max_elements=args.max_elements)
+    state = {k: v.contiguous() for k, v in archive.dense_state().items()}
     meta = {META_VERSION: __version__}
-    if arch.metadata.get("model"):
-        info = arch.metadata.get("info")
-        meta.update({META_MODEL: arch.metadata["model"],
-                     META_CONFIG: json.dumps(arch.metadata.get("config") or {}, sort_keys=True),
+    if archive.metadata.get("model"):
+        info = archive.metadata.get("info")
+        meta.update({META_MODEL: archive.metadata["model"],
+                     META_CONFIG: json.dumps(archive.metadata.get("config") or {}, sort_keys=True),
                      META_INFO: json.dumps(info if isinstance(info, dict) else {}, sort_keys=True)})
     with atomic_path(out) as tmp:
         save_file(state, str(tmp), metadata=meta)

@@ -14,7 +14,7 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def summarize(arch) -> dict:
+def summarize(archive) -> dict:
     """The JSON report: per layer and totals. ``original_bytes`` counts each tensor in the
     dtype it decodes to (an int64 tensor 8 bytes per element); ``percent_of_float32`` is
     given for float tensors only (None for integer and bool ones); ``compressed_bytes``
@@ -22,7 +22,7 @@ def summarize(arch) -> dict:
     from ..sizes import dtype_bytes, is_float_dtype
 
     layers = []
-    for r in arch.records:
+    for r in archive.records:
         dtype = r.get("dtype", "float32")
         own = r["params"] * dtype_bytes(dtype)
         f32 = 4 * r["params"] if is_float_dtype(dtype) else None
@@ -32,13 +32,13 @@ def summarize(arch) -> dict:
     original = sum(l["original_bytes"] for l in layers)
     params = sum(l["params"] for l in layers)
     nonzero = sum(l["nonzero"] for l in layers)
-    info = arch.metadata.get("info")
-    return {"input": arch.source, "model": arch.metadata.get("model"),
+    info = archive.metadata.get("info")
+    return {"input": archive.source, "model": archive.metadata.get("model"),
             "class": info.get("class") if isinstance(info, dict) else None,
             "source": info.get("source") if isinstance(info, dict) else None, "layers": layers,
             "params": params, "nonzero": nonzero, "original_bytes": original,
-            "record_bytes": sum(l["bytes"] for l in layers), "compressed_bytes": arch.file_bytes,
-            "ratio": original / arch.file_bytes if arch.file_bytes else 0.0}
+            "record_bytes": sum(l["bytes"] for l in layers), "compressed_bytes": archive.file_bytes,
+            "ratio": original / archive.file_bytes if archive.file_bytes else 0.0}
 
 
 def _what(rep: dict) -> str:
@@ -79,8 +79,8 @@ def run(args) -> int:
     from ..format import open_archive
 
     check_outputs(args)
-    with open_archive(args.input) as arch:  # header only: O(header) memory whatever the records claim
-        rep = summarize(arch)
+    with open_archive(args.input) as archive:  # header only: O(header) memory whatever the records claim
+        rep = summarize(archive)
     if args.json:
         emit_json(rep, args.json, force=args.force)
     if args.json != "-":

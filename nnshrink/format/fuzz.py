@@ -164,14 +164,14 @@ def mutate(data: bytes, others: list[bytes], rng) -> bytes:
 def check_one(data: bytes) -> str | None:
     """None if the reader behaved (valid archive or FormatError); else a description of the failure."""
     try:
-        arch = parse_archive(data, "fuzz")
+        archive = parse_archive(data, "fuzz")
     except FormatError:
         return None
     except Exception as exc:  # noqa: BLE001 - this is exactly what the fuzzer hunts
         return f"{type(exc).__name__}: {exc}"
     with np.errstate(all="ignore"):  # mutated floats may be NaN/inf: legal values
-        dense = arch.dense_arrays()
-    for rec in arch.records:
+        dense = archive.dense_arrays()
+    for rec in archive.records:
         if tuple(dense[rec["name"]].shape) != tuple(rec["shape"]):
             return f"record {rec['name']!r} decoded to shape {dense[rec['name']].shape}, header says {rec['shape']}"
     return None
@@ -185,9 +185,9 @@ def run_bombs(max_case_s: float = 10.0) -> dict:
     for label, data in bomb_archives():
         t0 = time.perf_counter()
         try:
-            arch = parse_archive(data, "bomb")
-            dense = arch.dense_arrays()
-            bad = [r["name"] for r in arch.records if tuple(dense[r["name"]].shape) != tuple(r["shape"])]
+            archive = parse_archive(data, "bomb")
+            dense = archive.dense_arrays()
+            bad = [r["name"] for r in archive.records if tuple(dense[r["name"]].shape) != tuple(r["shape"])]
             outcome, problem = "decoded", f"records {bad[:3]} decoded to the wrong shape" if bad else None
         except FormatError as exc:
             outcome, problem = type(exc).__name__, None
