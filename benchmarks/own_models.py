@@ -1,0 +1,139 @@
+"""Issue 12's proof: two models nnshrink does not know, compressed through the public API.
+
+Runs each example's ``main`` for real (full Fashion-MNIST; the example's own training
+loop, then ``nnshrink.compress`` with the example's recipe, ``save``, ``nnshrink.load``
+into a fresh instance, top-1 of the loaded model), then the CLI on the ResNet's float
+checkpoint (``--model-factory examples.resnet_bn:build --data-factory
+examples.resnet_bn:loaders``). Single torch thread. Writes JSON and the BENCHMARKS section.
+
+    python benchmarks/own_models.py --json benchmarks/results/own_models.json \
+        --section benchmarks/sections/15-own-models.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from _util import machine, nnshrink, write_json  # noqa: E402
+
+TARGETS = {"resnet_bn": (25.0, 0.5), "tiny_vit": (15.0, 1.0)}  # (ratio >=, top-1 drop <= points)
+COMMAND = ("python benchmarks/own_models.py --json benchmarks/results/own_models.json "
+           "--section benchmarks/sections/15-own-models.md")
+
+
+def run_example(name: str, out: Path, fresh: bool) -> dict:
+    mod = importlib.import_module(f"examples.{name}")
+    argv = ["--out", str(out / name), "--threads", "1"] + (["--retrain"] if fresh else [])
+    t0 = time.perf_counter()
+    res = mod.main(argv)
+    wall = time.perf_counter() - t0
+    summary = {k: v for k, v in res.items() if k not in ("model", "loaded")}
+    report = json.loads((out / name / "report.json").read_text())
+    summary["wall_seconds"] = wall
+    summary["layers"] = report["layers"]
+    summary["ladder"] = report.get("ladder")
+    summary["recipe"] = report.get("recipe")
+    ratio_min, drop_max = TARGETS[name]
+    summary["target"] = {"ratio_min": ratio_min, "drop_max_points": drop_max,
+                         "met": summary["ratio"] >= ratio_min and summary["drop_points"] <= drop_max}
+    return summary
+
+
+def run_cli(out: Path) -> dict:
+    """The same ResNet checkpoint through `nnshrink compress` with the example's factories."""
+    ckpt, nsk, rep = out / "resnet_bn" / "base.safetensors", out / "resnet_bn-cli.nsk", out / "resnet_bn-cli.json"
+    recipe = out / "resnet_bn-recipe.toml"
+    recipe.write_text(importlib.import_module("examples.resnet_bn").RECIPE)
+    t0 = time.perf_counter()
+    nnshrink("compress", ckpt, "--model-factory", "examples.resnet_bn:build", "--data-factory",
+             "examples.resnet_bn:loaders", "--recipe", recipe, "-o", nsk, "--json", rep, "--force", "--quiet")
+    report = json.loads(rep.read_text())
+    return {"seconds": time.perf_counter() - t0, "original_bytes": report["original_bytes"],
+            "compressed_bytes": report["compressed_bytes"], "file_bytes": nsk.stat().st_size,
+            "ratio": report["ratio"], "top1_before": report.get("top1_before"),
+            "top1_after": report.get("top1_after")}
+
+
+def pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.2f}%"
+
+
+def section(results: dict) -> str:
+    m = results["machine"]
+    lines = [
+        "## Your own model: a ResNet with BatchNorm and a small ViT (issue 12)", "",
+        f"    {COMMAND}", "",
+        "Each row is one run of the example's `main` (`examples/resnet_bn.py`, `examples/tiny_vit.py`):",
+        "the example trains its float model with its own AdamW loop on all 60,000 Fashion-MNIST",
+        "training images, compresses it with `nnshrink.compress(model, recipe, fine_tune=...,",
+        "evaluate=...)` (the recipe and why it was chosen are in each example's docstring), saves",
+        "the archive, loads it into a freshly built model with `nnshrink.load(path, model=...)` and",
+        "measures top-1 of that loaded model on the 10,000 test images. Ratio: float32 bytes of",
+        "every parameter and buffer (the report's `original_bytes`) over the archive's size on disk.",
+        f"Machine: {m['cpu_count']}-core shared CPU VM, torch {m['torch']}, one torch thread.", "",
+        "| model | params | top-1 float -> loaded | drop | float32 -> .nsk | ratio | target | met |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in results["examples"].items():
+        t = r["target"]
+        lines.append(f"| {name} | {r['params']:,} | {pct(r['top1_float'])} -> {pct(r['top1_loaded'])} | "
+                     f"{r['drop_points']:+.2f} points | {r['original_bytes']:,} -> {r['archive_bytes']:,} B | "
+                     f"**{r['ratio']:.1f}x** | >= {t['ratio_min']:g}x, drop <= {t['drop_max_points']:g} | "
+                     f"{'yes' if t['met'] else 'NO'} |")
+    lines.append("")
+    for name, r in results["examples"].items():
+        train = "cached" if r["train_cached"] else f"{r['train_seconds']:.0f} s"
+        lines.append(f"- {name}: training {r['epochs']:g} epochs ({train}), compression {r['compress_seconds']:.0f} s; "
+                     f"largest difference between the loaded and the in-process compressed model's outputs: "
+                     f"{r['max_abs_diff_loaded_vs_compressed']:.3g}.")
+    cli = results.get("cli")
+    if cli:
+        lines += ["", "The same float checkpoint through the command line (`nnshrink compress runs/own/resnet_bn/"
+                  "base.safetensors --model-factory examples.resnet_bn:build --data-factory "
+                  "examples.resnet_bn:loaders --recipe RECIPE.toml`, the CLI's own retraining loop): "
+                  f"{cli['original_bytes']:,} -> {cli['compressed_bytes']:,} B, **{cli['ratio']:.1f}x**, top-1 "
+                  f"{pct(cli['top1_before'])} -> {pct(cli['top1_after'])}, {cli['seconds']:.0f} s."]
+    vit = results["examples"].get("tiny_vit")
+    if vit:
+        lines += ["", "Attention input projections in the ViT's archive (pruned and shared):", "",
+                  "| tensor | params | nonzero | encoding | weight bits | bytes |", "|---|---|---|---|---|---|"]
+        for row in vit["layers"]:
+            if row["name"].endswith("in_proj_weight"):
+                wb = row.get("weight_bits") or {}
+                lines.append(f"| {row['name']} | {row['params']:,} | {row['nonzero']:,} | {row.get('encoding')} | "
+                             f"{wb.get('before', '-')} | {row['bytes']:,} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--section", default=None, help="write the BENCHMARKS section (markdown) here")
+    ap.add_argument("--out-dir", type=Path, default=Path("runs/own"))
+    ap.add_argument("--examples", default="resnet_bn,tiny_vit")
+    ap.add_argument("--fresh", action="store_true", help="retrain the float models even when cached")
+    ap.add_argument("--no-cli", action="store_true")
+    args = ap.parse_args()
+    import torch
+
+    torch.set_num_threads(1)
+    results = {"machine": machine(), "command": COMMAND, "examples": {}}
+    for name in args.examples.split(","):
+        results["examples"][name] = run_example(name, args.out_dir, args.fresh)
+    if not args.no_cli and "resnet_bn" in results["examples"]:
+        results["cli"] = run_cli(args.out_dir)
+    write_json(results, args.json)
+    if args.section:
+        Path(args.section).write_text(section(results))
+
+
+if __name__ == "__main__":
+    main()
