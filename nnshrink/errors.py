@@ -20,3 +20,7 @@ class DataError(NNShrinkError):
 
 class CheckpointError(NNShrinkError):
     """A checkpoint cannot be read or does not fit the model it names."""
+
+
+class StageError(NNShrinkError):
+    """A compression stage failed in user code (``fine_tune`` or ``evaluate``); names the stage."""

@@ -1,23 +1,24 @@
-"""The Deep Compression pipeline: prune (+retrain) -> share (+fine-tune) -> encode.
+"""The stage loop, resume, the size ladder and the report: the same for every model.
 
-Each stage maps (model, context) to a model and returns a JSON-able record for the
-report. After each stage the model is written as a plain checkpoint into a work folder
-beside the output (``OUT.work/``), atomically, followed by the stage's record: a killed
-run resumes (``resume=True``) from the last finished stage and, training being seeded,
-reaches the same result. The state a later stage needs is recovered from the plain
-weights alone: pruned = exactly 0.0, shared = at most 2^b distinct values per layer.
+``compress_model`` runs a recipe's stages (``nnshrink.stages``) on any nn.Module: each
+stage leaves its compression inside the model and exports the encodings it earned; the
+encodings of the last stage are what the archive stores (nothing is re-derived from the
+final weights). After each stage its encodings are serialised once: the length is the
+ladder's rung, and with a work folder the bytes are also its checkpoint, written
+atomically with the stage's record, so a killed run resumes from the last finished stage
+and, training being seeded, reaches the same result. ``compress_checkpoint`` is the zoo
+and CLI path around it (a checkpoint in, an archive file out); ``nnshrink.compress`` the
+library's.
 """
 
 from __future__ import annotations
 
-import fnmatch
+import copy
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,185 +27,22 @@ import torch
 import torch.nn as nn
 
 from . import __version__
-from .checkpoint import load_checkpoint, load_tensors, save_checkpoint
+from .checkpoint import load_tensors
 from .compressed import CompressedTensor, DenseTensor, SharedTensor, SparseTensor
 from .data import Dataset
 from .errors import ConfigError
 from .io_utils import atomic_write_bytes
-from .recipes import EncodeConfig, PruneConfig, Recipe, ShareConfig
-from .train import TrainConfig, default_train_config, evaluate, fit
-
-WEIGHT_LAYERS = (nn.Linear, nn.Conv2d, nn.Conv1d)
-
-
-@dataclass
-class Context:
-    """What every stage may use: the data (None = no retraining), device, base training."""
-
-    data: Dataset | None
-    train_cfg: TrainConfig
-    device: str = "cpu"
-    progress: bool = True
-    retrain: bool = True
-
-
-@dataclass
-class RunState:
-    """What the encode stage needs to know about earlier stages, per weight tensor."""
-
-    pruned: list[str] = field(default_factory=list)
-    shared_bits: dict[str, int] = field(default_factory=dict)
-    binary: list[str] = field(default_factory=list)
-    half_scales: bool = False
-
-
-def _layer_kind(module: nn.Module) -> str:
-    return "conv" if isinstance(module, (nn.Conv2d, nn.Conv1d)) else "fc"
-
-
-def weight_layers(model: nn.Module) -> dict[str, nn.Module]:
-    return {n: m for n, m in model.named_modules() if isinstance(m, WEIGHT_LAYERS) and n}
-
-
-def per_layer(model: nn.Module, patterns: dict[str, Any], default_fc, default_conv) -> dict[str, Any]:
-    """Value per weight layer: the first matching pattern, else the fc / conv default."""
-    layers = weight_layers(model)
-    for pat in patterns:
-        if not any(fnmatch.fnmatchcase(n, pat) for n in layers):
-            raise ConfigError(f"layer pattern {pat!r} matches no layer; layers are {', '.join(layers)}")
-    out = {}
-    for name, mod in layers.items():
-        hit = next((v for p, v in patterns.items() if fnmatch.fnmatchcase(name, p)), None)
-        out[name] = hit if hit is not None else (default_conv if _layer_kind(mod) == "conv" else default_fc)
-    return out
-
-
-# ---------------------------------------------------------------- stages
-def run_prune(model: nn.Module, cfg: PruneConfig, ctx: Context, state: RunState) -> dict:
-    from .prune import GlobalMagnitude, StdThreshold, iterative_prune, prune_model, remove_masks, sparsity_report
-
-    if cfg.method == "std":
-        target: Any = StdThreshold(cfg.q)
-        overrides = {p: StdThreshold(v) for p, v in cfg.layers.items()}
-    elif cfg.method == "global":
-        target, overrides = GlobalMagnitude(cfg.sparsity), dict(cfg.layers)
-    else:
-        target, overrides = cfg.sparsity, dict(cfg.layers)
-    if overrides:
-        plan = per_layer(model, overrides, target, target)
-        for pat in cfg.exclude:
-            plan = {n: v for n, v in plan.items() if not fnmatch.fnmatchcase(n, pat)}
-        target = plan
-    exclude = list(cfg.exclude) or None
-    if ctx.retrain and ctx.data is not None and cfg.retrain_epochs > 0:
-        train_cfg = ctx.train_cfg.replace(l2=cfg.l2)
-        rep = iterative_prune(model, ctx.data, target, rounds=cfg.rounds, train_cfg=train_cfg,
-                              lr_scale=cfg.lr_factor, epochs_per_round=cfg.retrain_epochs,
-                              final_epochs=None if cfg.final_epochs < 0 else cfg.final_epochs,
-                              exclude=None if isinstance(target, dict) else exclude,
-                              device=ctx.device, progress=ctx.progress, evaluate_rounds=False)
-        rounds = [r.__dict__ for r in rep.rounds]
-    else:
-        if isinstance(target, dict):
-            prune_model(model, None, overrides=target)
-        else:
-            prune_model(model, target, exclude=exclude)
-        rounds = []
-    rows = [r.as_dict() for r in sparsity_report(model)]
-    remove_masks(model)
-    state.pruned = [f"{n}.weight" for n, m in weight_layers(model).items() if bool((m.weight == 0).any())]
-    return {"rounds": rounds, "layers": rows}
-
-
-def run_share(model: nn.Module, cfg: ShareConfig, ctx: Context, state: RunState) -> dict:
-    from .quantize.share import share_weights, strip
-
-    bits = per_layer(model, cfg.layers, cfg.fc_bits, cfg.conv_bits)
-    layer_rows = share_weights(model, bits=bits, init=cfg.init, seed=ctx.train_cfg.seed)
-    if ctx.retrain and ctx.data is not None and cfg.finetune_epochs > 0:
-        from .quantize.share import finetune_filter
-
-        fit(model, ctx.data, ctx.train_cfg.replace(lr=ctx.train_cfg.lr * cfg.lr_factor, epochs=cfg.finetune_epochs,
-                                                   weight_decay=0.0),
-            device=ctx.device, param_filter=finetune_filter(model), eval_each_epoch=False,
-            progress=ctx.progress, desc="centroid fine-tuning")
-    strip(model)
-    state.shared_bits = {f"{n}.weight": b for n, b in bits.items()}
-    return {"layers": [r if isinstance(r, dict) else r.as_dict() for r in layer_rows]}
-
-
-def run_binary(model: nn.Module, cfg, ctx: Context, state: RunState) -> dict:
-    from .quantize.binary import export_binary
-
-    state.binary = sorted(export_binary(model))
-    state.half_scales = cfg.half_scales
-    if not state.binary:
-        raise ConfigError("recipe 'binary' needs a model with binary layers (e.g. lenet5-bwn, lenet5-xnor)")
-    return {"layers": state.binary}
-
-
-STAGE_FUNCS = {"prune": run_prune, "share": run_share, "binary": run_binary}
+from .recipes import EncodeConfig, Recipe
+from .stages import Context, export_all, fit_trainer, get_stage, top1_metric
 
 
 # ---------------------------------------------------------------- encoding
-def shared_from_values(weight: np.ndarray, bits: int, sparse: bool) -> SharedTensor:
-    """Recover (codebook, indices) from a plain weight holding at most 2^bits distinct values."""
-    mask = weight != 0 if sparse else None
-    vals = weight[mask] if sparse else weight.ravel()
-    codebook, indices = np.unique(vals, return_inverse=True)
-    if len(codebook) > 2 ** bits:
-        raise ConfigError(f"weight has {len(codebook)} distinct values, more than 2^{bits}: not a shared weight")
-    if len(codebook) == 0:
-        codebook = np.zeros(1, np.float32)
-    width = np.uint8 if bits <= 8 else np.uint16
-    return SharedTensor(tuple(weight.shape), codebook.astype(np.float32), indices.astype(width).ravel(), bits, mask)
+def serialize_archive(tensors: dict[str, CompressedTensor], metadata: dict, index_bits: dict[str, int],
+                      huffman: bool) -> bytes:
+    """The archive of ``tensors`` as bytes (its length is the real file size)."""
+    from .format import serialize
 
-
-def to_compressed(model: nn.Module, state: RunState, *, share: bool = True) -> dict[str, CompressedTensor]:
-    """Every state_dict tensor as the encoding its stages earned (``share=False``: stop at pruning)."""
-    binary = {}
-    if state.binary:
-        from .quantize.binary import export_binary
-
-        binary = {n: replace(t, half_scales=state.half_scales) for n, t in export_binary(model).items()}
-    out: dict[str, CompressedTensor] = {}
-    for name, t in model.state_dict().items():
-        arr = t.detach().cpu().numpy()
-        if name in binary:
-            out[name] = binary[name]
-        elif share and name in state.shared_bits:
-            out[name] = shared_from_values(arr.astype(np.float32), state.shared_bits[name], name in state.pruned)
-        elif name in state.pruned:
-            mask = arr != 0
-            out[name] = SparseTensor(tuple(arr.shape), mask, arr[mask].astype(np.float32))
-        else:
-            out[name] = DenseTensor(arr if arr.dtype != np.float64 else arr.astype(np.float32))
-    return out
-
-
-def index_bits_for(model_layers: dict[str, nn.Module], cfg: EncodeConfig) -> dict[str, int]:
-    out = {}
-    for name, mod in model_layers.items():
-        hit = next((v for p, v in cfg.layers.items() if fnmatch.fnmatchcase(name, p)), None)
-        out[f"{name}.weight"] = hit or (cfg.conv_index_bits if _layer_kind(mod) == "conv" else cfg.fc_index_bits)
-    return out
-
-
-def search_index_bits(tensors: dict[str, CompressedTensor], index_bits: dict[str, int], metadata: dict,
-                      huffman: bool) -> dict[str, int]:
-    """Per sparse tensor, the gap width in 3..8 whose encoding is smallest (measured)."""
-    best = dict(index_bits)
-    for name, t in tensors.items():
-        if getattr(t, "mask", None) is None:
-            continue
-        sizes = {w: archive_size({name: t}, metadata, {name: w}, huffman) for w in range(3, 9)}
-        best[name] = min(sizes, key=lambda w: (sizes[w], w))
-    return best
-
-
-def halve_dense(tensors: dict[str, CompressedTensor]) -> dict[str, CompressedTensor]:
-    return {n: DenseTensor(t.array, half=True) if isinstance(t, DenseTensor) and t.array.dtype == np.float32 else t
-            for n, t in tensors.items()}
+    return serialize(tensors, metadata, index_bits=index_bits, huffman=huffman)
 
 
 def write(path: Path, tensors: dict[str, CompressedTensor], metadata: dict, index_bits: dict[str, int],
@@ -214,21 +52,242 @@ def write(path: Path, tensors: dict[str, CompressedTensor], metadata: dict, inde
     return write_archive(path, tensors, metadata, index_bits=index_bits, huffman=huffman)
 
 
-def archive_size(tensors, metadata, index_bits, huffman: bool) -> int:
-    """The real size in bytes of an archive of ``tensors``: written to a temp file and measured."""
-    with tempfile.TemporaryDirectory() as tmp:
-        p = Path(tmp) / "rung.nsk"
-        write(p, tensors, metadata, index_bits, huffman)
-        return p.stat().st_size
+def index_bits_for(model: nn.Module, cfg: EncodeConfig) -> dict[str, int]:
+    """Relative-index width per compressible tensor: ``layers`` pattern, fc / conv
+    setting, else ``select.DEFAULT_INDEX_BITS`` by kind."""
+    from .select import DEFAULT_INDEX_BITS, compressible, resolve
+
+    kinds = {**DEFAULT_INDEX_BITS,
+             **{k: v for k, v in (("fc", cfg.fc_index_bits), ("conv", cfg.conv_index_bits)) if v}}
+    return resolve(dict(cfg.layers) or None, compressible(model), lambda t: kinds[t.kind], what="encode.layers")
+
+
+def has_targets(model: nn.Module) -> bool:
+    from .select import compressible
+
+    try:
+        compressible(model)
+    except ConfigError:
+        return False
+    return True
+
+
+def search_index_bits(tensors: dict[str, CompressedTensor], index_bits: dict[str, int], metadata: dict,
+                      huffman: bool) -> dict[str, int]:
+    """Per sparse tensor, the gap width in 3..8 whose encoding is smallest (measured)."""
+    best = dict(index_bits)
+    for name, t in tensors.items():
+        if getattr(t, "mask", None) is None:
+            continue
+        sizes = {w: len(serialize_archive({name: t}, metadata, {name: w}, huffman)) for w in range(3, 9)}
+        best[name] = min(sizes, key=lambda w: (sizes[w], w))
+    return best
+
+
+def halve_dense(tensors: dict[str, CompressedTensor]) -> dict[str, CompressedTensor]:
+    return {n: DenseTensor(t.array, half=True) if isinstance(t, DenseTensor) and t.array.dtype == np.float32 else t
+            for n, t in tensors.items()}
+
+
+# ---------------------------------------------------------------- work folder
+def state_digest(model: nn.Module) -> str:
+    """sha256 over the state_dict (names, dtypes, shapes, bytes): identifies a run's input."""
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        t = t.detach().to("cpu").contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+class WorkFolder:
+    """Per finished stage ``{i}-{stage}.nsk`` (its encodings) + ``.json`` (its record),
+    beside ``run.json`` naming the run; a different run's folder is refused."""
+
+    def __init__(self, path: str | os.PathLike, run_id: dict, *, resume: bool):
+        self.path = Path(path)
+        if self.path.exists() and (self.path / "run.json").exists():
+            if not resume:
+                raise ConfigError(f"{self.path} exists from an earlier run; pass --resume to continue it, "
+                                  "or remove it")
+            try:
+                previous = json.loads((self.path / "run.json").read_text())
+            except (OSError, json.JSONDecodeError):
+                previous = None
+            if previous != run_id:
+                raise ConfigError(f"{self.path} belongs to a different run (input, recipe or data changed); "
+                                  "remove it")
+        else:
+            self.path.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(self.path / "run.json", json.dumps(run_id, indent=1).encode())
+
+    def _files(self, i: int, stage: str) -> tuple[Path, Path]:
+        return self.path / f"{i + 1}-{stage}.nsk", self.path / f"{i + 1}-{stage}.json"
+
+    def load(self, i: int, stage: str) -> tuple[dict, bytes] | None:
+        blob_path, record_path = self._files(i, stage)
+        if not (blob_path.is_file() and record_path.is_file()):
+            return None
+        return json.loads(record_path.read_text()), blob_path.read_bytes()
+
+    def save(self, i: int, stage: str, blob: bytes, record: dict) -> None:
+        blob_path, record_path = self._files(i, stage)
+        atomic_write_bytes(blob_path, blob)
+        atomic_write_bytes(record_path, json.dumps(record).encode())
+
+    def remove(self) -> None:
+        """Delete what this class wrote (never anything else a user keeps there)."""
+        for p in list(self.path.glob("*-*.nsk")) + list(self.path.glob("*-*.json")) + [self.path / "run.json"]:
+            p.unlink(missing_ok=True)
+        try:
+            self.path.rmdir()
+        except OSError:
+            pass
+
+
+@torch.no_grad()
+def restore(model: nn.Module, archive) -> None:
+    """Put a finished stage's encodings back into ``model``: the decoded values, and the
+    masks of sparse tensors, so the next stage sees what that stage left."""
+    from .loading import load_into
+    from .prune import apply_masks
+
+    load_into(model, archive.dense_state(), source="work folder")
+    masks = {n: torch.from_numpy(np.asarray(t.mask)) for n, t in archive.tensors.items()
+             if isinstance(t, (SparseTensor, SharedTensor)) and t.mask is not None}
+    if masks:
+        apply_masks(model, masks)
 
 
 # ---------------------------------------------------------------- the run
-def _sha(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+@dataclass
+class Compressed:
+    """A finished run: the archive's bytes, its encodings, and the report."""
+
+    blob: bytes
+    tensors: dict[str, CompressedTensor]
+    report: dict[str, Any]
+
+
+def _weights(model: nn.Module) -> dict[str, np.ndarray]:
+    from .select import compressible
+
+    state = model.state_dict()
+    names = compressible(model) if has_targets(model) else []
+    return {n: state[n].detach().to("cpu", torch.float32).numpy().copy() for n in names}
+
+
+@torch.no_grad()
+def _sync_lossy(model: nn.Module, tensors: dict[str, CompressedTensor]) -> None:
+    """Tensors the encode step stored lossily (float16 dense) take their stored value in
+    ``model``, so the model in hand computes what the archive decodes to."""
+    state = model.state_dict()
+    for name, t in tensors.items():
+        if isinstance(t, DenseTensor) and t.half and name in state:
+            state[name].copy_(torch.from_numpy(t.to_dense()))
+
+
+def compress_model(model: nn.Module, recipe: Recipe, ctx: Context, *, metadata: dict[str, Any],
+                   work: WorkFolder | None = None, snapshots: dict | None = None) -> Compressed:
+    """Run ``recipe`` on ``model`` in place (compression stays installed in it); returns
+    the archive bytes, encodings and report. ``snapshots``, when a dict, receives the
+    compressible weights after each stage (for plots)."""
+    from .format import parse_archive
+    from .loading import load_into
+    from .select import compressible
+
+    t_start = time.perf_counter()
+    if not all(get_stage(s).exclusive for s in recipe.compression_stages):
+        compressible(model)  # a model with nothing to compress fails here, before any work
+    original_bytes = 4 * sum(int(np.prod(t.shape)) for t in model.state_dict().values())
+    pristine = copy.deepcopy(model) if ctx.metric is not None else None
+    if snapshots is not None:
+        snapshots["dense"] = _weights(model)
+    top1_before = ctx.evaluate(model, "before compression")
+    idx_bits = index_bits_for(model, recipe.encode) if has_targets(model) else {}
+    records, rungs = [], []
+    tensors: dict[str, CompressedTensor] | None = None
+    for i, name in enumerate(recipe.compression_stages):
+        stage, cfg = get_stage(name), getattr(recipe, name)
+        done = work.load(i, name) if work is not None else None
+        if done is not None:
+            record, blob = done
+            archive = parse_archive(blob, f"{work.path}/{i + 1}-{name}.nsk")
+            restore(model, archive)
+            tensors = archive.tensors
+            record["resumed"] = True
+        else:
+            t0 = time.perf_counter()
+            details = stage.apply(model, cfg, ctx)
+            tensors = stage.export(model, cfg)
+            record = {"stage": name, "seconds": time.perf_counter() - t0,
+                      "top1": ctx.evaluate(model, f"after stage {name!r}"), "details": details}
+            blob = serialize_archive(tensors, metadata, idx_bits, False)
+            if work is not None:
+                work.save(i, name, blob, record)
+        records.append(record)
+        rungs.append({"rung": stage.rung(tensors), "bytes": len(blob), "top1": record["top1"]})
+        if snapshots is not None:
+            snapshots[name] = {n: tensors[n].to_dense() for n in snapshots["dense"]}
+
+    t0 = time.perf_counter()
+    if tensors is None:  # a recipe of "encode" alone stores the model as it is
+        tensors = export_all(model)
+    if recipe.encode.half_dense:
+        tensors = halve_dense(tensors)
+    if recipe.encode.search_index_bits:
+        idx_bits = search_index_bits(tensors, idx_bits, metadata, recipe.encode.huffman)
+    blob = serialize_archive(tensors, metadata, idx_bits, recipe.encode.huffman)
+    archive = parse_archive(blob, "<compressed>")
+    _sync_lossy(model, tensors)
+    encode_s = time.perf_counter() - t0
+    top1_after = None
+    if pristine is not None:  # measured FROM the archive: decoded into a copy of the input model
+        top1_after = ctx.evaluate(load_into(pristine, archive.dense_state(), source="the archive"), "after encode")
+    rungs.insert(0, {"rung": "dense", "bytes": original_bytes, "top1": top1_before})
+    rungs.append({"rung": "+Huffman" if recipe.encode.huffman else "archive", "bytes": len(blob),
+                  "top1": top1_after})
+    for r in rungs:
+        r["ratio"] = original_bytes / r["bytes"]
+    records.append({"stage": "encode", "seconds": encode_s, "top1": top1_after})
+    report = {
+        "model": metadata.get("model") or (metadata.get("info") or {}).get("class"),
+        "recipe": recipe.as_dict(), "defaults": recipe.defaults,
+        "original_bytes": original_bytes, "compressed_bytes": len(blob), "ratio": original_bytes / len(blob),
+        "top1_before": top1_before, "top1_after": top1_after,
+        "top1_drop_points": None if top1_after is None or top1_before is None else 100 * (top1_before - top1_after),
+        "ladder": rungs, "stages": records, "layers": archive.layer_rows(), "warnings": list(ctx.notes),
+        "seconds": time.perf_counter() - t_start,
+    }
+    return Compressed(blob, dict(tensors), report)
+
+
+def compress_to_file(model: nn.Module, output: str | os.PathLike, recipe: Recipe, ctx: Context, *,
+                     metadata: dict[str, Any], run_id: dict, resume: bool = False,
+                     plots: str | os.PathLike | None = None, keep_work: bool = False) -> dict[str, Any]:
+    """``compress_model`` with the work folder ``OUTPUT.work/`` and the archive written
+    atomically to ``output``; returns the report (with ``output`` and optional ``plot``)."""
+    output = Path(output)
+    work = WorkFolder(output.with_name(output.name + ".work"),
+                      {**run_id, "state_sha256": state_digest(model), "recipe": recipe.as_dict(),
+                       "nnshrink_version": __version__}, resume=resume)
+    snapshots: dict | None = {} if plots else None
+    done = compress_model(model, recipe, ctx, metadata=metadata, work=work, snapshots=snapshots)
+    atomic_write_bytes(output, done.blob)
+    report = {"output": str(output), **done.report}
+    if plots:
+        from .report import plot_weights
+
+        plot_weights(plots, snapshots["dense"], snapshots.get("prune"), snapshots.get("share"),
+                     title=f"{report['model']}: weights through the pipeline")
+        report["plot"] = str(plots)
+    if not keep_work:
+        work.remove()
+    return report
+
+
+def archive_metadata(model_name: str | None, config: dict, info: dict) -> dict[str, Any]:
+    return {"model": model_name, "config": config, "nnshrink_version": __version__, "info": info, "report": {}}
 
 
 def compress_checkpoint(
@@ -244,108 +303,27 @@ def compress_checkpoint(
     plots: str | os.PathLike | None = None,
     keep_work: bool = False,
 ) -> dict[str, Any]:
-    """Run ``recipe`` on an nnshrink checkpoint and write the archive; returns the report."""
-    input_path, output = Path(input_path), Path(output)
+    """Run ``recipe`` on an nnshrink (zoo) checkpoint and write the archive; returns the
+    report. Retraining is nnshrink's own ``fit`` with the model's training defaults."""
+    from .checkpoint import load_checkpoint
+    from .train import default_train_config
+
     model, meta = load_checkpoint(input_path)
     if recipe.retrains and retrain and data is None:
         raise ConfigError(f"recipe {recipe.name!r} retrains, which needs --dataset NAME "
                           "(or pass --no-retrain to compress without retraining)")
-    ctx = Context(data=data, train_cfg=default_train_config(meta["model"]), device=device, progress=progress,
-                  retrain=retrain)
-    work = output.with_name(output.name + ".work")
-    run_id = {"input_sha256": _sha(input_path), "recipe": recipe.as_dict(), "retrain": retrain,
-              "dataset": data.name if data else None, "nnshrink_version": __version__}
-    if work.exists():
-        if not resume:
-            raise ConfigError(f"{work} exists from an earlier run; pass --resume to continue it, or remove it")
-        try:
-            previous = json.loads((work / "run.json").read_text())
-        except (OSError, json.JSONDecodeError):
-            previous = None
-        if previous != run_id:
-            raise ConfigError(f"{work} belongs to a different run (input, recipe or dataset changed); remove it")
-    else:
-        work.mkdir()
-        atomic_write_bytes(work / "run.json", json.dumps(run_id, indent=1).encode())
-
-    t_start = time.perf_counter()
-    dense_weights = {n: m.weight.detach().numpy().copy() for n, m in weight_layers(model).items()}
-    top1_before = evaluate(model, data, device=device) if data is not None else None
-    state = RunState()
-    stages: list[dict] = []
-    rungs = []
-    snapshots: dict[str, dict[str, np.ndarray]] = {}
-    meta_small = {"model": meta["model"], "config": meta["config"], "nnshrink_version": __version__,
-                  "info": {"dataset": data.name if data else meta["info"].get("dataset"), "recipe": recipe.name},
-                  "report": {}}
-    model_layers = weight_layers(model)
-    idx_bits = index_bits_for(model_layers, recipe.encode)
-    for i, stage in enumerate(s for s in recipe.stages if s != "encode"):
-        ckpt, record_path = work / f"{i + 1}-{stage}.safetensors", work / f"{i + 1}-{stage}.json"
-        if resume and record_path.is_file() and ckpt.is_file():
-            record = json.loads(record_path.read_text())
-            model, _ = load_checkpoint(ckpt)
-            record["resumed"] = True
-        else:
-            t0 = time.perf_counter()
-            details = STAGE_FUNCS[stage](model, getattr(recipe, stage), ctx, state)
-            top1 = evaluate(model, data, device=device) if data is not None else None
-            record = {"stage": stage, "seconds": time.perf_counter() - t0, "top1": top1, "details": details,
-                      "state": state.__dict__.copy()}
-            save_checkpoint(model, ckpt, meta["model"], meta["config"], info={"stage": stage})
-            atomic_write_bytes(record_path, json.dumps(record).encode())
-        state = RunState(**record["state"])
-        stages.append(record)
-        tensors = to_compressed(model, state, share=stage != "prune")
-        rung_name = {"prune": "pruned", "share": "pruned+shared" if state.pruned else "shared",
-                     "binary": "binary"}[stage]
-        rungs.append({"rung": rung_name, "bytes": archive_size(tensors, meta_small, idx_bits, False),
-                      "top1": record["top1"]})
-        snapshots[stage] = {n: m.weight.detach().numpy().copy() for n, m in weight_layers(model).items()}
-
-    t0 = time.perf_counter()
-    tensors = to_compressed(model, state)
-    if recipe.encode.half_dense:
-        tensors = halve_dense(tensors)
-    if recipe.encode.search_index_bits:
-        idx_bits = search_index_bits(tensors, idx_bits, meta_small, recipe.encode.huffman)
-    write(output, tensors, meta_small, idx_bits, recipe.encode.huffman)
-    encode_s = time.perf_counter() - t0
-    from .format import read_archive
-    from .runtime.decode import load_archive_model
-
-    archive = read_archive(output)
-    compressed_bytes = output.stat().st_size
-    top1_after = None
-    if data is not None:
-        decoded, _ = load_archive_model(output)
-        top1_after = evaluate(decoded, data, device=device)
-    original_bytes = 4 * sum(int(np.prod(t.shape)) for t in model.state_dict().values())
-    rungs.insert(0, {"rung": "dense", "bytes": original_bytes, "top1": top1_before})
-    rungs.append({"rung": "+Huffman" if recipe.encode.huffman else "archive", "bytes": compressed_bytes,
-                  "top1": top1_after})
-    for r in rungs:
-        r["ratio"] = original_bytes / r["bytes"]
-    stages.append({"stage": "encode", "seconds": encode_s, "top1": top1_after})
-    report = {
-        "input": str(input_path), "output": str(output), "model": meta["model"], "recipe": recipe.as_dict(),
-        "dataset": data.name if data else None,
-        "original_bytes": original_bytes, "compressed_bytes": compressed_bytes,
-        "ratio": original_bytes / compressed_bytes, "top1_before": top1_before, "top1_after": top1_after,
-        "top1_drop_points": None if top1_after is None else 100 * (top1_before - top1_after),
-        "ladder": rungs, "stages": [{k: v for k, v in s.items() if k != "state"} for s in stages],
-        "layers": archive.layer_rows() if hasattr(archive, "layer_rows") else [r.as_dict() for r in archive.records],
-        "seconds": time.perf_counter() - t_start,
-    }
-    if plots:
-        from .report import plot_weights
-
-        plot_weights(plots, dense_weights, snapshots.get("prune"), snapshots.get("share"),
-                     title=f"{meta['model']}: weights through the pipeline")
-        report["plot"] = str(plots)
-    if not keep_work:
-        shutil.rmtree(work, ignore_errors=True)
-    return report
+    train_cfg = default_train_config(meta["model"])
+    ctx = Context(trainer=fit_trainer(data, train_cfg, device=device, progress=progress)
+                  if retrain and data is not None else None,
+                  metric=top1_metric(data, device=device) if data is not None else None,
+                  device=device, progress=progress, seed=train_cfg.seed)
+    metadata = archive_metadata(meta["model"], meta["config"],
+                                {"dataset": data.name if data else meta["info"].get("dataset"),
+                                 "recipe": recipe.name})
+    report = compress_to_file(model, output, recipe, ctx, metadata=metadata,
+                              run_id={"retrain": retrain, "dataset": data.name if data else None},
+                              resume=resume, plots=plots, keep_work=keep_work)
+    return {"input": str(input_path), "dataset": data.name if data else None, **report}
 
 
 def compress_tensors(

@@ -1,10 +1,13 @@
 """Recipes: which compression stages run, in which order, with which knobs.
 
 A recipe is a TOML file (or a built-in name) with a ``stages`` list and one table per
-stage. Every key is checked: an unknown key, a stage order that makes no sense or a value
-out of range fails loudly before any work starts. Per-layer knobs are tables of
-``"glob pattern" = value`` matched against parameter-owning module names (``ip1``,
-``conv*``...).
+stage; the stages and their config types come from the registry in ``nnshrink.stages``
+(each stage file documents its keys), plus ``encode``, always last, which writes the
+archive. Every key is checked: an unknown key, a stage order that makes no sense or a
+value out of range fails loudly before any work starts. Per-layer knobs are tables of
+``"pattern" = value``; a pattern is a tensor name (``ip1.weight``), a module name
+(``conv*``) or a kind (``fc``, ``conv``, ``embedding``, ``attention``, ``param``), and the
+first pattern that matches wins (``nnshrink.select.resolve``).
 
     stages = ["prune", "share", "encode"]
     [prune]
@@ -19,6 +22,11 @@ out of range fails loudly before any work starts. Per-layer knobs are tables of
     conv_bits = 8
     [encode]
     huffman = true
+
+Built-in recipes on a model nnshrink knows use that model's tuned numbers
+(``MODEL_DEFAULTS``); on any other model they use generic documented defaults: a
+sparsity per kind (``stages.prune.GENERIC_SPARSITY``), weight bits and index bits per
+kind (``select.DEFAULT_BITS`` / ``DEFAULT_INDEX_BITS``). ``Recipe.defaults`` says which.
 """
 
 from __future__ import annotations
@@ -26,90 +34,24 @@ from __future__ import annotations
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from .errors import ConfigError
+from .stages import REGISTRY, BinaryConfig, PruneConfig, ShareConfig  # noqa: F401  (re-exported)
 
-STAGES = ("prune", "share", "binary", "encode")
-PRUNE_METHODS = ("std", "sparsity", "global")
-INITS = ("linear", "density", "random")
-
-
-def _check(cond: bool, msg: str) -> None:
-    if not cond:
-        raise ConfigError(msg)
-
-
-@dataclass(frozen=True)
-class PruneConfig:
-    method: str = "sparsity"
-    sparsity: float = 0.9
-    q: float = 1.0
-    layers: dict[str, float] = field(default_factory=dict)
-    exclude: tuple[str, ...] = ()
-    rounds: int = 3
-    retrain_epochs: float = 2.0
-    final_epochs: float = -1.0  # retraining after the last round; -1 = retrain_epochs
-    lr_factor: float = 0.1
-    l2: float = 0.0
-
-    def __post_init__(self):
-        _check(self.method in PRUNE_METHODS,
-               f"prune.method must be one of {', '.join(PRUNE_METHODS)}; got {self.method!r}")
-        _check(0 <= self.sparsity < 1, f"prune.sparsity must be in [0, 1); got {self.sparsity}")
-        _check(self.q >= 0, f"prune.q must be >= 0; got {self.q}")
-        for pat, v in self.layers.items():
-            if self.method == "std":
-                _check(v >= 0, f"prune.layers[{pat!r}] (q) must be >= 0; got {v}")
-            else:
-                _check(0 <= v < 1, f"prune.layers[{pat!r}] (sparsity) must be in [0, 1); got {v}")
-        _check(isinstance(self.rounds, int) and self.rounds >= 1, f"prune.rounds must be an integer >= 1; got {self.rounds}")
-        _check(self.retrain_epochs >= 0, f"prune.retrain_epochs must be >= 0; got {self.retrain_epochs}")
-        _check(self.final_epochs == -1 or self.final_epochs >= 0,
-               f"prune.final_epochs must be >= 0 (or -1 for retrain_epochs); got {self.final_epochs}")
-        _check(0 < self.lr_factor <= 1, f"prune.lr_factor must be in (0, 1]; got {self.lr_factor}")
-        _check(self.l2 >= 0, f"prune.l2 must be >= 0; got {self.l2}")
-
-
-@dataclass(frozen=True)
-class ShareConfig:
-    fc_bits: int = 5
-    conv_bits: int = 8
-    layers: dict[str, int] = field(default_factory=dict)
-    init: str = "linear"
-    finetune_epochs: float = 1.0
-    # A centroid's gradient is the SUM over every weight sharing it (paper Eq. 3), so
-    # centroid steps are large: 1/100 of the training lr (SGD 0.05 -> 5e-4) holds accuracy
-    # where 1/10 collapsed both LeNets to chance (measured in the sharing benchmarks).
-    lr_factor: float = 0.01
-
-    def __post_init__(self):
-        for name, b in [("fc_bits", self.fc_bits), ("conv_bits", self.conv_bits),
-                        *((f"layers[{p!r}]", v) for p, v in self.layers.items())]:
-            _check(isinstance(b, int) and 1 <= b <= 8, f"share.{name} must be an integer in 1..8; got {b}")
-        _check(self.init in INITS, f"share.init must be one of {', '.join(INITS)}; got {self.init!r}")
-        _check(self.finetune_epochs >= 0, f"share.finetune_epochs must be >= 0; got {self.finetune_epochs}")
-        _check(0 < self.lr_factor <= 1, f"share.lr_factor must be in (0, 1]; got {self.lr_factor}")
-
-
-@dataclass(frozen=True)
-class BinaryConfig:
-    """Packs the binary layers of a BWN / XNOR model (they train binary from scratch).
-    ``half_scales`` stores each output channel's scale as float16: with 500-800 weights
-    per channel, float32 scales alone hold a layer under 31x of its float32 size."""
-
-    half_scales: bool = True
+ENCODE = "encode"
 
 
 @dataclass(frozen=True)
 class EncodeConfig:
     """``search_index_bits`` tries every gap width 3..8 per sparse tensor and keeps the
     smallest encoding (the fixed widths are then unused); ``half_dense`` stores the tensors
-    that stay dense (biases) as float16, which is lossy and therefore off by default."""
+    that stay dense (biases) as float16, which is lossy and therefore off by default.
+    Index bits unset (None) come from ``select.DEFAULT_INDEX_BITS`` by kind."""
 
     huffman: bool = True
-    fc_index_bits: int = 5
-    conv_index_bits: int = 8
+    fc_index_bits: int | None = None
+    conv_index_bits: int | None = None
     layers: dict[str, int] = field(default_factory=dict)
     search_index_bits: bool = True
     half_dense: bool = False
@@ -117,28 +59,49 @@ class EncodeConfig:
     def __post_init__(self):
         for name, b in [("fc_index_bits", self.fc_index_bits), ("conv_index_bits", self.conv_index_bits),
                         *((f"layers[{p!r}]", v) for p, v in self.layers.items())]:
-            _check(isinstance(b, int) and 3 <= b <= 8, f"encode.{name} must be an integer in 3..8; got {b}")
+            if b is None and not name.startswith("layers"):
+                continue
+            if isinstance(b, bool) or not isinstance(b, int) or not 3 <= b <= 8:
+                raise ConfigError(f"encode.{name} must be an integer in 3..8; got {b}")
 
 
-_STAGE_TYPES = {"prune": PruneConfig, "share": ShareConfig, "binary": BinaryConfig, "encode": EncodeConfig}
+def config_type(stage: str) -> type:
+    return EncodeConfig if stage == ENCODE else REGISTRY[stage].config
 
 
 @dataclass(frozen=True)
 class Recipe:
+    """Stages in order and one frozen config per stage (``recipe.prune`` reads one; a
+    stage not listed reads as its defaults). ``defaults`` says where the numbers came from."""
+
     name: str
     stages: tuple[str, ...]
-    prune: PruneConfig = PruneConfig()
-    share: ShareConfig = ShareConfig()
-    binary: BinaryConfig = BinaryConfig()
-    encode: EncodeConfig = EncodeConfig()
+    configs: Mapping[str, Any] = field(default_factory=dict)
+    defaults: str = "recipe"
+
+    def __getattr__(self, stage: str):
+        if stage.startswith("_") or (stage not in REGISTRY and stage != ENCODE):
+            raise AttributeError(stage)
+        cfg = self.__dict__.get("configs", {}).get(stage)
+        return cfg if cfg is not None else config_type(stage)()
+
+    def with_configs(self, **configs) -> "Recipe":
+        """A copy with some stages' configs replaced (``recipe.with_configs(prune=cfg)``)."""
+        for stage, cfg in configs.items():
+            if not isinstance(cfg, config_type(stage)):
+                raise ConfigError(f"{stage} config must be a {config_type(stage).__name__}; got {cfg!r}")
+        return Recipe(self.name, self.stages, {**self.configs, **configs}, self.defaults)
+
+    @property
+    def compression_stages(self) -> tuple[str, ...]:
+        return tuple(s for s in self.stages if s != ENCODE)
 
     @property
     def retrains(self) -> bool:
-        return ("prune" in self.stages and self.prune.retrain_epochs > 0) or (
-            "share" in self.stages and self.share.finetune_epochs > 0)
+        return any(REGISTRY[s].retrains(getattr(self, s)) for s in self.compression_stages)
 
     def as_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"name": self.name, "stages": list(self.stages)}
+        out: dict[str, Any] = {"name": self.name, "stages": list(self.stages), "defaults": self.defaults}
         for stage in self.stages:
             cfg = getattr(self, stage)
             out[stage] = {f.name: (list(v) if isinstance(v := getattr(cfg, f.name), tuple) else v)
@@ -147,7 +110,7 @@ class Recipe:
 
 
 def _stage_config(stage: str, table: Any):
-    cls = _STAGE_TYPES[stage]
+    cls = config_type(stage)
     if not isinstance(table, dict):
         raise ConfigError(f"recipe table [{stage}] must be a table; got {table!r}")
     known = {f.name for f in fields(cls)}
@@ -166,32 +129,44 @@ def _stage_config(stage: str, table: Any):
         raise ConfigError(f"[{stage}]: {exc}") from None
 
 
-def recipe_from_dict(data: dict[str, Any], name: str = "custom") -> Recipe:
+def _check_order(stages: list[str], name: str) -> None:
+    """Known stages, each once, in the registry's order, exclusive ones alone, encode last."""
+    known = (*REGISTRY, ENCODE)
+    for s in stages:
+        if s not in known:
+            raise ConfigError(f"recipe {name!r}: unknown stage {s!r}; stages are {', '.join(known)}")
+    if len(set(stages)) != len(stages):
+        raise ConfigError(f"recipe {name!r}: a stage appears twice in {stages}")
+    if stages[-1] != ENCODE or ENCODE in stages[:-1]:
+        raise ConfigError(f"recipe {name!r}: the last stage must be 'encode' (it writes the archive); got {stages}")
+    body = [REGISTRY[s] for s in stages[:-1]]
+    for a, b in zip(body, body[1:]):
+        if b.order < a.order:
+            raise ConfigError(f"recipe {name!r}: {b.name!r} before {a.name!r} makes no sense; order them "
+                              f"{', '.join(s.name for s in sorted(body, key=lambda s: s.order))}, encode")
+    lone = [s.name for s in body if s.exclusive]
+    if lone and len(body) > 1:
+        others = ", ".join(s.name for s in body if s.name != lone[0])
+        raise ConfigError(f"recipe {name!r}: {lone[0]!r} runs alone (its layers are 1-bit already); "
+                          f"do not combine it with {others}")
+
+
+def recipe_from_dict(data: dict[str, Any], name: str = "custom", defaults: str = "recipe") -> Recipe:
     """Build and validate a recipe from its TOML-shaped dict."""
     data = dict(data)
     stages = data.pop("stages", None)
     if not isinstance(stages, list) or not stages or not all(isinstance(s, str) for s in stages):
         raise ConfigError(f"recipe {name!r} needs `stages = [...]`, a non-empty list of stage names")
-    for s in stages:
-        if s not in STAGES:
-            raise ConfigError(f"recipe {name!r}: unknown stage {s!r}; stages are {', '.join(STAGES)}")
-    if len(set(stages)) != len(stages):
-        raise ConfigError(f"recipe {name!r}: a stage appears twice in {stages}")
-    if stages[-1] != "encode":
-        raise ConfigError(f"recipe {name!r}: the last stage must be 'encode' (it writes the archive); got {stages}")
-    if "prune" in stages and "share" in stages and stages.index("share") < stages.index("prune"):
-        raise ConfigError(f"recipe {name!r}: 'share' before 'prune' makes no sense (sharing clusters the "
-                          "weights that survive pruning); order them prune, share, encode")
-    if "binary" in stages and ({"prune", "share"} & set(stages)):
-        raise ConfigError(f"recipe {name!r}: 'binary' layers are 1-bit already; do not combine with prune/share")
-    extra = sorted(set(data) - set(STAGES) - {"name", "description"})
+    _check_order(stages, name)
+    tables = (*REGISTRY, ENCODE)
+    extra = sorted(set(data) - set(tables) - {"name", "description"})
     if extra:
         raise ConfigError(f"recipe {name!r}: unknown top-level key(s) {', '.join(map(repr, extra))}")
-    unused = sorted(s for s in STAGES if s in data and s not in stages)
+    unused = sorted(s for s in tables if s in data and s not in stages)
     if unused:
         raise ConfigError(f"recipe {name!r}: table(s) {', '.join(unused)} given but not in stages {stages}")
     configs = {s: _stage_config(s, data.get(s, {})) for s in stages}
-    return Recipe(name=str(data.get("name", name)), stages=tuple(stages), **configs)
+    return Recipe(name=str(data.get("name", name)), stages=tuple(stages), configs=configs, defaults=defaults)
 
 
 # Built-in recipes. Per-model tables override the generic one; the figures they reach are
@@ -220,6 +195,8 @@ MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
         "encode": {"half_dense": True},
     },
 }
+GENERIC = "generic: prune sparsity per kind (stages.prune.GENERIC_SPARSITY), weight bits and index bits " \
+          "per kind (select.DEFAULT_BITS, select.DEFAULT_INDEX_BITS)"
 
 
 def _merge(base: dict, over: dict) -> dict:
@@ -230,12 +207,22 @@ def _merge(base: dict, over: dict) -> dict:
 
 
 def load_recipe(name_or_path: str, model: str | None = None) -> Recipe:
-    """A built-in recipe (tuned for ``model`` when nnshrink has defaults for it) or a TOML file."""
+    """A built-in recipe or a TOML file. Built-ins take ``model``'s tuned numbers when
+    nnshrink has them, nnshrink's plain defaults for its other zoo models, and the
+    generic per-kind defaults for ``model=None`` (a model nnshrink does not know)."""
     if name_or_path in BUILTIN:
         data = dict(BUILTIN[name_or_path])
-        tuned = MODEL_DEFAULTS.get(model or "", {})
+        if model is None:
+            recipe = recipe_from_dict(data, name_or_path, defaults=GENERIC)
+            if "prune" in recipe.stages:
+                from dataclasses import replace
+
+                recipe = recipe.with_configs(prune=replace(recipe.prune, sparsity=None))
+            return recipe
+        tuned = MODEL_DEFAULTS.get(model, {})
         data = _merge(data, {k: v for k, v in tuned.items() if k in data["stages"]})
-        return recipe_from_dict(data, name_or_path)
+        source = f"tuned for {model}" if tuned else f"nnshrink defaults for {model}"
+        return recipe_from_dict(data, name_or_path, defaults=source)
     path = Path(name_or_path)
     if path.suffix != ".toml" or not path.is_file():
         raise ConfigError(f"unknown recipe {name_or_path!r}; use one of {', '.join(BUILTIN)} or a .toml file")
@@ -243,4 +230,4 @@ def load_recipe(name_or_path: str, model: str | None = None) -> Recipe:
         data = tomllib.loads(path.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from None
-    return recipe_from_dict(data, path.stem)
+    return recipe_from_dict(data, path.stem, defaults=f"recipe file {path.name}")

@@ -2,7 +2,6 @@
 
 import json
 import struct
-import tempfile
 import zlib
 
 import numpy as np
@@ -12,7 +11,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from nnshrink.compressed import BinaryTensor, DenseTensor, SharedTensor, SparseTensor
 from nnshrink.errors import ConfigError
 from nnshrink.format import (BadMagicError, ChecksumError, FormatError, HeaderError, HuffmanTableError, RecordError,
-                             StreamError, parse_archive, read_archive, write_archive)
+                             StreamError, parse_archive, read_archive, serialize, write_archive)
 from nnshrink.format.fuzz import run_fuzz, sample_archives
 
 GOLDEN_META = {"model": "tiny", "config": {}, "nnshrink_version": "test", "report": {}}
@@ -127,10 +126,7 @@ def test_attacks_get_typed_errors(name, attack, error, needle):
 
 
 def write_archive_bytes(tensors, **kw) -> bytes:
-    with tempfile.TemporaryDirectory() as d:
-        write_archive(f"{d}/a.nsk", tensors, {"model": None}, **kw)
-        with open(f"{d}/a.nsk", "rb") as f:
-            return f.read()
+    return serialize(tensors, {"model": None}, **kw)
 
 
 def test_index_not_below_k_is_refused():
@@ -292,3 +288,33 @@ def test_binary_half_scales_roundtrip_and_size(tmp_path):
         np.testing.assert_array_equal(back.scales, want)
         np.testing.assert_array_equal(back.to_dense(), BinaryTensor((50, 500), signs, scales, half).to_dense())
     assert sizes[False] - sizes[True] == 2 * 50
+
+
+def test_serialize_is_the_written_file(tmp_path):
+    assert serialize(golden_tensors(), GOLDEN_META) == GOLDEN
+    assert write_archive(tmp_path / "g.nsk", golden_tensors(), GOLDEN_META, huffman=False) == len(GOLDEN)
+
+
+def test_open_archive_reads_the_header_and_decodes_on_get(tmp_path):
+    from nnshrink.format import open_archive
+
+    path = tmp_path / "g.nsk"
+    path.write_bytes(GOLDEN)
+    full = read_archive(path)
+    with open_archive(path) as a:
+        assert a.metadata == GOLDEN_META and a.keys() == ["w", "b"] and "w" in a and len(a) == 2
+        assert a.records == full.records and a.file_bytes == len(GOLDEN)
+        np.testing.assert_array_equal(a.get("w").to_dense(), full.tensors["w"].to_dense())
+        with pytest.raises(KeyError):
+            a.get("nope")
+    # a damaged payload is found on get(), by that record's CRC; the header still opens
+    bad = bytearray(GOLDEN)
+    bad[-8] ^= 1
+    path.write_bytes(bytes(bad))
+    with open_archive(path) as a:
+        assert a.records[1]["name"] == "b"
+        with pytest.raises(ChecksumError, match="'b'"):
+            a.get("b")
+    with pytest.raises(BadMagicError):
+        path.write_bytes(b"XXXX" + GOLDEN[4:])
+        open_archive(path)

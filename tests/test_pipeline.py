@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from nnshrink.errors import ConfigError
 from nnshrink.loading import load_model
 from nnshrink.models import build_model, resolve_config
 from nnshrink.recipes import recipe_from_dict
+from nnshrink.stages import REGISTRY
 from nnshrink.train import TrainConfig, evaluate, fit
 
 FAST = {"stages": ["prune", "share", "encode"],
@@ -63,7 +65,7 @@ def test_resume_after_kill_gives_same_result(trained, tiny_dataset, tmp_path, mo
         raise KeyboardInterrupt
 
     out = tmp_path / "r.nsk"
-    monkeypatch.setitem(pipeline.STAGE_FUNCS, "share", killed)
+    monkeypatch.setitem(REGISTRY, "share", replace(REGISTRY["share"], apply=killed))
     with pytest.raises(KeyboardInterrupt):
         pipeline.compress_checkpoint(trained, out, recipe, data=tiny_dataset, progress=False)
     assert not out.exists() and (tmp_path / "r.nsk.work" / "1-prune.json").is_file()
@@ -177,5 +179,5 @@ def trained_plain(tmp_path):
 
 def test_layer_pattern_that_matches_nothing(trained, tmp_path):
     recipe = recipe_from_dict({"stages": ["prune", "encode"], "prune": {"layers": {"fc9": 0.5}}})
-    with pytest.raises(ConfigError, match="'fc9' matches no layer"):
+    with pytest.raises(ConfigError, match="'fc9' matches no compressible tensor"):
         pipeline.compress_checkpoint(trained, tmp_path / "x.nsk", recipe, data=None, retrain=False, progress=False)

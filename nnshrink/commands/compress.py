@@ -7,11 +7,18 @@ from ._common import add_data_args, add_device_arg, check_output_path, emit_json
 
 def register(sub) -> None:
     p = sub.add_parser("compress", help="prune / share / encode a checkpoint into a .nsk archive")
-    p.add_argument("input", help="nnshrink checkpoint, or any safetensors file (post-training, --no-retrain)")
+    p.add_argument("input", help="nnshrink checkpoint, a state_dict of your model (with --model-factory), "
+                   "or any safetensors file (post-training, --no-retrain)")
     p.add_argument("-o", "--output", required=True, help="archive path (.nsk)")
     p.add_argument("--recipe", default="deep-compression",
                    help="deep-compression, prune, share, binary, or a recipe FILE.toml")
     add_data_args(p)
+    p.add_argument("--model-factory", default=None, metavar="PKG.MOD:FN",
+                   help="your code that builds the model INPUT holds: FN() -> nn.Module (imported from the "
+                        "current folder / PYTHONPATH)")
+    p.add_argument("--data-factory", default=None, metavar="PKG.MOD:FN",
+                   help="with --model-factory: FN() -> (train_loader, test_loader) to retrain and measure top-1; "
+                        "without it nothing is retrained")
     add_device_arg(p)
     p.add_argument("--no-retrain", action="store_true", help="compress without retraining or fine-tuning")
     p.add_argument("--sparsity", type=float, default=None, help="target sparsity per layer (overrides the recipe)")
@@ -29,10 +36,116 @@ def _override(recipe, sparsity, bits):
     from dataclasses import replace
 
     if sparsity is not None and "prune" in recipe.stages:
-        recipe = replace(recipe, prune=replace(recipe.prune, method="sparsity", sparsity=sparsity, layers={}))
+        recipe = recipe.with_configs(prune=replace(recipe.prune, method="sparsity", sparsity=sparsity, layers={}))
     if bits is not None and "share" in recipe.stages:
-        recipe = replace(recipe, share=replace(recipe.share, fc_bits=bits, conv_bits=bits, layers={}))
+        recipe = recipe.with_configs(share=replace(recipe.share, fc_bits=bits, conv_bits=bits, layers={}))
     return recipe
+
+
+def import_factory(spec: str, flag: str):
+    """The function ``PKG.MOD:FN`` names (the user's code, named on the command line)."""
+    import importlib
+    import os
+    import re
+    import sys
+
+    from ..errors import ConfigError
+
+    m = re.fullmatch(r"([A-Za-z_][\w.]*):([A-Za-z_]\w*)", spec or "")
+    if not m:
+        raise ConfigError(f"{flag} must look like PKG.MOD:FN (a module path, a colon, a function); got {spec!r}")
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(m.group(1))
+    except Exception as exc:
+        raise ConfigError(f"{flag} {spec!r}: cannot import {m.group(1)!r} ({type(exc).__name__}: {exc})") from None
+    fn = getattr(module, m.group(2), None)
+    if not callable(fn):
+        raise ConfigError(f"{flag} {spec!r}: module {m.group(1)!r} has no function {m.group(2)!r}")
+    return fn
+
+
+def _call_factory(fn, spec: str, flag: str):
+    from ..errors import ConfigError
+
+    try:
+        return fn()
+    except Exception as exc:
+        raise ConfigError(f"{flag} {spec!r} raised {type(exc).__name__}: {exc}") from None
+
+
+def dataset_from_loaders(train, test, name: str):
+    """The two loaders' batches in memory as a Dataset, so nnshrink's own ``fit`` and
+    ``evaluate`` run on them (each loader is read once: augmentation is drawn once)."""
+    import torch
+
+    from ..data import Dataset
+    from ..errors import ConfigError
+
+    def gather(loader, which: str):
+        xs, ys = [], []
+        try:
+            for batch in loader:
+                if not isinstance(batch, (tuple, list)) or len(batch) < 2:
+                    raise ConfigError(f"--data-factory {name!r}: {which} batches must be (inputs, labels); "
+                                      f"got {type(batch).__name__}")
+                xs.append(torch.as_tensor(batch[0]))
+                ys.append(torch.as_tensor(batch[1]).long())
+        except TypeError as exc:
+            raise ConfigError(f"--data-factory {name!r}: the {which} loader is not iterable ({exc})") from None
+        if not xs:
+            raise ConfigError(f"--data-factory {name!r}: the {which} loader yields no batches")
+        return torch.cat(xs), torch.cat(ys)
+
+    tr_x, tr_y = gather(train, "train")
+    te_x, te_y = gather(test, "test")
+    return Dataset(name, tr_x, tr_y, te_x, te_y)
+
+
+def compress_own_model(args, out) -> dict:
+    """INPUT is a plain state_dict of the module ``--model-factory`` builds."""
+    import torch.nn as nn
+
+    from ..checkpoint import load_tensors
+    from ..errors import ConfigError
+    from ..loading import load_into
+    from ..pipeline import archive_metadata, compress_to_file
+    from ..recipes import load_recipe
+    from ..stages import Context, fit_trainer, top1_metric
+    from ..train import TrainConfig
+
+    if args.dataset:
+        raise ConfigError("--dataset does not apply to --model-factory models; give --data-factory PKG.MOD:FN")
+    model = _call_factory(import_factory(args.model_factory, "--model-factory"), args.model_factory,
+                          "--model-factory")
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"--model-factory {args.model_factory!r} must return an nn.Module; "
+                          f"got {type(model).__name__}")
+    load_into(model, load_tensors(args.input), str(args.input))
+    data = None
+    if args.data_factory:
+        loaders = _call_factory(import_factory(args.data_factory, "--data-factory"), args.data_factory,
+                                "--data-factory")
+        if not isinstance(loaders, (tuple, list)) or len(loaders) != 2:
+            raise ConfigError(f"--data-factory {args.data_factory!r} must return (train_loader, test_loader); "
+                              f"got {type(loaders).__name__}")
+        data = dataset_from_loaders(*loaders, args.data_factory)
+    recipe = _override(load_recipe(args.recipe), args.sparsity, args.bits)
+    retrain = data is not None and not args.no_retrain
+    ctx = Context(trainer=fit_trainer(data, TrainConfig(), device=args.device, progress=not args.quiet)
+                  if retrain else None,
+                  metric=top1_metric(data, device=args.device) if data is not None else None,
+                  device=args.device, progress=not args.quiet)
+    if data is None:
+        ctx.note("no --data-factory: compressed without retraining (--no-retrain)")
+    cls = f"{type(model).__module__}.{type(model).__qualname__}"
+    report = compress_to_file(model, out, recipe, ctx,
+                              metadata=archive_metadata(None, {}, {"class": cls, "recipe": recipe.name,
+                                                                   "dataset": args.data_factory}),
+                              run_id={"class": cls, "retrain": retrain, "data": args.data_factory},
+                              resume=args.resume, plots=args.plots, keep_work=args.keep_work)
+    return {"input": str(args.input), "dataset": args.data_factory, **report}
 
 
 def run(args) -> int:
@@ -46,7 +159,11 @@ def run(args) -> int:
         PruneConfig(sparsity=args.sparsity)  # validates with a clear message
     if args.bits is not None:
         ShareConfig(fc_bits=args.bits, conv_bits=args.bits)
-    if not is_nnshrink_checkpoint(args.input):
+    if args.data_factory and not args.model_factory:
+        raise ConfigError("--data-factory needs --model-factory (the model the data is for)")
+    if args.model_factory:
+        report = compress_own_model(args, out)
+    elif not is_nnshrink_checkpoint(args.input):
         if not args.no_retrain:
             raise ConfigError(f"{args.input} is not an nnshrink checkpoint (no model in its metadata), so it "
                               "cannot be retrained; pass --no-retrain for post-training compression")
@@ -80,3 +197,5 @@ def print_summary(report: dict) -> None:
         top = f", top-1 {report['top1_before']:.4f} -> {report['top1_after']:.4f}"
     print(f"\n{report['output']}: {report['original_bytes']:,} -> {report['compressed_bytes']:,} bytes "
           f"({report['ratio']:.1f}x){top}")
+    for line in report.get("warnings") or []:
+        print(f"warning: {line}")

@@ -30,7 +30,7 @@ def quick_recipe(recipe):
 
     prune = replace(recipe.prune, rounds=1, retrain_epochs=0.3) if "prune" in recipe.stages else recipe.prune
     share = replace(recipe.share, finetune_epochs=0.2) if "share" in recipe.stages else recipe.share
-    return replace(recipe, prune=prune, share=share)
+    return recipe.with_configs(prune=prune, share=share)
 
 
 def run(args) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..format.errors import printable
 from ._common import emit_json
 
 
@@ -31,10 +32,10 @@ def summarize(arch) -> dict:
 def format_table(rep: dict) -> str:
     head = (f"{'layer':<28} {'shape':<18} {'weights':>10} {'kept':>7} {'enc':<10} {'w bits':>11} "
             f"{'idx bits':>11} {'bytes':>10} {'% f32':>7}")
-    lines = [f"{rep['input']}: model {rep['model']}", head, "-" * len(head)]
+    lines = [f"{printable(rep['input'])}: model {printable(rep['model'])}", head, "-" * len(head)]
     for l in rep["layers"]:
         wb, ib = l["weight_bits"], l["index_bits"]
-        lines.append(f"{l['name'][:28]:<28} {'x'.join(map(str, l['shape'])) or '()':<18} {l['params']:>10} "
+        lines.append(f"{printable(l['name'])[:28]:<28} {'x'.join(map(str, l['shape'])) or '()':<18} {l['params']:>10} "
                      f"{100 * l['kept']:>6.1f}% {l['encoding']:<10} {wb['before']:>3}->{wb['after']:<6.2f} "
                      f"{ib['before']:>3}->{ib['after']:<6.2f} {l['bytes']:>10} {l['percent_of_float32']:>6.2f}%")
     lines.append("-" * len(head))
@@ -46,9 +47,10 @@ def format_table(rep: dict) -> str:
 
 
 def run(args) -> int:
-    from ..format import read_archive
+    from ..format import open_archive
 
-    rep = summarize(read_archive(args.input))
+    with open_archive(args.input) as arch:  # header only: O(header) memory whatever the records claim
+        rep = summarize(arch)
     if args.json:
         emit_json(rep, "-")
     else:

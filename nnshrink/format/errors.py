@@ -29,3 +29,23 @@ class HuffmanTableError(FormatError):
 
 class StreamError(FormatError):
     """A packed or Huffman stream does not decode to what its record says."""
+
+
+class LimitError(FormatError):
+    """A valid-looking file asks for more work than the reader's limits allow."""
+
+
+SHOW_LIMIT = 80
+
+
+def printable(text: str) -> str:
+    """``text`` with control and other non-printable characters escaped: safe on a terminal."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+
+
+def show(text, limit: int = SHOW_LIMIT) -> str:
+    """A name read from a file, quoted, escaped and cut to ``limit`` characters, for messages."""
+    body = printable(text)
+    if len(body) > limit:
+        body = body[:limit] + f"... ({len(str(text))} characters)"
+    return f"'{body}'"

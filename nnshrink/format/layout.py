@@ -13,6 +13,12 @@ MAX_DIM = 2**31
 MAX_NUMEL = 2**34
 ALIGN = 8
 GAP_BITS_RANGE = (3, 8)
+# Density cap: all records together declare at most DENSITY elements per file byte, plus
+# DENSITY_SLACK (honest archives stay far below it, see SPEC.md), so the work a file asks
+# for is bounded by its size.
+DENSITY = 256
+DENSITY_SLACK = 1 << 24
+DEFAULT_MAX_ELEMENTS = 1 << 32  # the reader's default budget of decoded elements (all records)
 
 DTYPES = {
     "float32": np.dtype("<f4"), "float16": np.dtype("<f2"), "float64": np.dtype("<f8"),
@@ -36,3 +42,8 @@ MAX_PAIR_ALPHABET = 64  # huffman_pairs: alphabets of at most 64 symbols (4096 p
 def default_gap_bits(shape) -> int:
     """Deep Compression's defaults: 5 bits for fc (ndim <= 2), 8 bits for conv."""
     return 8 if len(shape) >= 3 else 5
+
+
+def max_declared_elements(file_bytes: int) -> int:
+    """The most elements an archive of ``file_bytes`` bytes may declare (SPEC: density cap)."""
+    return DENSITY * file_bytes + DENSITY_SLACK

@@ -23,9 +23,11 @@ from ..encode.bitpack import packed_nbytes, unpack_bits
 from ..encode.huffman import CodecError, HuffmanCode, check_lengths, huffman_decode
 from ..encode.sparse import BAD_PAST_END, mask_from_gaps, scatter_dense
 from ..errors import CheckpointError
-from .errors import BadMagicError, ChecksumError, FormatError, HeaderError, HuffmanTableError, RecordError, StreamError
-from .layout import (CODINGS, COMMON_KEYS, DTYPES, ENCODINGS, EXTRA_KEYS, GAP_BITS_RANGE, GAP_KEYS, MAGIC, MAX_DIM,
-                     MAX_HEADER, MAX_NAME, MAX_NDIM, MAX_NUMEL, MAX_PAIR_ALPHABET, MAX_RECORDS, PREAMBLE, VERSION)
+from .errors import (BadMagicError, ChecksumError, FormatError, HeaderError, HuffmanTableError, LimitError, RecordError,
+                     StreamError, show)
+from .layout import (CODINGS, COMMON_KEYS, DEFAULT_MAX_ELEMENTS, DTYPES, ENCODINGS, EXTRA_KEYS, GAP_BITS_RANGE, GAP_KEYS,
+                     MAGIC, MAX_DIM, MAX_HEADER, MAX_NAME, MAX_NDIM, MAX_NUMEL, MAX_PAIR_ALPHABET, MAX_RECORDS,
+                     PREAMBLE, VERSION, max_declared_elements)
 
 
 @dataclass
@@ -81,18 +83,23 @@ class Archive:
         return {name: torch.from_numpy(arr) for name, arr in self.dense_arrays().items()}
 
 
-def read_archive(path: str | os.PathLike) -> Archive:
-    """Read and fully validate the archive at ``path``."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such file")
+def read_archive(path: str | os.PathLike, *, max_elements: int = DEFAULT_MAX_ELEMENTS) -> Archive:
+    """Read and fully validate the archive at ``path``, decoding at most ``max_elements`` elements."""
+    path = _archive_path(path)
     size = path.stat().st_size
     buf = bytearray(size)
     with open(path, "rb") as f:
         n = f.readinto(buf)
     if n != size:
         raise HeaderError(f"{path}: file changed while reading ({n} of {size} bytes)")
-    return parse_archive(buf, str(path))
+    return parse_archive(buf, str(path), max_elements=max_elements)
+
+
+def _archive_path(path) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file")
+    return path
 
 
 # ---------------------------------------------------------------- header checks
@@ -147,7 +154,7 @@ def _check_record(i: int, rec: Any, data_length: int, names: set) -> _Spec:
     name = rec.get("name")
     if not isinstance(name, str) or not 1 <= len(name) <= MAX_NAME:
         raise RecordError(f"{where}: 'name' must be a string of 1..{MAX_NAME} characters")
-    where = f"record #{i} {name!r}"
+    where = f"record #{i} {show(name)}"
     if name in names:
         raise RecordError(f"{where}: duplicate name")
     names.add(name)
@@ -158,11 +165,12 @@ def _check_record(i: int, rec: Any, data_length: int, names: set) -> _Spec:
     if not isinstance(shape, list) or len(shape) > MAX_NDIM:
         raise RecordError(f"{where}: 'shape' must be a list of at most {MAX_NDIM} integers")
     dims = tuple(_int({"dim": d}, "dim", 0, MAX_DIM, where + " shape") for d in shape)
-    numel = 1
+    numel, extent = 1, 1  # extent: product of the non-zero dims, so no shape overflows numpy
     for d in dims:
         numel *= d
-    if numel > MAX_NUMEL:
-        raise RecordError(f"{where}: {numel} elements exceeds the limit {MAX_NUMEL}")
+        extent *= max(d, 1)
+    if extent > MAX_NUMEL:
+        raise RecordError(f"{where}: shape {list(dims)} spans {extent} positions, over the limit {MAX_NUMEL}")
     f: dict[str, Any] = {}
     allowed = COMMON_KEYS | EXTRA_KEYS[enc]
     if enc == "raw":
@@ -198,7 +206,7 @@ def _check_record(i: int, rec: Any, data_length: int, names: set) -> _Spec:
                 raise RecordError(f"{where}: {f['gap_count']} gap symbols cannot cover {numel} positions")
     extra = set(rec) - allowed
     if extra:
-        raise RecordError(f"{where}: unknown keys {sorted(extra)}")
+        raise RecordError(f"{where}: unknown keys {show(', '.join(sorted(map(str, extra))))}")
     offset = _int(rec, "offset", 0, data_length, where)
     length = _int(rec, "length", 0, data_length - offset, where)
     crc = _int(rec, "crc32", 0, 2**32 - 1, where)
@@ -232,21 +240,29 @@ def _check_record(i: int, rec: Any, data_length: int, names: set) -> _Spec:
     return _Spec(i, name, dims, numel, enc, f, offset, length, crc, parts)
 
 
-def _parse_header(buf, source: str) -> tuple[dict, list[_Spec]]:
-    if len(buf) < PREAMBLE:
-        raise HeaderError(f"{source}: {len(buf)} bytes is too short for an .nsk file")
-    if bytes(buf[:4]) != MAGIC:
-        raise BadMagicError(f"{source}: not an .nsk archive (magic {bytes(buf[:4])!r})")
-    version, reserved, hlen, hcrc = struct.unpack_from("<HHII", buf, 4)
+def _header_length(pre, file_size: int, source: str) -> int:
+    """Check the 16-byte preamble; return the header length it declares."""
+    if file_size < PREAMBLE or len(pre) < PREAMBLE:
+        raise HeaderError(f"{source}: {file_size} bytes is too short for an .nsk file")
+    if bytes(pre[:4]) != MAGIC:
+        raise BadMagicError(f"{source}: not an .nsk archive (magic {bytes(pre[:4])!r})")
+    version, reserved, hlen = struct.unpack_from("<HHI", pre, 4)
     if version != VERSION:
         raise HeaderError(f"{source}: format version {version} is not supported (this reader knows {VERSION})")
     if reserved != 0:
         raise HeaderError(f"{source}: reserved preamble field is {reserved}, must be 0")
     if not 2 <= hlen <= MAX_HEADER:
         raise HeaderError(f"{source}: header length {hlen} is outside [2, {MAX_HEADER}]")
-    if PREAMBLE + hlen > len(buf):
-        raise HeaderError(f"{source}: header of {hlen} bytes runs past the end of the {len(buf)}-byte file")
-    hbytes = bytes(buf[PREAMBLE: PREAMBLE + hlen])
+    if PREAMBLE + hlen > file_size:
+        raise HeaderError(f"{source}: header of {hlen} bytes runs past the end of the {file_size}-byte file")
+    return hlen
+
+
+def _parse_header(head, file_size: int, source: str) -> tuple[dict, list[_Spec]]:
+    """Validate the preamble and header (``head`` holds at least both) of a ``file_size``-byte file."""
+    hlen = _header_length(head, file_size, source)
+    hcrc = struct.unpack_from("<I", head, 12)[0]
+    hbytes = bytes(head[PREAMBLE: PREAMBLE + hlen])
     if zlib.crc32(hbytes) != hcrc:
         raise ChecksumError(f"{source}: header checksum mismatch")
     try:
@@ -258,9 +274,9 @@ def _parse_header(buf, source: str) -> tuple[dict, list[_Spec]]:
     if header["format"] != "nsk" or header["version"] != VERSION:
         raise HeaderError(f"{source}: header format/version is {header['format']!r:.20}/{header['version']!r:.20}")
     data_length = header["data_length"]
-    if isinstance(data_length, bool) or not isinstance(data_length, int) or data_length != len(buf) - PREAMBLE - hlen:
+    if isinstance(data_length, bool) or not isinstance(data_length, int) or data_length != file_size - PREAMBLE - hlen:
         raise HeaderError(f"{source}: data_length {data_length!r:.30} does not match the file "
-                          f"({len(buf) - PREAMBLE - hlen} bytes after the header)")
+                          f"({file_size - PREAMBLE - hlen} bytes after the header)")
     meta = header["metadata"]
     if not isinstance(meta, dict) or not (meta.get("model") is None or isinstance(meta.get("model"), str)) \
             or not isinstance(meta.get("config", {}), dict):
@@ -276,9 +292,21 @@ def _parse_header(buf, source: str) -> tuple[dict, list[_Spec]]:
     end, last = 0, None
     for s in sorted((s for s in specs if s.length), key=lambda s: s.offset):
         if s.offset < end:
-            raise RecordError(f"{source}: record {s.name!r} overlaps record {last!r}")
+            raise RecordError(f"{source}: record {show(s.name)} overlaps record {show(last)}")
         end, last = s.offset + s.length, s.name
+    declared = sum(s.numel for s in specs)
+    if declared > max_declared_elements(file_size):
+        raise LimitError(f"{source}: the records declare {declared} elements, more than a {file_size}-byte archive "
+                         f"may hold ({max_declared_elements(file_size)}; see the density cap in SPEC.md)")
     return meta, specs
+
+
+def _check_budget(specs: list[_Spec], max_elements: int, source: str) -> None:
+    """Refuse, before decoding, an archive that declares more than ``max_elements`` elements."""
+    declared = sum(s.numel for s in specs)
+    if declared > max_elements:
+        raise LimitError(f"{source}: decoding needs {declared} elements, over the limit of {max_elements} "
+                         "(raise it with max_elements= or --max-elements)")
 
 
 # ---------------------------------------------------------------- decoding
@@ -314,9 +342,9 @@ def _mask(rec: bytes, s: _Spec, where: str) -> np.ndarray:
     return mask.reshape(s.shape)
 
 
-def _decode(buf, base: int, s: _Spec, source: str):
-    where = f"{source}: record {s.name!r}"
-    rec = memoryview(buf)[base + s.offset: base + s.offset + s.length]
+def _decode(rec, s: _Spec, source: str):
+    """Check the CRC of one record's bytes ``rec`` and decode them."""
+    where = f"{source}: record {show(s.name)}"
     if zlib.crc32(rec) != s.crc32:
         raise ChecksumError(f"{where}: checksum mismatch")
     f = s.fields
@@ -354,13 +382,13 @@ def _decode(buf, base: int, s: _Spec, source: str):
     return SharedTensor(s.shape, codebook, idx, f["bits"], mask)
 
 
-def _stats(s: _Spec, t) -> dict[str, Any]:
+def _stats(s: _Spec, raw_nonzero: int | None) -> dict[str, Any]:
     """The paper's per-layer numbers for one record (bits are per stored weight)."""
     f = s.fields
     plen = {p: b - a for p, (a, b) in s.parts.items()}
     nnz = f.get("nonzero")
     if s.encoding == "raw":
-        nnz = int(np.count_nonzero(t.array))
+        nnz = raw_nonzero
         wb = 16 if f["half"] else DTYPES[f["dtype"]].itemsize * 8
         wbits, ibits = {"before": wb, "after": wb}, {"before": 0, "after": 0.0}
     elif s.encoding == "binary":
@@ -379,13 +407,92 @@ def _stats(s: _Spec, t) -> dict[str, Any]:
             "index_coding": f.get("index_coding"), "gap_coding": f.get("gap_coding")}
 
 
-def parse_archive(buf: bytes | bytearray, source: str = "<archive>") -> Archive:
+def parse_archive(buf: bytes | bytearray, source: str = "<archive>", *,
+                  max_elements: int = DEFAULT_MAX_ELEMENTS) -> Archive:
     """Validate and decode an archive held in memory (``read_archive`` reads the file)."""
-    meta, specs = _parse_header(buf, source)
+    meta, specs = _parse_header(buf, len(buf), source)
+    _check_budget(specs, max_elements, source)
     base = PREAMBLE + struct.unpack_from("<I", buf, 8)[0]
+    view = memoryview(buf)
     tensors, records = {}, []
     for s in specs:
-        t = _decode(buf, base, s, source)
+        t = _decode(view[base + s.offset: base + s.offset + s.length], s, source)
         tensors[s.name] = t
-        records.append(_stats(s, t))
+        records.append(_stats(s, int(np.count_nonzero(t.array)) if s.encoding == "raw" else None))
     return Archive(meta, tensors, records, len(buf), source)
+
+
+class ArchiveFile:
+    """An archive opened lazily (``open_archive``): the header is validated on open, a
+    record is read, CRC-checked and decoded only on ``get``; memory is O(header) plus
+    the records asked for, whatever the records claim."""
+
+    def __init__(self, path: str | os.PathLike, *, max_elements: int = DEFAULT_MAX_ELEMENTS):
+        path = _archive_path(path)
+        self.source, self.max_elements = str(path), max_elements
+        self._f = open(path, "rb")
+        try:
+            self.file_bytes = os.fstat(self._f.fileno()).st_size
+            pre = self._f.read(PREAMBLE)
+            head = pre + self._f.read(_header_length(pre, self.file_bytes, self.source))
+            self.metadata, specs = _parse_header(head, self.file_bytes, self.source)
+        except BaseException:
+            self._f.close()
+            raise
+        self._base = len(head)
+        self._specs = {s.name: s for s in specs}
+        self._rows: list[dict[str, Any]] | None = None
+
+    def __enter__(self) -> "ArchiveFile":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._f.close()
+
+    def keys(self) -> list[str]:
+        return list(self._specs)
+
+    def __contains__(self, name) -> bool:
+        return name in self._specs
+
+    def __len__(self) -> int:
+        return len(self._specs)
+
+    def _read(self, s: _Spec, start: int, size: int) -> bytes:
+        data = os.pread(self._f.fileno(), size, self._base + s.offset + start)
+        if len(data) != size:
+            raise HeaderError(f"{self.source}: file changed while reading record {show(s.name)}")
+        return data
+
+    @property
+    def records(self) -> list[dict[str, Any]]:
+        """Per-record rows (name, shape, encoding, params, nonzero, bits, bytes, codings), as
+        ``Archive.records``; raw records are counted in 1 MiB chunks, nothing is decoded."""
+        if self._rows is None:
+            self._rows = [_stats(s, self._raw_nonzero(s) if s.encoding == "raw" else None)
+                          for s in self._specs.values()]
+        return self._rows
+
+    def _raw_nonzero(self, s: _Spec) -> int:
+        dtype = DTYPES[s.fields["dtype"]]
+        step = max(1, (1 << 20) // dtype.itemsize) * dtype.itemsize
+        count = 0
+        for start in range(0, s.length, step):
+            count += int(np.count_nonzero(np.frombuffer(self._read(s, start, min(step, s.length - start)), dtype)))
+        return count
+
+    def get(self, name: str):
+        """Decode one record (a nnshrink.compressed tensor) after checking its CRC and the limit."""
+        s = self._specs.get(name)
+        if s is None:
+            raise KeyError(name)
+        _check_budget([s], self.max_elements, self.source)
+        return _decode(self._read(s, 0, s.length), s, self.source)
+
+
+def open_archive(path: str | os.PathLike, *, max_elements: int = DEFAULT_MAX_ELEMENTS) -> ArchiveFile:
+    """Open ``path`` lazily (a context manager): reads and validates only the header."""
+    return ArchiveFile(path, max_elements=max_elements)

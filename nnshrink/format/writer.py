@@ -20,8 +20,10 @@ from ..encode.bitpack import pack_bits, packed_nbytes
 from ..encode.huffman import MAX_PAIR_BASE, HuffmanCode, code_lengths, histogram, huffman_encode, pair_symbols
 from ..encode.sparse import gaps_from_mask
 from ..errors import ConfigError
-from ..io_utils import atomic_path
-from .layout import ALIGN, DTYPES, GAP_BITS_RANGE, MAGIC, MAX_HEADER, PREAMBLE, VERSION, default_gap_bits
+from ..io_utils import atomic_write_bytes
+from .errors import show
+from .layout import (ALIGN, DTYPES, GAP_BITS_RANGE, MAGIC, MAX_HEADER, MAX_NAME, PREAMBLE, VERSION, default_gap_bits,
+                     max_declared_elements)
 
 _NP_TO_NAME = {np.dtype(np.float32): "float32", np.dtype(np.float16): "float16", np.dtype(np.float64): "float64",
                np.dtype(np.int64): "int64", np.dtype(np.int32): "int32", np.dtype(np.int16): "int16",
@@ -157,15 +159,16 @@ def _metadata(metadata: dict[str, Any]) -> dict[str, Any]:
     return meta
 
 
-def write_archive(path: str | os.PathLike, tensors: dict, metadata: dict[str, Any], *,
-                  index_bits: dict[str, int] | int | None = None, huffman: bool = True) -> int:
-    """Write ``tensors`` (name -> CompressedTensor) and ``metadata`` to ``path``; return the file size."""
-    records, payloads, offset = [], [], 0
+def serialize(tensors: dict, metadata: dict[str, Any], *, index_bits: dict[str, int] | int | None = None,
+              huffman: bool = True) -> bytes:
+    """The archive's bytes for ``tensors`` (name -> CompressedTensor) and ``metadata``, without a file."""
+    records, payloads, offset, numel = [], [], 0, 0
     for name, t in tensors.items():
-        if not isinstance(name, str) or not name or len(name) > 1024:
-            raise ConfigError(f"tensor names must be non-empty strings of <= 1024 characters; got {name!r}")
+        if not isinstance(name, str) or not name or len(name) > MAX_NAME:
+            raise ConfigError(f"tensor names must be non-empty strings of <= {MAX_NAME} characters; got {show(name)}")
         if not isinstance(t, (DenseTensor, SparseTensor, SharedTensor, BinaryTensor)):
-            raise ConfigError(f"tensor {name!r}: cannot store a {type(t).__name__} (expected a nnshrink.compressed type)")
+            raise ConfigError(f"tensor {show(name)}: cannot store a {type(t).__name__} "
+                              "(expected a nnshrink.compressed type)")
         shape = [int(d) for d in t.shape]
         rec, parts = encode_tensor(name, t, _gap_bits_for(name, shape, index_bits), huffman)
         length = sum(len(p) for _, p in parts)
@@ -177,6 +180,7 @@ def write_archive(path: str | os.PathLike, tensors: dict, metadata: dict[str, An
         pad = -length % ALIGN
         payloads.append((parts, pad))
         offset += length + pad
+        numel += int(np.prod(shape))
     header = {"format": "nsk", "version": VERSION, "data_length": offset, "metadata": _metadata(metadata),
               "records": records}
     try:
@@ -186,13 +190,20 @@ def write_archive(path: str | os.PathLike, tensors: dict, metadata: dict[str, An
     hbytes += b" " * (-(PREAMBLE + len(hbytes)) % ALIGN)
     if len(hbytes) > MAX_HEADER:
         raise ConfigError(f"archive header is {len(hbytes)} bytes, over the {MAX_HEADER}-byte limit")
-    pre = MAGIC + struct.pack("<HHII", VERSION, 0, len(hbytes), zlib.crc32(hbytes))
-    total = 0
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            total += f.write(pre) + f.write(hbytes)
-            for parts, pad in payloads:
-                for _, p in parts:
-                    total += f.write(p)
-                total += f.write(b"\0" * pad)
-    return total
+    total = PREAMBLE + len(hbytes) + offset
+    if numel > max_declared_elements(total):
+        raise ConfigError(f"the archive would declare {numel} elements in {total} bytes, over the format's "
+                          f"density limit ({max_declared_elements(total)}): store nearly empty tensors dense")
+    out = bytearray(MAGIC + struct.pack("<HHII", VERSION, 0, len(hbytes), zlib.crc32(hbytes)) + hbytes)
+    for parts, pad in payloads:
+        for _, p in parts:
+            out += p
+        out += bytes(pad)
+    return bytes(out)
+
+
+def write_archive(path: str | os.PathLike, tensors: dict, metadata: dict[str, Any], **encode_opts) -> int:
+    """``serialize`` then an atomic write to ``path``; return the file size."""
+    data = serialize(tensors, metadata, **encode_opts)
+    atomic_write_bytes(path, data)
+    return len(data)

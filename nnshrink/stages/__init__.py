@@ -1,0 +1,140 @@
+"""Compression stages: a registry of (config, apply, export), one file per stage.
+
+A stage maps (model, its config, the run's Context) to a JSON-able record and leaves its
+compression INSIDE the model (masks, codebooks, binary layers), so a later stage and the
+user's own ``fine_tune`` see it and cannot undo it; ``export`` gives the encodings the
+stage earned, which is what the ladder measures and the archive stores. Recipes are
+validated against this registry, so adding a stage is one file here that calls
+``register`` (plus its recipe docs).
+
+Retraining goes through ``Context.retrain``: the same call runs the user's
+``fine_tune(model, epochs)`` or nnshrink's own ``fit`` (``fit_trainer``), which also
+honours the stage's hints (learning-rate factor, L2, which parameters train).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch.nn as nn
+
+from ..compressed import CompressedTensor
+from ..errors import ConfigError, StageError
+
+# (model, epochs, hints) -> None; hints: stage, round, lr_factor, l2, weight_decay, param_filter, desc
+Trainer = Callable[[nn.Module, float, dict], None]
+Metric = Callable[[nn.Module], float]
+
+
+def export_all(model: nn.Module, cfg: Any = None) -> dict[str, CompressedTensor]:
+    """Every state_dict tensor as the encoding the model's current compression earned."""
+    from ..encodings import export_encodings
+
+    return export_encodings(model)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One registered stage. ``order``: recipes list stages in rising order; an
+    ``exclusive`` stage runs alone (binary layers are 1-bit already)."""
+
+    name: str
+    config: type
+    apply: Callable[[nn.Module, Any, "Context"], dict]
+    rung: Callable[[dict[str, CompressedTensor]], str]
+    export: Callable[[nn.Module, Any], dict[str, CompressedTensor]] = export_all
+    retrains: Callable[[Any], bool] = lambda cfg: False
+    order: int = 0
+    exclusive: bool = False
+
+
+REGISTRY: dict[str, Stage] = {}
+
+
+def register(stage: Stage) -> Stage:
+    REGISTRY[stage.name] = stage
+    return stage
+
+
+def get_stage(name: str) -> Stage:
+    if name not in REGISTRY:
+        raise ConfigError(f"unknown stage {name!r}; stages are {', '.join(REGISTRY)}")
+    return REGISTRY[name]
+
+
+def user_trainer(fine_tune: Callable[[nn.Module, int], None]) -> Trainer:
+    """The user's ``fine_tune(model, epochs: int)`` as a Trainer (the stage's hints are
+    for nnshrink's own loop; a user's loop keeps its own optimizer settings)."""
+
+    def train(model: nn.Module, epochs: float, hints: dict) -> None:
+        fine_tune(model, max(1, int(math.ceil(epochs - 1e-9))))
+
+    return train
+
+
+def fit_trainer(data, train_cfg, *, device: str = "cpu", progress: bool = True) -> Trainer:
+    """nnshrink's own ``fit`` on ``data`` as a Trainer: lr scaled by the stage's
+    ``lr_factor``, its ``l2`` / ``weight_decay`` / ``param_filter``, seed + round."""
+    from ..train import fit
+
+    def train(model: nn.Module, epochs: float, hints: dict) -> None:
+        changes = {k: hints[k] for k in ("l2", "weight_decay") if k in hints}
+        cfg = train_cfg.replace(epochs=epochs, lr=train_cfg.lr * hints.get("lr_factor", 1.0),
+                                seed=train_cfg.seed + hints.get("round", 0), **changes)
+        fit(model, data, cfg, device=device, param_filter=hints.get("param_filter"), eval_each_epoch=False,
+            progress=progress, desc=hints.get("desc", hints.get("stage", "retrain")))
+
+    return train
+
+
+def top1_metric(data, *, device: str = "cpu") -> Metric:
+    """Top-1 on ``data``'s test split: the metric of the zoo and --data-factory paths."""
+    from ..train import evaluate
+
+    return lambda model: evaluate(model, data, device=device)
+
+
+@dataclass
+class Context:
+    """What every stage may use: how to retrain and measure, the device, the run's notes."""
+
+    trainer: Trainer | None = None  # None: stages that retrain skip it, with a note
+    metric: Metric | None = None
+    device: str = "cpu"
+    progress: bool = True
+    seed: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    def note(self, text: str) -> None:
+        if text not in self.notes:
+            self.notes.append(text)
+
+    def retrain(self, model: nn.Module, epochs: float, stage: str, **hints) -> bool:
+        """Run the trainer for ``epochs``; False (and a note) when there is none."""
+        if epochs <= 0:
+            return False
+        if self.trainer is None:
+            self.note(f"{stage}: retraining skipped (no fine_tune / training data given)")
+            return False
+        try:
+            self.trainer(model, epochs, {"stage": stage, **hints})
+        except Exception as exc:
+            raise StageError(f"stage {stage!r}: fine_tune raised {type(exc).__name__}: {exc}") from exc
+        return True
+
+    def evaluate(self, model: nn.Module, where: str) -> float | None:
+        """The metric of ``model`` (None without one); a failing metric names ``where``."""
+        if self.metric is None:
+            return None
+        try:
+            return float(self.metric(model))
+        except Exception as exc:
+            raise StageError(f"{where}: evaluate raised {type(exc).__name__}: {exc}") from exc
+
+
+from . import binary, prune, share  # noqa: E402,F401  (each registers itself)
+from .binary import BinaryConfig  # noqa: E402
+from .prune import PruneConfig  # noqa: E402
+from .share import ShareConfig  # noqa: E402

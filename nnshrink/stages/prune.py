@@ -1,0 +1,114 @@
+"""The prune stage: magnitude pruning in rounds of rising sparsity, retraining after each.
+
+Masks stay installed in the model (the user's optimizer cannot revive a pruned weight),
+so the share stage clusters only the survivors and the export stores them sparse.
+
+Generic defaults (a model nnshrink does not know, ``sparsity`` unset): a target sparsity
+per kind of tensor, ``GENERIC_SPARSITY``, near the paper's kept fractions (fully
+connected layers prune hardest, convolutions least); per-layer patterns override it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch.nn as nn
+
+from ..errors import ConfigError
+from . import Context, Stage, register
+
+METHODS = ("std", "sparsity", "global")
+GENERIC_SPARSITY = {"fc": 0.9, "conv": 0.7, "embedding": 0.8, "attention": 0.8, "param": 0.8}
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ConfigError(msg)
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """``sparsity`` None = ``GENERIC_SPARSITY`` by kind; ``layers`` = {pattern: sparsity
+    (or q for method std)}, a pattern being a tensor name, module name or kind name."""
+
+    method: str = "sparsity"
+    sparsity: float | None = 0.9
+    q: float = 1.0
+    layers: dict[str, float] = field(default_factory=dict)
+    exclude: tuple[str, ...] = ()
+    rounds: int = 3
+    retrain_epochs: float = 2.0
+    final_epochs: float = -1.0  # retraining after the last round; -1 = retrain_epochs
+    lr_factor: float = 0.1
+    l2: float = 0.0
+
+    def __post_init__(self):
+        _check(self.method in METHODS, f"prune.method must be one of {', '.join(METHODS)}; got {self.method!r}")
+        _check(self.sparsity is None or 0 <= self.sparsity < 1,
+               f"prune.sparsity must be in [0, 1); got {self.sparsity}")
+        _check(self.q >= 0, f"prune.q must be >= 0; got {self.q}")
+        for pat, v in self.layers.items():
+            if self.method == "std":
+                _check(v >= 0, f"prune.layers[{pat!r}] (q) must be >= 0; got {v}")
+            else:
+                _check(0 <= v < 1, f"prune.layers[{pat!r}] (sparsity) must be in [0, 1); got {v}")
+        _check(isinstance(self.rounds, int) and self.rounds >= 1,
+               f"prune.rounds must be an integer >= 1; got {self.rounds}")
+        _check(self.retrain_epochs >= 0, f"prune.retrain_epochs must be >= 0; got {self.retrain_epochs}")
+        _check(self.final_epochs == -1 or self.final_epochs >= 0,
+               f"prune.final_epochs must be >= 0 (or -1 for retrain_epochs); got {self.final_epochs}")
+        _check(0 < self.lr_factor <= 1, f"prune.lr_factor must be in (0, 1]; got {self.lr_factor}")
+        _check(self.l2 >= 0, f"prune.l2 must be >= 0; got {self.l2}")
+
+
+def plan(model: nn.Module, cfg: PruneConfig) -> dict[str, Any]:
+    """{tensor name: criterion spec, or None = stays dense} for every compressible tensor."""
+    from ..prune import GlobalMagnitude, StdThreshold
+    from ..select import compressible, match, resolve
+
+    targets = compressible(model)
+    if cfg.method == "std":
+        layers = {p: StdThreshold(v) for p, v in cfg.layers.items()}
+        fixed: Any = StdThreshold(cfg.q)
+    elif cfg.method == "global":  # one criterion object: prune_model ranks all its tensors together
+        layers, fixed = dict(cfg.layers), GlobalMagnitude(0.9 if cfg.sparsity is None else cfg.sparsity)
+    else:
+        layers, fixed = dict(cfg.layers), cfg.sparsity
+    # always a function: a criterion is itself callable, which resolve would take for a default
+    default = (lambda t: GENERIC_SPARSITY[t.kind]) if fixed is None else (lambda t: fixed)
+    out = resolve(layers or None, targets, default, what="prune.layers")
+    for name in match(list(cfg.exclude), targets, what="prune.exclude") if cfg.exclude else []:
+        out[name] = None
+    if all(v is None for v in out.values()):
+        raise ConfigError("prune.exclude leaves no tensor to prune")
+    return out
+
+
+def apply(model: nn.Module, cfg: PruneConfig, ctx: Context) -> dict:
+    from ..prune import prune_model, ramp, scale_dropout, sparsity_report
+
+    final = plan(model, cfg)
+    retrains = cfg.retrain_epochs > 0 and ctx.trainer is not None
+    if cfg.retrain_epochs > 0 and ctx.trainer is None:
+        ctx.note("prune: retraining skipped (no fine_tune / training data given); pruned in one step")
+    steps = ramp(final, cfg.rounds) if retrains else [final]
+    d_original = getattr(model, "dropout", None)
+    rounds = []
+    for i, target in enumerate(steps):
+        t0 = time.perf_counter()
+        prune_model(model, None, overrides=target)
+        if isinstance(d_original, float):  # the paper's dropout scaling, for models with a float rate
+            scale_dropout(model, d_original)
+        last = i == len(steps) - 1
+        epochs = cfg.final_epochs if last and cfg.final_epochs >= 0 else cfg.retrain_epochs
+        if retrains:
+            ctx.retrain(model, epochs, "prune", round=i, lr_factor=cfg.lr_factor, l2=cfg.l2,
+                        desc=f"prune round {i + 1}/{len(steps)}")
+        rounds.append({"round": i + 1, "epochs": epochs if retrains else 0, "seconds": time.perf_counter() - t0})
+    return {"rounds": rounds, "layers": [r.as_dict() for r in sparsity_report(model)]}
+
+
+register(Stage("prune", PruneConfig, apply, rung=lambda tensors: "pruned",
+               retrains=lambda cfg: cfg.retrain_epochs > 0, order=10))
