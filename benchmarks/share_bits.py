@@ -74,7 +74,7 @@ def main(argv=None):
         for init in args.inits.split(","):
             for b in [int(v) for v in args.bits.split(",")]:
                 m = copy.deepcopy(base)
-                rep = share_weights(m, b, init=init, layers=[kind])
+                rep = share_weights(m, b, init=init, targets=[kind])
                 before = evaluate(m, data)
                 finetune(m, data, cfg, progress=False, eval_each_epoch=False)
                 after = evaluate(m, data)

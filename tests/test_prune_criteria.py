@@ -76,7 +76,7 @@ def test_prune_model_overrides_and_patterns():
     assert [r.name for r in rows] == ["0.weight"]
     assert not hasattr(model[2], "weight_mask")
     model = net()
-    rows = prune_model(model, "q=1", layers=["0.weight"], overrides={"2": None})
+    rows = prune_model(model, "q=1", include=["0.weight"], overrides={"2": None})
     assert [r.name for r in rows] == ["0.weight"]
 
 
@@ -85,8 +85,8 @@ def test_lenet_layer_names():
 
     model = build_model("lenet5")
     plan = resolve_criteria(model, 0.5, overrides={"conv*": 0.3, "ip1": "q=2"})
-    assert plan["conv1"] == TargetSparsity(0.3) and plan["conv2"] == TargetSparsity(0.3)
-    assert plan["ip1"] == StdThreshold(2.0) and plan["ip2"] == TargetSparsity(0.5)
+    assert plan["conv1.weight"] == TargetSparsity(0.3) and plan["conv2.weight"] == TargetSparsity(0.3)
+    assert plan["ip1.weight"] == StdThreshold(2.0) and plan["ip2.weight"] == TargetSparsity(0.5)
 
 
 @pytest.mark.parametrize("bad", [1.0, 1.3, -0.1, float("nan")])
@@ -104,12 +104,12 @@ def test_bad_q_and_patterns_and_no_weights():
     with pytest.raises(ConfigError, match="-1"):
         StdThreshold(-1)
     with pytest.raises(ConfigError, match="conv9"):
-        prune_model(net(), 0.5, layers=["conv9"])
-    with pytest.raises(ConfigError, match="fc"):
-        prune_model(net(), 0.5, exclude="fc")
+        prune_model(net(), 0.5, include=["conv9"])
+    with pytest.raises(ConfigError, match="exclude pattern 'fc9'"):
+        prune_model(net(), 0.5, exclude="fc9")
     with pytest.raises(ConfigError, match="xx"):
         prune_model(net(), 0.5, overrides={"xx": 0.1})
-    with pytest.raises(ConfigError, match="no prunable weights"):
+    with pytest.raises(ConfigError, match="Sequential has no compressible tensor"):
         prune_model(nn.Sequential(nn.ReLU(), nn.BatchNorm1d(3)), 0.5)
     with pytest.raises(ConfigError, match="banana"):
         make_criterion("banana")

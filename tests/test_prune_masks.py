@@ -4,10 +4,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from nnshrink.errors import ConfigError
 from nnshrink.prune import (
-    MASK, TargetSparsity, apply_masks, dropout_for, export_sparse, mask_hook, prune_model,
+    MASK, TargetSparsity, apply_masks, current_masks, dropout_for, export_sparse, prune_model,
     reapply_masks, remove_masks, scale_dropout, sparsity_report, total_kept,
 )
 from nnshrink.train import TrainConfig, fit
@@ -46,7 +47,7 @@ def test_pruned_weights_stay_exactly_zero_while_training(opt, tiny_dataset):
     before = {n: m.weight.detach().clone() for n, m in model.named_modules() if MASK in m._buffers}
     cfg = TrainConfig(epochs=100, lr=0.05 if opt == "sgd" else 1e-2, momentum=0.9, weight_decay=1e-2,
                       optimizer=opt, batch_size=32, max_steps=60, l1=1e-4, l2=1e-4)
-    fit(model, tiny_dataset, cfg, after_step=[mask_hook(model)], eval_each_epoch=False, progress=False)
+    fit(model, tiny_dataset, cfg, eval_each_epoch=False, progress=False)  # no after_step: masks hold
     for n, m in model.named_modules():
         if n in dead:
             assert torch.all(m.weight[dead[n]] == 0.0)
@@ -117,8 +118,7 @@ def test_apply_masks_by_name_and_errors():
         apply_masks(model, {"nope": mask})
     with pytest.raises(ConfigError, match="shape"):
         apply_masks(model, {"3": torch.ones(3, 3, dtype=torch.bool)})
-    with pytest.raises(ConfigError, match="no pruning masks"):
-        mask_hook(small_net())
+    assert list(current_masks(model)) == ["3.weight"]
 
 
 def test_dropout_scaling():
@@ -135,7 +135,8 @@ def test_dropout_scaling():
 @pytest.mark.parametrize("opt_name", ["sgd", "adam"])
 def test_optimizer_state_from_dense_training_cannot_revive(opt_name):
     """Momentum / Adam moments built up BEFORE pruning would move pruned weights; the
-    after-step re-mask must stop them (the control without it shows they do move)."""
+    step hook stops them with no call in the loop (the control without it shows they move)."""
+    from nnshrink.prune import masks
 
     def run(with_hook):
         torch.manual_seed(0)
@@ -149,9 +150,11 @@ def test_optimizer_state_from_dense_training_cannot_revive(opt_name):
             opt.zero_grad()
             nn.functional.cross_entropy(model(x), y).backward()
             opt.step()
-            if with_hook and step >= 20:
-                reapply_masks(model)
         return max(float(m.weight.detach()[~m.weight_mask].abs().max()) for m in (model[0], model[2]))
 
     assert run(with_hook=True) == 0.0
-    assert run(with_hook=False) > 0.0  # the guard is what keeps them dead
+    masks._STEP_HOOK.remove()  # the control: no step hook
+    try:
+        assert run(with_hook=False) > 0.0  # the hook is what keeps them dead
+    finally:
+        masks._STEP_HOOK = register_optimizer_step_post_hook(masks._rezero_after_step)

@@ -122,14 +122,14 @@ def test_pruned_weights_stay_zero_and_own_no_index():
         m.conv.register_buffer("weight_mask", mask, persistent=False)  # the pruning stage's buffer
         m.conv.weight[mask] = m.conv.weight[mask] + (m.conv.weight[mask] == 0).float()  # kept != 0
     rows = {r.name: r for r in share_weights(m, 2)}
-    assert rows["fc1"].kept == m.fc1.weight.numel() // 2
-    assert rows["conv"].kept == int(mask.sum())
+    assert rows["fc1.weight"].kept == m.fc1.weight.numel() // 2
+    assert rows["conv.weight"].kept == int(mask.sum())
     finetune(m, tiny_data(), TrainConfig(epochs=1, lr=0.5, batch_size=16, weight_decay=0.0),
              progress=False, eval_each_epoch=False)
     assert torch.all(m.fc1.weight[:, ::2] == 0)
     assert torch.all(m.conv.weight[~mask] == 0)
     ex = export_shared(m)
-    assert ex["fc1.weight"].mask is not None and ex["fc1.weight"].indices.size == rows["fc1"].kept
+    assert ex["fc1.weight"].mask is not None and ex["fc1.weight"].indices.size == rows["fc1.weight"].kept
     assert ex["fc2.weight"].mask is None
     for key, t in ex.items():
         mod = dict(m.named_modules())[key[:-len(".weight")]]
@@ -140,7 +140,7 @@ def test_pruned_weights_stay_zero_and_own_no_index():
 
 def test_finetune_trains_only_codebooks_and_biases():
     m = net()
-    share_weights(m, 3, layers=["fc"])  # conv stays float (and frozen)
+    share_weights(m, 3, targets=["fc"])  # conv stays float (and frozen)
     conv_w = m.conv.weight.detach().clone()
     cb = m.fc1.weight_codebook.detach().clone()
     keep = finetune_filter(m)
@@ -157,12 +157,12 @@ def test_finetune_trains_only_codebooks_and_biases():
 def test_bits_resolution_and_report():
     m = net()
     rows = {r.name: r for r in share_weights(m, {"fc2": 1, "fc": 3})}
-    assert rows["conv"].bits == 8 and rows["fc1"].bits == 3 and rows["fc2"].bits == 1
-    r = rows["fc1"]
+    assert rows["conv.weight"].bits == 8 and rows["fc1.weight"].bits == 3 and rows["fc2.weight"].bits == 1
+    r = rows["fc1.weight"]
     assert r.k_used == 8 and r.index_bits == 0
     assert r.storage_bits == r.params * 3 + r.k_used * 32
-    assert rows["conv"].k_used <= 36  # fewer weights than 2^8: one centroid per value
-    assert rows["conv"].inertia == 0.0
+    assert rows["conv.weight"].k_used <= 36  # fewer weights than 2^8: one centroid per value
+    assert rows["conv.weight"].inertia == 0.0
     d = r.as_dict()
     assert d["storage_bits"] == r.storage_bits and d["shape"] == [16, 144]
 
@@ -194,20 +194,20 @@ def test_bad_patterns_init_and_values():
     with pytest.raises(ConfigError, match="matches no"):
         share_weights(net(), {"nope*": 3})
     with pytest.raises(ConfigError, match="matches no"):
-        share_weights(net(), 3, layers=["nope"])
+        share_weights(net(), 3, targets=["nope"])
     with pytest.raises(ConfigError, match="unknown init"):
         share_weights(net(), 3, init="kmeans++")
     m = net()
     with torch.no_grad():
         m.fc1.weight[0, 0] = float("nan")
-    with pytest.raises(ConfigError, match="'fc1' has NaN or inf"):
+    with pytest.raises(ConfigError, match="'fc1.weight' has NaN or inf"):
         share_weights(m, 3)
     m = net()
     with torch.no_grad():
         m.fc2.weight.zero_()
-    with pytest.raises(ConfigError, match="'fc2' has no surviving"):
+    with pytest.raises(ConfigError, match="'fc2.weight' has no surviving"):
         share_weights(m, 3)
-    with pytest.raises(ConfigError, match="no Linear or Conv"):
+    with pytest.raises(ConfigError, match="Sequential has no compressible tensor"):
         share_weights(nn.Sequential(nn.ReLU()), 3)
 
 

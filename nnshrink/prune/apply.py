@@ -1,4 +1,4 @@
-"""``prune_model``: choose layers by pattern, run each layer's criterion, install masks."""
+"""``prune_model``: choose tensors by pattern, run each one's criterion, install masks."""
 
 from __future__ import annotations
 
@@ -9,68 +9,62 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from ..errors import ConfigError
+from ..select import compressible, get_param, owner, resolve
 from .criteria import Criterion, make_criterion
-from .masks import LayerStats, get_mask, match_layers, select_layers, set_mask
+from .masks import LayerStats, module_masks, set_mask, track
 
 
-def resolve_criteria(model: nn.Module, criterion, *, layers=None, exclude=None,
+def resolve_criteria(model: nn.Module, criterion, *, include=None, exclude=None,
                      overrides: Mapping | None = None) -> dict[str, Criterion | None]:
-    """``{layer name: criterion}`` for every selected layer (None = leave dense).
+    """``{tensor name: criterion}`` for every compressible tensor (None = leave dense).
 
-    ``overrides`` maps name patterns to a criterion, a float (target sparsity) or None;
-    the first matching pattern wins, and an override may name a layer outside ``layers``.
+    ``criterion`` applies to the tensors ``include`` / ``exclude`` select; ``overrides``
+    maps name patterns (see ``nnshrink.select``) to a criterion, a float (target
+    sparsity) or None, the first matching pattern wins, and may name any tensor.
     """
-    chosen = select_layers(model, layers, exclude)
+    chosen = compressible(model, include, exclude)
+    try:
+        universe = {**compressible(model), **chosen}
+    except ConfigError:  # only explicitly included parameters
+        universe = dict(chosen)
     default = make_criterion(criterion) if criterion is not None else None
-    plan: dict[str, Criterion | None] = {n: default for n in chosen}
-    if overrides:
-        if not isinstance(overrides, Mapping):
-            raise ConfigError(f"overrides must map layer patterns to criteria; got {type(overrides).__name__}")
-        all_layers = list(select_layers(model))
-        done: set[str] = set()
-        for pat, spec in overrides.items():
-            crit = None if spec is None else make_criterion(spec)
-            for n in match_layers(all_layers, pat, "override pattern"):
-                if n not in done:
-                    plan[n] = crit
-                    done.add(n)
-    return plan
+    if overrides is not None and not isinstance(overrides, Mapping):
+        raise ConfigError(f"overrides must map tensor patterns to criteria; got {type(overrides).__name__}")
+    table = {pat: None if spec is None else make_criterion(spec) for pat, spec in (overrides or {}).items()}
+    return resolve(table, universe, lambda t: default if t.name in chosen else None, what="prune override")
 
 
 @torch.no_grad()
-def prune_model(model: nn.Module, criterion=None, *, layers=None, exclude=None,
+def prune_model(model: nn.Module, criterion=None, *, include=None, exclude=None,
                 overrides: Mapping | None = None) -> list[LayerStats]:
-    """Prune ``model`` in place; returns one LayerStats per pruned layer's weight.
+    """Prune ``model`` in place; returns one LayerStats per pruned tensor.
 
-    ``criterion``: a Criterion, a float (per-layer target sparsity) or a string (see
-    ``make_criterion``). Masks already present only shrink. Biases stay dense.
+    ``criterion``: a Criterion, a float (per-tensor target sparsity) or a string (see
+    ``make_criterion``). Masks already present only shrink. Biases and norms stay dense.
     """
-    plan = resolve_criteria(model, criterion, layers=layers, exclude=exclude, overrides=overrides)
-    mods = dict(model.named_modules())
+    plan = {n: c for n, c in resolve_criteria(model, criterion, include=include, exclude=exclude,
+                                              overrides=overrides).items() if c is not None}
+    if not plan:
+        raise ConfigError("nothing to prune: every selected tensor is overridden to stay dense")
+    targets = compressible(model, include=list(plan))  # names are exact patterns
     groups: dict[Criterion, dict[str, tuple[torch.Tensor, torch.Tensor]]] = {}
-    for name, crit in plan.items():
-        if crit is None:
-            continue
-        w = mods[name].weight
-        m = get_mask(mods[name])
-        if m is None:
-            m = torch.ones_like(w, dtype=torch.bool)
-        groups.setdefault(crit, {})[name] = (w.detach(), m)
-    if not groups:
-        raise ConfigError("nothing to prune: every selected layer is overridden to stay dense")
-    rows = []
+    for t in targets.values():
+        crit = plan[t.name]
+        w = get_param(model, t).detach()
+        m = module_masks(owner(model, t)).get(t.param_name)
+        groups.setdefault(crit, {})[t.name] = (w, torch.ones_like(w, dtype=torch.bool) if m is None else m)
     distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-    for crit, layer_group in groups.items():
-        for name, mask in crit.select(layer_group).items():
+    for crit, group in groups.items():
+        for name, mask in crit.select(group).items():
             if distributed:  # every rank takes rank 0's mask, so DDP replicas never diverge
                 flat = mask.to(torch.uint8).contiguous()
                 dist.broadcast(flat, src=0)
                 mask = flat.to(torch.bool)
-            set_mask(mods[name], mask)
-    for name, crit in plan.items():
-        if crit is None:
-            continue
-        w = mods[name].weight
-        label = f"{name}.weight" if name else "weight"
-        rows.append(LayerStats(label, tuple(w.shape), w.numel(), int(torch.count_nonzero(w))))
+            t = targets[name]
+            set_mask(owner(model, t), mask, t.param_name)
+    track(model)
+    rows = []
+    for t in targets.values():
+        w = get_param(model, t)
+        rows.append(LayerStats(t.name, tuple(w.shape), w.numel(), int(torch.count_nonzero(w))))
     return rows

@@ -1,8 +1,8 @@
 """Iterative pruning: several prune -> retrain rounds with rising sparsity.
 
 Retraining goes through ``nnshrink.train.fit`` (so DDP under torchrun works unchanged)
-at 1/10 of the original learning rate by default, with ``reapply_masks`` as an
-after-step hook; surviving weights keep their values (no re-initialisation).
+at 1/10 of the original learning rate by default; the masks keep pruned weights at zero
+through any optimizer (see masks.py); surviving weights keep their values.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from ..errors import ConfigError
 from ..train import TrainConfig, evaluate, fit
 from .apply import prune_model
 from .criteria import Criterion, make_criterion
-from .masks import LayerStats, reapply_masks, scale_dropout, sparsity_report, total_kept
+from .masks import LayerStats, scale_dropout, sparsity_report, total_kept
 
 
 @dataclass
@@ -85,7 +85,7 @@ def iterative_prune(
     lr_scale: float = 0.1,
     epochs_per_round: float | None = None,
     final_epochs: float | None = None,
-    layers=None,
+    include=None,
     exclude=None,
     device="cpu",
     progress: bool = True,
@@ -96,8 +96,8 @@ def iterative_prune(
 
     ``schedule``: a list with one target per round, or one final target plus ``rounds``
     (see ``ramp``). A target is a Criterion, a float (uniform per-layer sparsity), a
-    string (``make_criterion``), or a dict {layer pattern: target or None} giving every
-    layer its own (patterns not listed stay as they are that round).
+    string (``make_criterion``), or a dict {tensor pattern: target or None} giving every
+    tensor its own (patterns not listed stay as they are that round).
     Retraining: ``train_cfg`` with lr * ``lr_scale``, ``epochs_per_round`` epochs
     (default ``train_cfg.epochs``), the last round ``final_epochs`` (default same).
     """
@@ -121,15 +121,15 @@ def iterative_prune(
     for i, target in enumerate(targets):
         t0 = time.perf_counter()
         if isinstance(target, Mapping):
-            stats = prune_model(model, None, layers=layers, exclude=exclude, overrides=target)
+            stats = prune_model(model, None, include=include, exclude=exclude, overrides=target)
         else:
-            stats = prune_model(model, target, layers=layers, exclude=exclude)
+            stats = prune_model(model, target, include=include, exclude=exclude)
         if dropout_scaling and isinstance(d_original, float):
             scale_dropout(model, d_original)
         pruned_top1 = evaluate(model, data, device=device) if evaluate_rounds else None
         epochs = final_epochs if (i == len(targets) - 1 and final_epochs is not None) else epochs_per_round
         cfg = retrain if epochs is None else retrain.replace(epochs=epochs)
-        fit(model, data, cfg.replace(seed=train_cfg.seed + i), device=device, after_step=[reapply_masks],
+        fit(model, data, cfg.replace(seed=train_cfg.seed + i), device=device,
             eval_each_epoch=False, progress=progress, desc=f"prune round {i + 1}/{len(targets)}")
         top1 = evaluate(model, data, device=device) if evaluate_rounds else None
         report.rounds.append(RoundReport(i + 1, _describe(target), total_kept(stats)[2], pruned_top1, top1,

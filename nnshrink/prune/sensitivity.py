@@ -16,7 +16,8 @@ from ..data import Dataset
 from ..errors import ConfigError
 from ..train import evaluate
 from .criteria import TargetSparsity, _check_sparsity
-from .masks import select_layers
+from ..select import compressible, get_param, owner
+from .masks import module_masks
 
 DEFAULT_STEPS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.97, 0.99)
 
@@ -43,24 +44,28 @@ def check_steps(steps) -> list[float]:
 @torch.no_grad()
 def sensitivity_sweep(model: nn.Module, data: Dataset, *, steps=DEFAULT_STEPS, layers=None, exclude=None,
                       device="cpu", progress: bool = False) -> SensitivityResult:
-    """Top-1 with each selected layer alone pruned to each sparsity in ``steps``.
+    """Top-1 with each selected tensor alone pruned to each sparsity in ``steps``.
 
+    ``layers`` / ``exclude``: patterns as in ``nnshrink.select``. Curves are keyed by
+    module name for a module's ``weight``, else by tensor name (both work as patterns).
     The model is restored after every step (it comes back unchanged).
     """
     steps = check_steps(steps)
-    chosen = select_layers(model, layers, exclude)
+    chosen = compressible(model, layers, exclude)
     model.to(device)
     result = SensitivityResult(evaluate(model, data, device=device), steps)
-    for name, mod in chosen.items():
-        saved = mod.weight.detach().clone()
-        base_mask = mod._buffers.get("weight_mask")
+    for t in chosen.values():
+        name = t.module_name if t.param_name == "weight" and t.module_name else t.name
+        w = get_param(model, t)
+        saved = w.detach().clone()
+        base_mask = module_masks(owner(model, t)).get(t.param_name)
         base_mask = torch.ones_like(saved, dtype=torch.bool) if base_mask is None else base_mask
         curve = []
         for s in steps:
             mask = TargetSparsity(s)(saved, base_mask)
-            mod.weight.mul_(mask)
+            w.mul_(mask)
             curve.append(evaluate(model, data, device=device))
-            mod.weight.copy_(saved)
+            w.copy_(saved)
             if progress:
                 print(f"  {name:<20} sparsity {s:5.2f}: top-1 {curve[-1]:.4f}", flush=True)
         result.curves[name] = curve

@@ -1,22 +1,25 @@
 """Trained weight sharing (Deep Compression section 3): codebook layers you can fine-tune.
 
-``share_weights`` clusters each chosen Linear / Conv layer's SURVIVING weights (never
-across layers) into k <= 2^b centroids and turns the layer into ``codebook[index]``.
+``share_weights`` clusters each compressible tensor's SURVIVING weights (never across
+tensors; see ``nnshrink.select``: Linear, Conv, Embedding, attention in_proj, named
+parameters) into k <= 2^b centroids and turns the tensor into ``codebook[index]``.
 
-Mechanism (why the state_dict stays clean): the module's class is swapped for a
-subclass whose ``weight`` is a property returning ``codebook[index]`` through
-:class:`_Gather` (pruned positions index one extra slot pinned at 0.0, so they stay
-exactly zero and own no index). The codebook is the Parameter ``weight_codebook``; the
-index is a non-persistent buffer ``weight_index``. The original ``weight`` Parameter is
-kept, frozen (requires_grad=False) and refreshed to the shared values, so
-``state_dict()`` keys are exactly the user's (``weight``, ``bias``): saving writes the
-shared weights as a plain tensor and drops ``weight_codebook``; loading a plain state
-into a shared layer re-fits each centroid as the mean of the loaded weights of its
-cluster. A shared model therefore checkpoints as a plain model.
+Mechanism (why the state_dict stays clean): the owning module's class is swapped for a
+subclass whose attribute (``weight``, ``in_proj_weight``, ...) is a property returning
+``codebook[index]`` through :class:`_Gather` (pruned positions index one extra slot pinned
+at 0.0, so they stay exactly zero and own no index). The codebook is the Parameter
+``<param>_codebook`` and the index the non-persistent buffer ``<param>_index``, both on
+the owning module. The original Parameter is kept, frozen (requires_grad=False, so no
+optimizer, weight decay included, ever moves it) and refreshed to the shared values, so
+``state_dict()`` keys are exactly the user's: saving writes the shared weights as a plain
+tensor and drops the codebook; loading a plain state into a shared layer re-fits each
+centroid as the mean of the loaded weights of its cluster. The swapped class pickles as
+(its base class, the shared names), so ``copy.deepcopy`` and ``torch.save`` of the whole
+module work for any base class.
 
-Fine-tuning is the ordinary ``nnshrink.train.fit`` loop with
-``param_filter=finetune_filter(model)`` (codebooks + biases + norm parameters; float
-Linear/Conv weights frozen). The gradient of a centroid is the SUM of the gradients of
+Fine-tuning is the user's own loop or ``nnshrink.train.fit`` with
+``param_filter=finetune_filter(model)`` (codebooks + biases + norm parameters; unshared
+compressible tensors frozen). The gradient of a centroid is the SUM of the gradients of
 the weights sharing it (paper Eq. 3), which ``_Gather.backward`` computes with one
 ``index_add``. ``strip`` bakes the shared values back into a plain model.
 
@@ -28,7 +31,6 @@ steps: SGD momentum 0.9 at lr 5e-3 diverges to 10% top-1, at 5e-4 it holds); Ada
 
 from __future__ import annotations
 
-import fnmatch
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -38,13 +40,20 @@ from torch.nn.utils import parametrize
 
 from ..compressed import SharedTensor
 from ..errors import ConfigError
+from ..prune.masks import module_masks
+from ..select import DEFAULT_BITS, DEFAULT_INDEX_BITS, Target, compressible, owner, resolve
 from .kmeans import INITS, kmeans_1d_full
 
-CODEBOOK = "weight_codebook"
+CODEBOOK = "weight_codebook"  # the codebook of a module's ``weight``
 INDEX = "weight_index"
-MASK = "weight_mask"  # the pruning stage's non-persistent mask buffer, if present
-DEFAULT_BITS = {"conv": 8, "fc": 5}
-DEFAULT_INDEX_BITS = {"conv": 8, "fc": 5}  # relative-index width of the paper's text
+
+
+def codebook_name(param_name: str) -> str:
+    return param_name + "_codebook"
+
+
+def index_name(param_name: str) -> str:
+    return param_name + "_index"
 
 
 # ----------------------------------------------------------------------------- autograd
@@ -71,88 +80,100 @@ def centroid_grad(weight_grad: torch.Tensor, index: torch.Tensor, k: int) -> tor
     return weight_grad.new_zeros(k).index_add_(0, idx[keep], weight_grad.reshape(-1)[keep])
 
 
-def _expanded(module: nn.Module) -> torch.Tensor:
-    cb = module._parameters[CODEBOOK]
+def _expanded(module: nn.Module, p_name: str = "weight") -> torch.Tensor:
+    cb = module._parameters[codebook_name(p_name)]
     table = torch.cat([cb, cb.new_zeros(1)])  # last slot: pruned positions, always 0.0
-    return _Gather.apply(table, module._buffers[INDEX])
+    return _Gather.apply(table, module._buffers[index_name(p_name)])
 
 
 # ----------------------------------------------------------------------------- the layer
-def _get_weight(self) -> torch.Tensor:
-    w = _expanded(self)
-    with torch.no_grad():  # keep the stored (frozen) copy current for reports / hooks
-        self._parameters["weight"].copy_(w)
-    return w
+def _shared_property(p_name: str) -> property:
+    def get(self) -> torch.Tensor:
+        w = _expanded(self, p_name)
+        with torch.no_grad():  # keep the stored (frozen) copy current for reports / hooks
+            self._parameters[p_name].copy_(w)
+        return w
+
+    return property(get)
 
 
 def _save_to_state_dict(self, destination, prefix, keep_vars):
     with torch.no_grad():
-        self._parameters["weight"].copy_(_expanded(self))
+        for p_name in self._nnshrink_shared:
+            self._parameters[p_name].copy_(_expanded(self, p_name))
     super(type(self), self)._save_to_state_dict(destination, prefix, keep_vars)
-    destination.pop(prefix + CODEBOOK, None)
+    for p_name in self._nnshrink_shared:
+        destination.pop(prefix + codebook_name(p_name), None)
 
 
 def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                           unexpected_keys, error_msgs):
     super(type(self), self)._load_from_state_dict(state_dict, prefix, local_metadata, strict,
                                                   missing_keys, unexpected_keys, error_msgs)
-    key = prefix + CODEBOOK
-    if key in missing_keys:
-        missing_keys.remove(key)
-    if prefix + "weight" in state_dict and not error_msgs:
-        with torch.no_grad():  # re-fit: each centroid = mean of the loaded weights of its cluster
-            cb = self._parameters[CODEBOOK]
-            idx = self._buffers[INDEX].reshape(-1).long()
-            w = self._parameters["weight"].detach().reshape(-1)
-            k = cb.shape[0]
-            keep = idx < k
-            sums = torch.zeros(k, dtype=w.dtype, device=w.device).index_add_(0, idx[keep], w[keep])
-            cnt = torch.bincount(idx[keep], minlength=k).to(w.dtype)
-            cb.copy_(torch.where(cnt > 0, sums / cnt.clamp(min=1), cb))
-            self._parameters["weight"].copy_(_expanded(self))
+    for p_name in self._nnshrink_shared:
+        key = prefix + codebook_name(p_name)
+        if key in missing_keys:
+            missing_keys.remove(key)
+        if prefix + p_name in state_dict and not error_msgs:
+            _refit(self, p_name)
 
 
-_CLASSES: dict[type, type] = {}
+@torch.no_grad()
+def _refit(module: nn.Module, p_name: str) -> None:
+    """Each centroid = mean of the stored weights of its cluster (after loading a plain state)."""
+    cb = module._parameters[codebook_name(p_name)]
+    idx = module._buffers[index_name(p_name)].reshape(-1).long()
+    w = module._parameters[p_name].detach().reshape(-1)
+    k = cb.shape[0]
+    keep = idx < k
+    sums = torch.zeros(k, dtype=w.dtype, device=w.device).index_add_(0, idx[keep], w[keep])
+    cnt = torch.bincount(idx[keep], minlength=k).to(w.dtype)
+    cb.copy_(torch.where(cnt > 0, sums / cnt.clamp(min=1), cb))
+    module._parameters[p_name].copy_(_expanded(module, p_name))
 
 
-def _shared_class(base: type) -> type:
-    cls = _CLASSES.get(base)
+def _reduce_ex(self, protocol):
+    """Pickle / deepcopy as (base class, shared names) + state: works for any base class."""
+    return _rebuild, (type(self)._nnshrink_shared_base, type(self)._nnshrink_shared), self.__dict__
+
+
+def _rebuild(base: type, names: tuple[str, ...]) -> nn.Module:
+    return object.__new__(_shared_class(base, names))
+
+
+_CLASSES: dict[tuple[type, tuple[str, ...]], type] = {}
+
+
+def _shared_class(base: type, names: tuple[str, ...]) -> type:
+    """The subclass of ``base`` whose ``names`` attributes are computed from codebooks."""
+    names = tuple(sorted(names))
+    cls = _CLASSES.get((base, names))
     if cls is None:
-        name = f"Shared{base.__name__}"
-        cls = type(name, (base,), {
-            "weight": property(_get_weight),
-            "_save_to_state_dict": _save_to_state_dict,
-            "_load_from_state_dict": _load_from_state_dict,
-            "_nnshrink_shared_base": base,
-            "__module__": __name__,
-        })
-        if name not in globals():  # picklable by name for the common bases
-            globals()[name] = cls
-            cls.__qualname__ = name
-        _CLASSES[base] = cls
+        attrs = {p: _shared_property(p) for p in names}
+        attrs.update(_save_to_state_dict=_save_to_state_dict, _load_from_state_dict=_load_from_state_dict,
+                     __reduce_ex__=_reduce_ex, _nnshrink_shared_base=base, _nnshrink_shared=names,
+                     __module__=base.__module__)
+        cls = type(f"Shared{base.__name__}", (base,), attrs)
+        cls.__qualname__ = f"Shared{base.__qualname__}"
+        _CLASSES[(base, names)] = cls
     return cls
 
 
+def shared_params(module: nn.Module) -> tuple[str, ...]:
+    """Names of the shared parameters of ``module`` itself (empty when not shared)."""
+    return getattr(type(module), "_nnshrink_shared", ())
+
+
 def is_shared(module: nn.Module) -> bool:
-    return getattr(type(module), "_nnshrink_shared_base", None) is not None
+    return bool(shared_params(module))
 
 
 def shared_modules(model: nn.Module) -> dict[str, nn.Module]:
     return {n: m for n, m in model.named_modules() if is_shared(m)}
 
 
-# ----------------------------------------------------------------------------- selection
-def layer_kind(module: nn.Module) -> str | None:
-    """"fc" for Linear, "conv" for ConvNd, None for anything else."""
-    if isinstance(module, nn.Linear):
-        return "fc"
-    if isinstance(module, nn.modules.conv._ConvNd):
-        return "conv"
-    return None
-
-
-def _matches(name: str, kind: str, pat: str) -> bool:
-    return pat == kind or fnmatch.fnmatchcase(name, pat) or fnmatch.fnmatchcase(f"{name}.weight", pat)
+def _base(module: nn.Module) -> type:
+    return getattr(type(module), "_nnshrink_shared_base", type(module))
 
 
 def _check_bits(b, where: str) -> int:
@@ -161,43 +182,14 @@ def _check_bits(b, where: str) -> int:
     return int(b)
 
 
-def select_shareable(model: nn.Module, layers=None) -> dict[str, nn.Module]:
-    """Linear / Conv layers by name; ``layers`` patterns (fnmatch, or "fc" / "conv" for a
-    whole kind) narrow the choice, and each pattern must match something."""
-    found = {n: m for n, m in model.named_modules() if layer_kind(m) is not None}
-    if not found:
-        raise ConfigError(f"model {type(model).__name__} has no Linear or Conv layer to share")
-    if layers is None:
-        return found
-    if isinstance(layers, str):
-        layers = [layers]
-    out = {}
-    for pat in layers:
-        if not isinstance(pat, str) or not pat:
-            raise ConfigError(f"layer pattern must be a non-empty string; got {pat!r}")
-        hit = [n for n, m in found.items() if _matches(n, layer_kind(m), pat)]
-        if not hit:
-            raise ConfigError(f"layer pattern {pat!r} matches no Linear/Conv layer; layers are: {', '.join(found)}")
-        out.update({n: found[n] for n in hit})
-    return {n: out[n] for n in found if n in out}
-
-
-def resolve_bits(layers: dict[str, nn.Module], bits=None) -> dict[str, int]:
-    """Bits per layer: an int for all, or {pattern: b} (first matching pattern wins; a
-    pattern may be "fc" / "conv"; unmatched layers get the defaults conv 8 / fc 5)."""
+def resolve_bits(targets: dict[str, Target], bits=None) -> dict[str, int]:
+    """Bits per tensor: an int for all, or {pattern: b} (first matching pattern wins; see
+    ``nnshrink.select``); unmatched tensors get ``select.DEFAULT_BITS`` of their kind."""
     if bits is None or isinstance(bits, dict):
-        table = dict(bits or {})
-        for pat, b in table.items():
-            _check_bits(b, f" for pattern {pat!r}")
-            if not any(_matches(n, layer_kind(m), pat) for n, m in layers.items()):
-                raise ConfigError(f"bits pattern {pat!r} matches no selected layer; layers are: {', '.join(layers)}")
-        out = {}
-        for n, m in layers.items():
-            kind = layer_kind(m)
-            out[n] = next((int(b) for pat, b in table.items() if _matches(n, kind, pat)), DEFAULT_BITS[kind])
-        return out
+        table = {pat: _check_bits(b, f" for pattern {pat!r}") for pat, b in (bits or {}).items()}
+        return resolve(table, targets, lambda t: DEFAULT_BITS[t.kind], what="bits")
     b = _check_bits(bits, "")
-    return {n: b for n in layers}
+    return {n: b for n in targets}
 
 
 # ----------------------------------------------------------------------------- report
@@ -248,88 +240,93 @@ def relative_index_entries(mask: np.ndarray | None, index_bits: int) -> int:
 
 
 # ----------------------------------------------------------------------------- verbs
-def _kept_mask(name: str, module: nn.Module, w: torch.Tensor) -> torch.Tensor:
-    mask = module._buffers.get(MASK)
+def _kept_mask(t: Target, module: nn.Module, w: torch.Tensor) -> torch.Tensor:
+    mask = module_masks(module).get(t.param_name)
     if mask is not None:
-        mask = mask.to(device=w.device, dtype=torch.bool)
-        if mask.shape != w.shape:
-            raise ConfigError(f"layer {name!r}: weight_mask shape {tuple(mask.shape)} does not fit weight {tuple(w.shape)}")
-        return mask
+        return mask.to(device=w.device, dtype=torch.bool)
     return w != 0
 
 
 @torch.no_grad()
-def _share_layer(name: str, module: nn.Module, bits: int, init: str, seed: int, max_iter: int,
-                 index_bits: int | None) -> ShareRow:
-    if parametrize.is_parametrized(module, "weight"):
-        raise ConfigError(f"layer {name!r} has a torch parametrization on weight; remove it before sharing")
-    if is_shared(module):
-        strip_module(module)
-    w = module.weight.detach()
+def _share_tensor(module: nn.Module, t: Target, bits: int, init: str, seed: int, max_iter: int,
+                  index_bits: int | None) -> ShareRow:
+    p_name = t.param_name
+    if parametrize.is_parametrized(module, p_name):
+        raise ConfigError(f"{t.name!r} has a torch parametrization; remove it before sharing")
+    if p_name in shared_params(module):
+        _strip_param(module, p_name)
+    w = module._parameters[p_name].detach()
     if not torch.isfinite(w).all():
-        raise ConfigError(f"layer {name!r} has NaN or inf weights; cannot share them")
-    kept = _kept_mask(name, module, w)
+        raise ConfigError(f"{t.name!r} has NaN or inf weights; cannot share them")
+    kept = _kept_mask(t, module, w)
     n_kept = int(kept.sum())
     if n_kept == 0:
-        raise ConfigError(f"layer {name!r} has no surviving (nonzero) weights; nothing to share "
-                          "(leave it out with layers=...)")
+        raise ConfigError(f"{t.name!r} has no surviving (nonzero) weights; nothing to share "
+                          "(leave it out with targets=...)")
     vals = w[kept].to("cpu", torch.float32).numpy()
     res = kmeans_1d_full(vals, 2 ** bits, init=init, seed=seed, max_iter=max_iter)
     k = res.k_used
     index = torch.full(w.shape, k, dtype=torch.int32, device=w.device)  # int32: half of int64's memory
     index[kept] = torch.from_numpy(res.labels).to(w.device)
-    param = module._parameters["weight"]
-    module.__class__ = _shared_class(type(module))
-    module._nnshrink_weight_requires_grad = param.requires_grad
-    module._nnshrink_bits = bits
+    param = module._parameters[p_name]
+    module.__class__ = _shared_class(_base(module), shared_params(module) + (p_name,))
+    module.__dict__.setdefault("_nnshrink_requires_grad", {})[p_name] = param.requires_grad
+    module.__dict__.setdefault("_nnshrink_bits", {})[p_name] = bits
     param.requires_grad_(False)
-    module.register_parameter(CODEBOOK, nn.Parameter(torch.from_numpy(res.centroids).to(w.device, w.dtype)))
-    module.register_buffer(INDEX, index, persistent=False)
-    param.copy_(_expanded(module))
-    kind = layer_kind(module)
+    module.register_parameter(codebook_name(p_name), nn.Parameter(torch.from_numpy(res.centroids).to(w.device, w.dtype)))
+    module.register_buffer(index_name(p_name), index, persistent=False)
+    param.copy_(_expanded(module, p_name))
     dense = n_kept == w.numel()
-    ib = 0 if dense else (index_bits if index_bits is not None else DEFAULT_INDEX_BITS[kind])
+    ib = 0 if dense else (index_bits if index_bits is not None else DEFAULT_INDEX_BITS[t.kind])
     entries = n_kept if dense else relative_index_entries(kept.cpu().numpy(), ib)
-    return ShareRow(name, kind, tuple(w.shape), w.numel(), n_kept, bits, k, res.inertia, init,
+    return ShareRow(t.name, t.kind, tuple(w.shape), w.numel(), n_kept, bits, k, res.inertia, init,
                     res.n_iter, ib, entries)
 
 
-def share_weights(model: nn.Module, bits: int | dict[str, int] | None = None, *, init: str = "linear",
-                  layers=None, seed: int = 0, max_iter: int = 100_000,
+def share_weights(model: nn.Module, bits: int | dict[str, int] | None = None, *, targets=None,
+                  init: str = "linear", seed: int = 0, max_iter: int = 100_000,
                   index_bits: int | None = None) -> list[ShareRow]:
-    """Share the weights of ``model``'s Linear/Conv layers in place; one report row per layer.
+    """Share the compressible tensors of ``model`` in place; one report row per tensor.
 
-    ``bits``: int for every layer, or {pattern: b} with defaults conv 8 / fc 5 (see
-    ``resolve_bits``). Surviving weights are those where ``weight_mask`` (pruning's buffer)
-    is True, or, without a mask, the nonzero ones. ``index_bits`` only sets the sparse
-    index width used for the storage estimate (default fc 5 / conv 8).
+    ``bits``: int for every tensor, or {pattern: b} with ``select.DEFAULT_BITS`` per kind
+    for the rest. ``targets``: None (every compressible tensor), include patterns, or a
+    ``{name: Target}`` dict from ``select.compressible``. Surviving weights are those
+    where the pruning mask is True, or, without a mask, the nonzero ones. ``index_bits``
+    only sets the sparse index width of the storage estimate (default per kind).
     """
     if init not in INITS:
         raise ConfigError(f"unknown init {init!r}; choose one of {', '.join(INITS)}")
     if index_bits is not None and (isinstance(index_bits, bool) or not isinstance(index_bits, int)
                                    or not 1 <= index_bits <= 16):
         raise ConfigError(f"index_bits must be an integer in 1..16; got {index_bits!r}")
-    chosen = select_shareable(model, layers)
-    per_layer = resolve_bits(chosen, bits)
+    chosen = targets if isinstance(targets, dict) else compressible(model, include=targets)
+    per_tensor = resolve_bits(chosen, bits)
     rows = []
-    for i, (name, mod) in enumerate(chosen.items()):
-        rows.append(_share_layer(name, mod, per_layer[name], init, seed + i, max_iter, index_bits))
+    for i, (name, t) in enumerate(chosen.items()):
+        rows.append(_share_tensor(owner(model, t), t, per_tensor[name], init, seed + i, max_iter, index_bits))
     return rows
 
 
 @torch.no_grad()
-def strip_module(module: nn.Module) -> nn.Module:
-    """Undo sharing on one layer: a plain layer whose weight holds the shared values."""
-    if not is_shared(module):
-        return module
-    w = _expanded(module).detach()
-    param = module._parameters["weight"]
+def _strip_param(module: nn.Module, p_name: str) -> None:
+    w = _expanded(module, p_name).detach()
+    param = module._parameters[p_name]
     param.copy_(w)
-    del module._parameters[CODEBOOK]
-    del module._buffers[INDEX]
-    module.__class__ = type(module)._nnshrink_shared_base
-    param.requires_grad_(module.__dict__.pop("_nnshrink_weight_requires_grad", True))
-    module.__dict__.pop("_nnshrink_bits", None)
+    del module._parameters[codebook_name(p_name)]
+    del module._buffers[index_name(p_name)]
+    rest = tuple(n for n in shared_params(module) if n != p_name)
+    module.__class__ = _shared_class(_base(module), rest) if rest else _base(module)
+    param.requires_grad_(module.__dict__.get("_nnshrink_requires_grad", {}).pop(p_name, True))
+    module.__dict__.get("_nnshrink_bits", {}).pop(p_name, None)
+    if not rest:
+        module.__dict__.pop("_nnshrink_requires_grad", None)
+        module.__dict__.pop("_nnshrink_bits", None)
+
+
+def strip_module(module: nn.Module) -> nn.Module:
+    """Undo sharing on one module: plain parameters holding the shared values."""
+    for p_name in shared_params(module):
+        _strip_param(module, p_name)
     return module
 
 
@@ -341,13 +338,15 @@ def strip(model: nn.Module) -> nn.Module:
 
 
 def finetune_filter(model: nn.Module, train_float_layers: bool = False):
-    """``param_filter`` for ``fit``: codebooks, biases and other small parameters train;
-    the weights of Linear/Conv layers that are not shared stay frozen unless asked."""
+    """``param_filter`` for ``fit``: codebooks, biases and norm parameters train; the
+    compressible tensors that are not shared stay frozen unless asked."""
     frozen = set()
     if not train_float_layers:
-        for name, mod in model.named_modules():
-            if layer_kind(mod) is not None and not is_shared(mod):
-                frozen.add(f"{name}.weight" if name else "weight")
+        try:
+            targets = compressible(model)
+        except ConfigError:  # nothing compressible: nothing to freeze
+            targets = {}
+        frozen = {n for n, t in targets.items() if t.param_name not in shared_params(owner(model, t))}
 
     def keep(name: str, p: nn.Parameter) -> bool:
         return name not in frozen
@@ -367,17 +366,17 @@ def finetune(model: nn.Module, data, cfg, *, train_float_layers: bool = False, *
 
 @torch.no_grad()
 def export_shared(model: nn.Module) -> dict[str, SharedTensor]:
-    """``{"<layer>.weight": SharedTensor}`` for every shared layer (uint8 indices over the
+    """``{tensor name: SharedTensor}`` for every shared tensor (uint8 indices over the
     kept positions in row-major order; mask None when every position is kept)."""
     out = {}
     for name, mod in shared_modules(model).items():
-        cb = mod._parameters[CODEBOOK].detach().to("cpu", torch.float32).numpy().copy()
-        idx = mod._buffers[INDEX].to("cpu").numpy()
-        k = len(cb)
-        kept = idx < k
-        bits = max(getattr(mod, "_nnshrink_bits", 1), int(np.ceil(np.log2(k))) if k > 1 else 1)
-        mask = None if kept.all() else np.ascontiguousarray(kept)
-        indices = np.ascontiguousarray(idx[kept].astype(np.uint8))
-        key = f"{name}.weight" if name else "weight"
-        out[key] = SharedTensor(tuple(idx.shape), cb, indices, bits, mask)
+        for p_name in shared_params(mod):
+            cb = mod._parameters[codebook_name(p_name)].detach().to("cpu", torch.float32).numpy().copy()
+            idx = mod._buffers[index_name(p_name)].to("cpu").numpy()
+            k = len(cb)
+            kept = idx < k
+            bits = max(mod._nnshrink_bits.get(p_name, 1), int(np.ceil(np.log2(k))) if k > 1 else 1)
+            mask = None if kept.all() else np.ascontiguousarray(kept)
+            indices = np.ascontiguousarray(idx[kept].astype(np.uint8))
+            out[f"{name}.{p_name}" if name else p_name] = SharedTensor(tuple(idx.shape), cb, indices, bits, mask)
     return out

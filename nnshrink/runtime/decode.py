@@ -38,7 +38,7 @@ def model_from_archive(arch, source: str) -> tuple[nn.Module, dict[str, Any]]:
     if name is None:
         held = info.get("class")
         raise CheckpointError(f"{source}: holds {'a ' + str(held) if held else 'a model'} that nnshrink does not "
-                              "build itself; load it with nnshrink.load(path, model=YourModel()), or use "
+                              "build itself; pass model= (a freshly built instance) to nnshrink.load, or use "
                               "`nnshrink decompress` for the tensors")
     config = meta.get("config") or {}
     model = model_from_state(name, config, arch.dense_state(), source=source)
