@@ -23,7 +23,7 @@ def _dense(value: torch.Tensor) -> DenseTensor:
     value = value.detach().cpu()
     if value.dtype in _NUMPY_LESS:
         value = value.float()
-    return DenseTensor(np.ascontiguousarray(value.numpy()))
+    return DenseTensor(value.contiguous().clone().numpy())  # a copy (not a view of the live tensor); 0-d stays 0-d
 
 
 @torch.no_grad()
