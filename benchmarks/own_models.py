@@ -4,7 +4,9 @@ Runs each example's ``main`` for real (full Fashion-MNIST; the example's own tra
 loop, then ``nnshrink.compress`` with the example's recipe, ``save``, ``nnshrink.load``
 into a fresh instance, top-1 of the loaded model), then the CLI on the ResNet's float
 checkpoint (``--model-factory examples.resnet_bn:build --data-factory
-examples.resnet_bn:loaders``). Single torch thread. Writes JSON and the BENCHMARKS section.
+examples.resnet_bn:loaders``), side by side in separate processes of one torch thread
+each. A float model cached by an earlier run of the same example with the same settings
+is reused (``--fresh`` retrains it). Writes JSON and the BENCHMARKS section.
 
     python benchmarks/own_models.py --json benchmarks/results/own_models.json \
         --section benchmarks/sections/15-own-models.md
@@ -30,6 +32,9 @@ COMMAND = ("python benchmarks/own_models.py --json benchmarks/results/own_models
 
 
 def run_example(name: str, out: Path, fresh: bool) -> dict:
+    import torch
+
+    torch.set_num_threads(1)
     mod = importlib.import_module(f"examples.{name}")
     argv = ["--out", str(out / name), "--threads", "1"] + (["--retrain"] if fresh else [])
     t0 = time.perf_counter()
@@ -88,11 +93,20 @@ def section(results: dict) -> str:
                      f"{r['drop_points']:+.2f} points | {r['original_bytes']:,} -> {r['archive_bytes']:,} B | "
                      f"**{r['ratio']:.1f}x** | >= {t['ratio_min']:g}x, drop <= {t['drop_max_points']:g} | "
                      f"{'yes' if t['met'] else 'NO'} |")
+    lines += ["", "The ladder (each rung a real archive of the model at that point; top-1 by the example's own",
+              "metric; the last rung is the saved file):", "",
+              "| model | " + " | ".join(r["rung"] for r in next(iter(results["examples"].values()))["ladder"]) + " |",
+              "|---|" + "---|" * len(next(iter(results["examples"].values()))["ladder"])]
+    for name, r in results["examples"].items():
+        cells = [f"{x['ratio']:.1f}x, {pct(x['top1'])}" for x in r["ladder"]]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines.append("")
     for name, r in results["examples"].items():
-        train = "cached" if r["train_cached"] else f"{r['train_seconds']:.0f} s"
-        lines.append(f"- {name}: training {r['epochs']:g} epochs ({train}), compression {r['compress_seconds']:.0f} s; "
-                     f"largest difference between the loaded and the in-process compressed model's outputs: "
+        trained = (f"{r['train_seconds']:.0f} s" if r["train_seconds"] else "time not recorded") + \
+            (", cached from an earlier run of the example" if r["train_cached"] else "")
+        lines.append(f"- {name}: float training {r['epochs']:g} epochs ({trained}); compression "
+                     f"{r['compress_seconds']:.0f} s (wall, on a busy shared machine); largest difference between "
+                     f"the loaded and the in-process compressed model's outputs: "
                      f"{r['max_abs_diff_loaded_vs_compressed']:.3g}.")
     cli = results.get("cli")
     if cli:
@@ -121,15 +135,25 @@ def main() -> None:
     ap.add_argument("--examples", default="resnet_bn,tiny_vit")
     ap.add_argument("--fresh", action="store_true", help="retrain the float models even when cached")
     ap.add_argument("--no-cli", action="store_true")
+    ap.add_argument("--jobs", type=int, default=3, help="runs side by side (each single-threaded)")
     args = ap.parse_args()
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
     import torch
 
     torch.set_num_threads(1)
-    results = {"machine": machine(), "command": COMMAND, "examples": {}}
-    for name in args.examples.split(","):
-        results["examples"][name] = run_example(name, args.out_dir, args.fresh)
-    if not args.no_cli and "resnet_bn" in results["examples"]:
-        results["cli"] = run_cli(args.out_dir)
+    names = args.examples.split(",")
+    results = {"machine": {**machine(), "torch_threads": 1, "jobs": args.jobs}, "command": COMMAND, "examples": {}}
+    cli_ready = not args.fresh and (args.out_dir / "resnet_bn" / "base.safetensors").is_file()
+    with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        runs = {name: pool.submit(run_example, name, args.out_dir, args.fresh) for name in names}
+        cli = pool.submit(run_cli, args.out_dir) if cli_ready and not args.no_cli and "resnet_bn" in names else None
+        results["examples"] = {name: f.result() for name, f in runs.items()}
+        if cli is None and not args.no_cli and "resnet_bn" in names:
+            cli = pool.submit(run_cli, args.out_dir)  # needs the float model the example trained
+        if cli is not None:
+            results["cli"] = cli.result()
     write_json(results, args.json)
     if args.section:
         Path(args.section).write_text(section(results))

@@ -1,8 +1,10 @@
-"""The user's side of the examples: DataLoaders, a plain training loop, top-1, a cache.
+"""What both examples share: the user's own DataLoaders, training loop and top-1, a
+cache for the trained float model, and ``run``, the walk-through itself.
 
-Nothing here drives compression. It is the code a user already has for their own
-model; the examples build ``fine_tune`` and ``evaluate`` from it and hand them to
-``nnshrink.compress``. Only the IDX reader comes from nnshrink (no torchvision needed).
+The loop and the metric are the code a user already has for their own model (only the
+IDX reader comes from nnshrink, so no torchvision is needed); ``run`` hands them to
+``nnshrink.compress`` as ``fine_tune`` and ``evaluate``, saves the archive, loads it into
+a freshly built model with ``nnshrink.load`` and evaluates that.
 """
 
 from __future__ import annotations
@@ -122,7 +124,8 @@ class Example:
 
 
 def parse_args(ex: Example, argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog=f"python -m examples.{ex.name}", description=ex.__doc__)
+    p = argparse.ArgumentParser(prog=f"python -m examples.{ex.name}",
+                                description="Train, compress, save, load and evaluate; see the module's docstring.")
     p.add_argument("--epochs", type=float, default=ex.epochs, help="training epochs of the float model")
     p.add_argument("--subset", type=int, default=None, help="use only the first N images of each split")
     p.add_argument("--out", type=Path, default=Path("runs") / ex.name, help="output folder (cache, archive, report)")
@@ -158,15 +161,16 @@ def run(ex: Example, argv: list[str] | None = None) -> dict:
     args.out.mkdir(parents=True, exist_ok=True)
     data = loaders(args.data_dir, args.subset)
     model, train_info = trained(ex, args, data)
+    params = sum(p.numel() for p in model.parameters())
     top1_float = evaluate(model, data[1])
+
+    def fine_tune(m: nn.Module, epochs: int) -> None:  # the same loop, gentler: a fraction of the lr
+        train(m, data[0], epochs, lr=ex.finetune_lr)
 
     recipe = recipe_from_dict(tomllib.loads(ex.recipe), ex.name)
     t0 = time.perf_counter()
-    result = nnshrink.compress(model, recipe,
-                               fine_tune=lambda m, epochs: train(m, data[0], epochs, lr=ex.finetune_lr),
-                               evaluate=lambda m: evaluate(m, data[1]))
+    result = nnshrink.compress(model, recipe, fine_tune=fine_tune, evaluate=lambda m: evaluate(m, data[1]))
     archive = args.out / f"{ex.name}.nsk"
-    archive.unlink(missing_ok=True)
     written = result.save(archive)
     compress_s = time.perf_counter() - t0
 
@@ -177,7 +181,7 @@ def run(ex: Example, argv: list[str] | None = None) -> dict:
         max_diff = float((loaded(probe) - result.model.eval()(probe)).abs().max())
     report = result.report
     summary = {
-        "example": ex.name, "params": sum(p.numel() for p in model.parameters()),
+        "example": ex.name, "params": params,
         "epochs": args.epochs, "subset": args.subset, "train_seconds": train_info["seconds"],
         "train_cached": train_info["cached"], "compress_seconds": compress_s,
         "original_bytes": report["original_bytes"], "archive_bytes": written,
