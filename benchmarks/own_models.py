@@ -61,7 +61,7 @@ def run_cli(out: Path) -> dict:
     nnshrink("compress", ckpt, "--model-factory", "examples.resnet_bn:build", "--data-factory",
              "examples.resnet_bn:loaders", "--recipe", recipe, "-o", nsk, "--json", rep, "--force", "--quiet")
     report = json.loads(rep.read_text())
-    return {"seconds": time.perf_counter() - t0, "original_bytes": report["original_bytes"],
+    return {"input": str(ckpt), "seconds": time.perf_counter() - t0, "original_bytes": report["original_bytes"],
             "compressed_bytes": report["compressed_bytes"], "file_bytes": nsk.stat().st_size,
             "ratio": report["ratio"], "top1_before": report.get("top1_before"),
             "top1_after": report.get("top1_after")}
@@ -110,8 +110,8 @@ def section(results: dict) -> str:
                      f"{r['max_abs_diff_loaded_vs_compressed']:.3g}.")
     cli = results.get("cli")
     if cli:
-        lines += ["", "The same float checkpoint through the command line (`nnshrink compress runs/own/resnet_bn/"
-                  "base.safetensors --model-factory examples.resnet_bn:build --data-factory "
+        lines += ["", f"The same float checkpoint through the command line (`nnshrink compress {cli['input']}"
+                  " --model-factory examples.resnet_bn:build --data-factory "
                   "examples.resnet_bn:loaders --recipe RECIPE.toml`, the CLI's own retraining loop): "
                   f"{cli['original_bytes']:,} -> {cli['compressed_bytes']:,} B, **{cli['ratio']:.1f}x**, top-1 "
                   f"{pct(cli['top1_before'])} -> {pct(cli['top1_after'])}, {cli['seconds']:.0f} s."]
@@ -131,12 +131,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json", default=None)
     ap.add_argument("--section", default=None, help="write the BENCHMARKS section (markdown) here")
-    ap.add_argument("--out-dir", type=Path, default=Path("runs/own"))
+    ap.add_argument("--out-dir", type=Path, default=Path("runs"))
     ap.add_argument("--examples", default="resnet_bn,tiny_vit")
     ap.add_argument("--fresh", action="store_true", help="retrain the float models even when cached")
     ap.add_argument("--no-cli", action="store_true")
     ap.add_argument("--jobs", type=int, default=3, help="runs side by side (each single-threaded)")
+    ap.add_argument("--from-json", default=None, help="only rewrite --section from this script's earlier JSON")
     args = ap.parse_args()
+    if args.from_json:
+        Path(args.section).write_text(section(json.loads(Path(args.from_json).read_text())))
+        return
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
