@@ -104,6 +104,9 @@ def section(results: dict) -> str:
     for name, r in results["examples"].items():
         trained = (f"{r['train_seconds']:.0f} s" if r["train_seconds"] else "time not recorded") + \
             (", cached from an earlier run of the example" if r["train_cached"] else "")
+        if r.get("from_earlier_invocation"):
+            lines.append(f"- {name}: this row comes from an earlier invocation of the same script (its example "
+                         "and recipe unchanged since).")
         lines.append(f"- {name}: float training {r['epochs']:g} epochs ({trained}); compression "
                      f"{r['compress_seconds']:.0f} s (wall, on a busy shared machine); largest difference between "
                      f"the loaded and the in-process compressed model's outputs: "
@@ -137,6 +140,8 @@ def main() -> None:
     ap.add_argument("--no-cli", action="store_true")
     ap.add_argument("--jobs", type=int, default=3, help="runs side by side (each single-threaded)")
     ap.add_argument("--from-json", default=None, help="only rewrite --section from this script's earlier JSON")
+    ap.add_argument("--keep-from", default=None,
+                    help="this script's earlier JSON: keep its rows for the examples not run now")
     args = ap.parse_args()
     if args.from_json:
         Path(args.section).write_text(section(json.loads(Path(args.from_json).read_text())))
@@ -158,6 +163,12 @@ def main() -> None:
             cli = pool.submit(run_cli, args.out_dir)  # needs the float model the example trained
         if cli is not None:
             results["cli"] = cli.result()
+    if args.keep_from:
+        earlier = json.loads(Path(args.keep_from).read_text())
+        for name, row in earlier["examples"].items():
+            results["examples"].setdefault(name, {**row, "from_earlier_invocation": True})
+        if "cli" not in results and "cli" in earlier:
+            results["cli"] = {**earlier["cli"], "from_earlier_invocation": True}
     write_json(results, args.json)
     if args.section:
         Path(args.section).write_text(section(results))

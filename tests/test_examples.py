@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import tomllib
 
 import pytest
 import torch
@@ -85,6 +86,7 @@ def test_cli_compresses_the_example_with_its_factories(tiny_idx_dir, tmp_path):
     assert report["compressed_bytes"] == out.stat().st_size and report["top1_after"] is not None
     weights = {r["name"]: r for r in report["layers"] if r["name"].endswith("weight") and len(r["shape"]) > 1}
     assert len(weights) == 11 and all(r["encoding"] == "shared" for r in weights.values())
-    assert weights["blocks.2.conv2.weight"]["nonzero"] == round(0.05 * 147456)  # the recipe's 95% sparsity
+    sparsity = tomllib.loads(resnet_bn.RECIPE)["prune"]["layers"]["blocks.2.conv2"]
+    assert weights["blocks.2.conv2.weight"]["nonzero"] == 147456 - round(sparsity * 147456)
     loaded = nnshrink.load(out, model=resnet_bn.build())
     assert int(loaded.blocks[2].conv2.weight.count_nonzero()) == weights["blocks.2.conv2.weight"]["nonzero"]
