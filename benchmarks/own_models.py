@@ -107,7 +107,8 @@ def section(results: dict) -> str:
             (", cached from an earlier run of the example" if r["train_cached"] else "")
         if r.get("from_earlier_invocation"):
             lines.append(f"- {name}: this row comes from an earlier invocation of the same script (its example "
-                         "and recipe unchanged since).")
+                         "and recipe unchanged since), kept with `--keep-from EARLIER.json` while the other "
+                         "example was rerun alone (`--examples NAME`).")
         lines.append(f"- {name}: float training {r['epochs']:g} epochs ({trained}); compression "
                      f"{r['compress_seconds']:.0f} s (wall, on a busy shared machine); largest difference between "
                      f"the loaded and the in-process compressed model's outputs: "
