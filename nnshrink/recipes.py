@@ -41,7 +41,7 @@ from typing import Any, Mapping
 
 from .errors import ConfigError
 from .select import DEFAULT_BITS, DEFAULT_INDEX_BITS
-from .stages import REGISTRY, BinaryConfig, PruneConfig, ShareConfig  # noqa: F401  (re-exported)
+from .stages import REGISTRY, BinaryConfig, PruneConfig, ShareConfig, check_widths  # noqa: F401  (re-exported)
 
 from .stages.prune import GENERIC_SPARSITY  # noqa: E402
 
@@ -63,12 +63,8 @@ class EncodeConfig:
     half_dense: bool = False
 
     def __post_init__(self):
-        for name, b in [("fc_index_bits", self.fc_index_bits), ("conv_index_bits", self.conv_index_bits),
-                        *((f"layers[{p!r}]", v) for p, v in self.layers.items())]:
-            if b is None and not name.startswith("layers"):
-                continue
-            if isinstance(b, bool) or not isinstance(b, int) or not 3 <= b <= 8:
-                raise ConfigError(f"encode.{name} must be an integer in 3..8; got {b}")
+        check_widths("encode", {"fc_index_bits": self.fc_index_bits, "conv_index_bits": self.conv_index_bits},
+                     self.layers, 3, 8)
 
 
 def config_type(stage: str) -> type:

@@ -33,6 +33,16 @@ Trainer = Callable[[nn.Module, float, dict], None]
 Metric = Callable[[nn.Module], float]
 
 
+def check_widths(section: str, fixed: dict[str, int | None], layers: dict[str, Any], lo: int, hi: int) -> None:
+    """Bit widths of a config: each ``fixed`` one (None = the per-kind default) and every
+    ``layers`` pattern's value must be an integer in [lo, hi]."""
+    for name, b in [*fixed.items(), *((f"layers[{p!r}]", v) for p, v in layers.items())]:
+        if b is None and name in fixed:
+            continue
+        if isinstance(b, bool) or not isinstance(b, int) or not lo <= b <= hi:
+            raise ConfigError(f"{section}.{name} must be an integer in {lo}..{hi}; got {b}")
+
+
 def export_all(model: nn.Module, cfg: Any = None) -> dict[str, CompressedTensor]:
     """Every state_dict tensor as the encoding the model's current compression earned."""
     from ..encodings import export_encodings

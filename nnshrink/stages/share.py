@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import torch.nn as nn
 
 from ..errors import ConfigError
-from . import Context, Stage, register
+from . import Context, Stage, check_widths, register
 
 INITS = ("linear", "density", "random")
 
@@ -30,12 +30,7 @@ class ShareConfig:
     lr_factor: float = 0.01
 
     def __post_init__(self):
-        for name, b in [("fc_bits", self.fc_bits), ("conv_bits", self.conv_bits),
-                        *((f"layers[{p!r}]", v) for p, v in self.layers.items())]:
-            if b is None and not name.startswith("layers"):
-                continue
-            if isinstance(b, bool) or not isinstance(b, int) or not 1 <= b <= 8:
-                raise ConfigError(f"share.{name} must be an integer in 1..8; got {b}")
+        check_widths("share", {"fc_bits": self.fc_bits, "conv_bits": self.conv_bits}, self.layers, 1, 8)
         if self.init not in INITS:
             raise ConfigError(f"share.init must be one of {', '.join(INITS)}; got {self.init!r}")
         if not self.finetune_epochs >= 0:
