@@ -3,7 +3,8 @@
 import numpy as np
 
 MAGIC = b"NSK\n"
-VERSION = 1
+VERSION = 2  # what the writer writes
+VERSIONS = (1, 2)  # what the reader reads
 PREAMBLE = 16
 MAX_HEADER = 16 * 1024 * 1024
 MAX_RECORDS = 100_000
@@ -40,6 +41,23 @@ EXTRA_KEYS = {
     "sparse_f32": {"nonzero"} | GAP_KEYS,
 }
 CODINGS = ("packed", "huffman", "huffman_pairs")
+ADAPTIVE = "adaptive"  # version 2: context-adaptive range coding (encode/adaptive.py)
+MASK_KEYS = {"mask_coding"}  # version 2: a sparse record's positions as an adaptive mask, instead of GAP_KEYS
+# The writer tries the adaptive coder only on streams of at most this many binary decisions
+# (mask positions, or indices x bits): it costs tens of ns per decision, so huge layers keep
+# gap / Huffman coding, which is within 1% of the order-0 bound on their i.i.d.-like masks.
+ADAPTIVE_MAX_DECISIONS = 1 << 24
+MAX_JSON = MAX_HEADER  # version 2: the inflated JSON header is at most 16 MiB too
+# Version 2 headers are zlib streams with this preset dictionary (SPEC.md): the keys and
+# values every header repeats, so a small archive's header deflates to a few hundred bytes.
+HEADER_DICT = (
+    b'{"format":"nsk","version":2,"data_length":,"metadata":{"model":"lenet","config":{},'
+    b'"nnshrink_version":"0.1.0","report":{},"info":{"dataset":"fashion-mnist","recipe":"deep-compression"}},'
+    b'"records":[{"name":"","shape":[],"encoding":"raw","dtype":"float32","half":false,"offset":,"length":,'
+    b'"crc32":,"parts":[["data",]]},{"name":".bias","shape":[],"encoding":"raw","dtype":"float16","half":true,'
+    b'"offset":,"length":,"crc32":,"parts":[["data",]]},{"name":".weight","shape":[],"encoding":"shared",'
+    b'"bits":,"k":,"nonzero":,"sparse":true,"index_coding":"huffman","mask_coding":"adaptive","offset":,'
+    b'"length":,"crc32":,"parts":[["codebook",],["index_lengths",],["index",],["mask",]]}]}')
 MAX_PAIR_ALPHABET = 64  # huffman_pairs: alphabets of at most 64 symbols (4096 pair symbols)
 
 

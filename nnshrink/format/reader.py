@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from ..compressed import BinaryTensor, DenseTensor, SharedTensor, SparseTensor
+from ..encode import adaptive
 from ..encode.bitpack import packed_nbytes, unpack_bits
 from ..encode.huffman import CodecError, HuffmanCode, check_lengths, huffman_decode
 from ..encode.sparse import BAD_PAST_END, mask_from_gaps, scatter_dense
@@ -30,9 +31,10 @@ from ..errors import CheckpointError, ConfigError
 from ..io_utils import check_input_file
 from .errors import (BadMagicError, ChecksumError, FormatError, HeaderError, HuffmanTableError, LimitError, RecordError,
                      StreamError, show)
-from .layout import (BFLOAT16, CODINGS, COMMON_KEYS, DEFAULT_MAX_ELEMENTS, DTYPES, ENCODINGS, EXTRA_KEYS,
-                     GAP_BITS_RANGE, GAP_KEYS, MAGIC, MAX_DIM, MAX_HEADER, MAX_NAME, MAX_NDIM, MAX_NUMEL,
-                     MAX_PAIR_ALPHABET, MAX_RECORDS, PREAMBLE, VERSION, max_declared_elements)
+from .header import header_text
+from .layout import (ADAPTIVE, BFLOAT16, CODINGS, COMMON_KEYS, DEFAULT_MAX_ELEMENTS, DTYPES, ENCODINGS, EXTRA_KEYS,
+                     GAP_BITS_RANGE, GAP_KEYS, MAGIC, MASK_KEYS, MAX_DIM, MAX_HEADER, MAX_NAME, MAX_NDIM, MAX_NUMEL,
+                     MAX_PAIR_ALPHABET, MAX_RECORDS, PREAMBLE, VERSIONS, max_declared_elements)
 
 
 @dataclass
@@ -129,6 +131,8 @@ def _choice(obj: dict, key: str, options, where: str):
 def _expected_parts(enc: str, f: dict, numel: int, shape: tuple) -> list[tuple[str, int | None]]:
     """The ordered (part, exact length or None if only bounded) list an encoding requires."""
     def gap_parts():
+        if "mask_coding" in f:
+            return [("mask", None)]
         w, cnt, coding = f["gap_bits"], f["gap_count"], f["gap_coding"]
         if coding == "packed":
             return [("gap", packed_nbytes(cnt, w))]
@@ -143,6 +147,8 @@ def _expected_parts(enc: str, f: dict, numel: int, shape: tuple) -> list[tuple[s
     parts = [("codebook", 4 * f["k"])]
     if f["index_coding"] == "packed":
         parts.append(("index", packed_nbytes(f["nonzero"], f["bits"])))
+    elif f["index_coding"] == ADAPTIVE:
+        parts.append(("index", None))
     else:
         parts += [("index_lengths", None), ("index", None)]
     return parts + (gap_parts() if f["sparse"] else [])
@@ -165,7 +171,7 @@ class _Where:
         return f"record #{self.i} {show(self.name)}"
 
 
-def _check_record(i: int, rec: Any, data_length: int, names: set) -> _Spec:
+def _check_record(i: int, rec: Any, data_length: int, names: set, version: int) -> _Spec:
     where = f"record #{i}"
     if not isinstance(rec, dict):
         raise RecordError(f"{where}: must be a JSON object")
@@ -194,6 +200,7 @@ def _check_record(i: int, rec: Any, data_length: int, names: set) -> _Spec:
         raise RecordError(f"{where}: shape {list(dims)} spans {extent} positions, over the limit {MAX_NUMEL}")
     f: dict[str, Any] = {}
     allowed = COMMON_KEYS | EXTRA_KEYS[enc]
+    codings = CODINGS + ((ADAPTIVE,) if version >= 2 else ())
     if enc == "raw":
         f["dtype"] = _choice(rec, "dtype", tuple(DTYPES), where)
         f["half"] = _choice(rec, "half", (False, True), where)
@@ -209,15 +216,19 @@ def _check_record(i: int, rec: Any, data_length: int, names: set) -> _Spec:
         if enc == "shared":
             f["bits"] = _int(rec, "bits", 1, 8, where)
             f["k"] = _int(rec, "k", 1, 1 << f["bits"], where)
-            f["index_coding"] = _choice(rec, "index_coding", CODINGS, where)
+            f["index_coding"] = _choice(rec, "index_coding", codings, where)
             _check_pairs(f["index_coding"], f["k"], "index", where)
             sparse = f["sparse"] = _choice(rec, "sparse", (False, True), where)
             if sparse:
-                allowed = allowed | GAP_KEYS
+                allowed = allowed | GAP_KEYS | MASK_KEYS
         f["nonzero"] = _int(rec, "nonzero", 0, numel, where)
         if enc == "shared" and not sparse and f["nonzero"] != numel:
             raise RecordError(f"{where}: a dense shared tensor needs nonzero == numel ({numel}); got {f['nonzero']}")
-        if sparse:
+        if sparse and version >= 2 and "mask_coding" in rec:
+            f["mask_coding"] = _choice(rec, "mask_coding", (ADAPTIVE,), where)
+            allowed = (allowed - GAP_KEYS) | MASK_KEYS
+        elif sparse:
+            allowed = allowed - MASK_KEYS
             f["gap_bits"] = _int(rec, "gap_bits", *GAP_BITS_RANGE, where)
             f["gap_count"] = _int(rec, "gap_count", f["nonzero"], MAX_NUMEL, where)
             f["gap_coding"] = _choice(rec, "gap_coding", CODINGS, where)
@@ -248,6 +259,12 @@ def _check_record(i: int, rec: Any, data_length: int, names: set) -> _Spec:
         pos += n
     if pos != length:
         raise RecordError(f"{where}: parts sum to {pos} bytes but the record is {length}")
+    for stream in ("index", "mask"):  # an adaptive stream holds at least the coder's flush bytes
+        if stream in parts and f.get("index_coding" if stream == "index" else "mask_coding") == ADAPTIVE:
+            s0, s1 = parts[stream]
+            if s1 - s0 < adaptive.FLUSH_BYTES:
+                raise RecordError(f"{where}: adaptive {stream} stream of {s1 - s0} bytes; needs at least "
+                                  f"{adaptive.FLUSH_BYTES}")
     # bounds for the Huffman-coded parts, before anything is allocated
     for stream, alphabet, count in (("index", f.get("k"), f.get("nonzero")), ("gap", 1 << f.get("gap_bits", 0), f.get("gap_count"))):
         if stream + "_lengths" in parts:
@@ -283,8 +300,9 @@ def _header_length(pre, file_size: int, source: str) -> int:
     if bytes(pre[:4]) != MAGIC:
         raise BadMagicError(f"{source}: not an .nsk archive (magic {bytes(pre[:4])!r})")
     version, reserved, hlen = struct.unpack_from("<HHI", pre, 4)
-    if version != VERSION:
-        raise HeaderError(f"{source}: format version {version} is not supported (this reader knows {VERSION})")
+    if version not in VERSIONS:
+        raise HeaderError(f"{source}: format version {version} is not supported (this reader knows "
+                          f"{', '.join(map(str, VERSIONS))})")
     if reserved != 0:
         raise HeaderError(f"{source}: reserved preamble field is {reserved}, must be 0")
     if not 2 <= hlen <= MAX_HEADER:
@@ -297,17 +315,18 @@ def _header_length(pre, file_size: int, source: str) -> int:
 def _parse_header(head, file_size: int, source: str) -> tuple[dict, list[_Spec]]:
     """Validate the preamble and header (``head`` holds at least both) of a ``file_size``-byte file."""
     hlen = _header_length(head, file_size, source)
-    hcrc = struct.unpack_from("<I", head, 12)[0]
+    version, hcrc = struct.unpack_from("<H", head, 4)[0], struct.unpack_from("<I", head, 12)[0]
     hbytes = bytes(head[PREAMBLE: PREAMBLE + hlen])
     if zlib.crc32(hbytes) != hcrc:
         raise ChecksumError(f"{source}: header checksum mismatch")
+    text = header_text(hbytes, version, source)
     try:
-        header = json.loads(hbytes.decode("utf-8"))
+        header = json.loads(text.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise HeaderError(f"{source}: header is not valid JSON ({str(exc)[:80]})") from None
     if not isinstance(header, dict) or set(header) != {"format", "version", "data_length", "metadata", "records"}:
         raise HeaderError(f"{source}: header must be an object with format, version, data_length, metadata, records")
-    if header["format"] != "nsk" or header["version"] != VERSION:
+    if header["format"] != "nsk" or header["version"] != version or isinstance(header["version"], bool):
         raise HeaderError(f"{source}: header format/version is {header['format']!r:.20}/{header['version']!r:.20}")
     data_length = header["data_length"]
     if isinstance(data_length, bool) or not isinstance(data_length, int) or data_length != file_size - PREAMBLE - hlen:
@@ -322,7 +341,7 @@ def _parse_header(head, file_size: int, source: str) -> tuple[dict, list[_Spec]]
         raise HeaderError(f"{source}: records must be a list of at most {MAX_RECORDS}")
     names: set = set()
     try:
-        specs = [_check_record(i, r, data_length, names) for i, r in enumerate(recs)]
+        specs = [_check_record(i, r, data_length, names, version) for i, r in enumerate(recs)]
     except FormatError as exc:
         raise type(exc)(f"{source}: {exc}") from None
     end, last = 0, None
@@ -351,6 +370,11 @@ def _check_budget(specs: list[_Spec], max_elements: int, source: str) -> None:
 def _stream(rec: bytes, s: _Spec, stream: str, count: int, bits: int, alphabet: int, coding: str, where: str):
     a, b = s.parts[stream]
     data = rec[a:b]
+    if coding == ADAPTIVE:
+        out = adaptive.decode_symbols(data, count, bits)
+        if out is None:
+            raise StreamError(f"{where}: adaptive {stream} stream ends early or has bytes after its last symbol")
+        return out
     if coding == "packed":
         out = unpack_bits(data, count, bits)
         if out is None:
@@ -370,6 +394,15 @@ def _stream(rec: bytes, s: _Spec, stream: str, count: int, bits: int, alphabet: 
 
 def _mask(rec: bytes, s: _Spec, where: str) -> np.ndarray:
     f = s.fields
+    if "mask_coding" in f:
+        a, b = s.parts["mask"]
+        mask, count = adaptive.decode_mask(rec[a:b], s.shape)
+        if mask is None:
+            why = "ends early" if count == adaptive.ERR_PAST_END else "has bytes after the last position"
+            raise StreamError(f"{where}: adaptive mask stream {why}")
+        if count != f["nonzero"]:
+            raise StreamError(f"{where}: mask stream has {count} entries; record says nonzero = {f['nonzero']}")
+        return mask
     gaps = _stream(rec, s, "gap", f["gap_count"], f["gap_bits"], 1 << f["gap_bits"], f["gap_coding"], where)
     mask, count = mask_from_gaps(gaps, f["gap_bits"], s.numel)
     if mask is None:
@@ -437,13 +470,14 @@ def _stats(s: _Spec, raw_nonzero: int | None) -> dict[str, Any]:
         after = 8 * (plen["index"] + plen.get("index_lengths", 0)) / nnz if s.encoding == "shared" and nnz else float(before)
         wbits = {"before": before, "after": round(after, 3)}
         sparse = s.encoding == "sparse_f32" or f["sparse"]
-        gb = f["gap_bits"] if sparse else 0
-        gafter = 8 * (plen["gap"] + plen.get("gap_lengths", 0)) / nnz if sparse and nnz else 0.0
+        gb = f.get("gap_bits", 0) if sparse else 0
+        pos_bytes = plen.get("gap", 0) + plen.get("gap_lengths", 0) + plen.get("mask", 0)
+        gafter = 8 * pos_bytes / nnz if sparse and nnz else 0.0
         ibits = {"before": gb, "after": round(gafter, 3)}
     dtype = ("float32" if f["half"] else f["dtype"]) if s.encoding == "raw" else "float32"  # what it decodes to
     return {"name": s.name, "shape": list(s.shape), "encoding": s.encoding, "dtype": dtype, "params": s.numel,
             "nonzero": int(nnz), "weight_bits": wbits, "index_bits": ibits, "bytes": s.length,
-            "index_coding": f.get("index_coding"), "gap_coding": f.get("gap_coding")}
+            "index_coding": f.get("index_coding"), "gap_coding": f.get("gap_coding", f.get("mask_coding"))}
 
 
 def parse_archive(buf: bytes | bytearray, source: str = "<archive>", *,

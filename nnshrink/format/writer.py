@@ -1,12 +1,12 @@
 """Write compressed tensors into a .nsk archive (format/SPEC.md), atomically.
 
-Per tensor the writer picks the smallest form: each symbol stream Huffman or packed
-(length table included), and plain float32 when compression would not gain at all.
+Per tensor the writer picks the smallest form: each symbol stream packed, Huffman or
+adaptive range-coded (tables included), the positions as gaps or as an adaptive mask,
+and plain float32 when compression would not gain at all.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import struct
 import zlib
@@ -16,14 +16,16 @@ import numpy as np
 
 from .. import __version__
 from ..compressed import BinaryTensor, DenseTensor, SharedTensor, SparseTensor
+from ..encode import adaptive
 from ..encode.bitpack import pack_bits, packed_nbytes
 from ..encode.huffman import MAX_PAIR_BASE, HuffmanCode, code_lengths, histogram, huffman_encode, pair_symbols
 from ..encode.sparse import gaps_from_mask
 from ..errors import ConfigError
 from ..io_utils import atomic_write_bytes
 from .errors import show
-from .layout import (ALIGN, BFLOAT16, DTYPES, GAP_BITS_RANGE, MAGIC, MAX_HEADER, MAX_NAME, PREAMBLE, VERSION,
-                     default_gap_bits, max_declared_elements)
+from .header import pack_header
+from .layout import (ADAPTIVE, ADAPTIVE_MAX_DECISIONS, ALIGN, BFLOAT16, DTYPES, GAP_BITS_RANGE, MAGIC, MAX_NAME,
+                     VERSION, default_gap_bits, max_declared_elements)
 
 _NP_TO_NAME = {np.dtype(np.float32): "float32", np.dtype(np.float16): "float16", np.dtype(np.float64): "float64",
                np.dtype(np.int64): "int64", np.dtype(np.int32): "int32", np.dtype(np.int16): "int16",
@@ -36,9 +38,11 @@ def _bytes_view(arr: np.ndarray, dtype: np.dtype) -> memoryview:
     return memoryview(a.reshape(-1).view(np.uint8))
 
 
-def encode_stream(symbols: np.ndarray, bits: int, alphabet: int, huffman: bool) -> tuple[str, bytes | None, bytes]:
-    """(coding, lengths table or None, stream bytes) for uint8 ``symbols``: packed, Huffman
-    or pair Huffman (alphabets up to 64), whichever is smallest with its table."""
+def encode_stream(symbols: np.ndarray, bits: int, alphabet: int, huffman: bool,
+                  adaptive_ok: bool = False) -> tuple[str, bytes | None, bytes]:
+    """(coding, lengths table or None, stream bytes) for uint8 ``symbols``: packed, Huffman,
+    pair Huffman (alphabets up to 64) or (``adaptive_ok``) adaptive, whichever is smallest
+    with its table; ties keep the earlier in that order."""
     best = ("packed", None, packed_nbytes(symbols.size, bits), None)
     if huffman and symbols.size:
         candidates = [("huffman", symbols, alphabet)]
@@ -50,6 +54,10 @@ def encode_stream(symbols: np.ndarray, bits: int, alphabet: int, huffman: bool) 
             nbytes = (code.encoded_bits(hist) + 7) // 8 + code.table_size()
             if nbytes < best[2]:
                 best = (coding, (stream, code, hist), nbytes, code)
+    if huffman and adaptive_ok and symbols.size and symbols.size * bits <= ADAPTIVE_MAX_DECISIONS:
+        data = adaptive.encode_symbols(symbols, bits, cap=best[2] - 1)
+        if data is not None:
+            return ADAPTIVE, None, data
     coding, chosen = best[0], best[1]
     if chosen is None:
         return "packed", None, pack_bits(symbols, bits)
@@ -58,8 +66,15 @@ def encode_stream(symbols: np.ndarray, bits: int, alphabet: int, huffman: bool) 
 
 
 def _gap_parts(rec: dict, mask: np.ndarray, gap_bits: int, huffman: bool) -> list:
+    """The positions: a gap stream, or (when smaller) the adaptive mask stream."""
     gaps = gaps_from_mask(mask, gap_bits)
     coding, table, data = encode_stream(gaps, gap_bits, 1 << gap_bits, huffman)
+    size = len(data) + (len(table) if table is not None else 0)
+    if huffman and 0 < mask.size <= ADAPTIVE_MAX_DECISIONS:
+        stream = adaptive.encode_mask(mask, cap=size - 1)
+        if stream is not None:
+            rec.update(mask_coding=ADAPTIVE)
+            return [("mask", stream)]
     rec.update(gap_bits=gap_bits, gap_count=int(gaps.size), gap_coding=coding)
     return ([("gap_lengths", table)] if table is not None else []) + [("gap", data)]
 
@@ -121,7 +136,7 @@ def encode_tensor(name: str, t, gap_bits: int, huffman: bool = True) -> tuple[di
         expected = int(np.count_nonzero(_check_mask(name, t.mask, shape))) if sparse else int(np.prod(shape))
         if idx.size != expected:
             raise ConfigError(f"tensor {name!r}: {idx.size} indices for {expected} positions")
-        coding, table, data = encode_stream(idx, bits, k, huffman)
+        coding, table, data = encode_stream(idx, bits, k, huffman, adaptive_ok=True)
         rec = {"encoding": "shared", "bits": bits, "k": k, "nonzero": int(idx.size), "sparse": sparse,
                "index_coding": coding}
         parts = [("codebook", _bytes_view(codebook, DTYPES["float32"]))]
@@ -182,9 +197,10 @@ def serialize(tensors: dict, metadata: dict[str, Any], *, index_bits: dict[str, 
     return data
 
 
-def assemble(entries: list[tuple[dict, list]], metadata: dict[str, Any]) -> bytes:
+def assemble(entries: list[tuple[dict, list]], metadata: dict[str, Any], version: int = VERSION) -> bytes:
     """Lay out records (fields without placement, ordered parts) after the preamble and
-    header: offsets, lengths, CRCs and 8-byte alignment. No checks: callers validate."""
+    header: offsets, lengths, CRCs and 8-byte alignment. No checks: callers validate
+    (``version`` 1 only for tests of the old format: its header is plain JSON)."""
     records, offset = [], 0
     for rec, parts in entries:
         length = sum(len(p) for _, p in parts)
@@ -194,15 +210,9 @@ def assemble(entries: list[tuple[dict, list]], metadata: dict[str, Any]) -> byte
         records.append({**rec, "offset": offset, "length": length, "crc32": crc,
                         "parts": [[pn, len(p)] for pn, p in parts]})
         offset += length + (-length % ALIGN)
-    header = {"format": "nsk", "version": VERSION, "data_length": offset, "metadata": metadata, "records": records}
-    try:
-        hbytes = json.dumps(header, separators=(",", ":"), allow_nan=False).encode()
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"archive metadata is not JSON-serialisable: {exc}") from None
-    hbytes += b" " * (-(PREAMBLE + len(hbytes)) % ALIGN)
-    if len(hbytes) > MAX_HEADER:
-        raise ConfigError(f"archive header is {len(hbytes)} bytes, over the {MAX_HEADER}-byte limit")
-    out = bytearray(MAGIC + struct.pack("<HHII", VERSION, 0, len(hbytes), zlib.crc32(hbytes)) + hbytes)
+    header = {"format": "nsk", "version": version, "data_length": offset, "metadata": metadata, "records": records}
+    hbytes = pack_header(header, version)
+    out = bytearray(MAGIC + struct.pack("<HHII", version, 0, len(hbytes), zlib.crc32(hbytes)) + hbytes)
     for _, parts in entries:
         start = len(out)
         for _, p in parts:
