@@ -3,6 +3,7 @@
 import json
 import struct
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,10 +13,15 @@ from nnshrink.compressed import BinaryTensor, DenseTensor, SharedTensor, SparseT
 from nnshrink.errors import ConfigError
 from nnshrink.format import (BadMagicError, ChecksumError, FormatError, HeaderError, HuffmanTableError, RecordError,
                              StreamError, parse_archive, read_archive, serialize, write_archive)
+from nnshrink.format import repack
 from nnshrink.format.fuzz import run_fuzz, sample_archives
+from nnshrink.format.header import join, split
+from nnshrink.format.layout import HEADER_DICT
+
+GOLDEN_DIR = Path(__file__).parent / "golden"
 
 GOLDEN_META = {"model": "tiny", "config": {}, "nnshrink_version": "test", "report": {}}
-GOLDEN = (
+GOLDEN_V1 = (  # the same archive in format version 1 (plain JSON header): still read
     b'NSK\n\x01\x00\x00\x00\x10\x02\x00\x00\xee\'\xa5I'
     b'{"format":"nsk","version":1,"data_length":24,"metadata":{"model":"tiny","config":{},"nnshrink_version":"test",'
     b'"report":{}},"records":[{"name":"w","shape":[2,4],"encoding":"shared","bits":1,"k":2,"nonzero":3,"sparse":true,'
@@ -28,6 +34,16 @@ GOLDEN = (
     b'\x00\x00\x00\x00\x00'  # pad record to 8
     b'\x00\x00\xc0?\x00\x00\x00\x00'  # 1.5 float32 LE + pad
 )
+# Version 2: preamble, then u32 JSON length + the JSON deflated with SPEC.md's preset
+# dictionary (the stored bytes are in tests/golden/v2_small.nsk), then the same data section.
+GOLDEN = (GOLDEN_DIR / "v2_small.nsk").read_bytes()
+GOLDEN_V2_PREAMBLE = b'NSK\n\x02\x00\x00\x00\xa0\x00\x00\x00CM\xdf$'
+GOLDEN_V2_JSON = (
+    b'{"format":"nsk","version":2,"data_length":24,"metadata":{"model":"tiny","config":{},"nnshrink_version":"test",'
+    b'"report":{}},"records":[{"name":"w","shape":[2,4],"encoding":"shared","bits":1,"k":2,"nonzero":3,"sparse":true,'
+    b'"index_coding":"packed","gap_bits":5,"gap_count":3,"gap_coding":"packed","offset":0,"length":11,'
+    b'"crc32":2408706902,"parts":[["codebook",8],["index",1],["gap",2]]},{"name":"b","shape":[1],"encoding":"raw",'
+    b'"dtype":"float32","half":false,"offset":16,"length":4,"crc32":1557669231,"parts":[["data",4]]}]}')
 
 
 def golden_tensors():
@@ -41,18 +57,54 @@ def test_golden_bytes(tmp_path):
     n = write_archive(path, golden_tensors(), GOLDEN_META)
     assert path.read_bytes() == GOLDEN
     assert n == len(GOLDEN)
+    assert GOLDEN[:16] == GOLDEN_V2_PREAMBLE and GOLDEN[16:20] == struct.pack("<I", len(GOLDEN_V2_JSON))
+    hlen = struct.unpack_from("<I", GOLDEN, 8)[0]
+    assert GOLDEN[16 + hlen:] == GOLDEN_V1[-24:]  # the data section did not change
+    assert zlib.decompressobj(zdict=HEADER_DICT).decompress(GOLDEN[20:16 + hlen]) == GOLDEN_V2_JSON
     arch = read_archive(path)
     assert arch.metadata == GOLDEN_META
     np.testing.assert_array_equal(arch.tensors["w"].to_dense(), [[0.5, 0, 0, -1], [0, 0, 0, -1]])
     assert arch.records[0]["nonzero"] == 3 and arch.records[0]["bytes"] == 11
 
 
+def test_version_1_golden_file_still_reads_and_repacks(tmp_path):
+    old = GOLDEN_DIR / "v1_small.nsk"
+    assert old.read_bytes() == GOLDEN_V1
+    arch = read_archive(old)
+    assert arch.metadata == GOLDEN_META
+    np.testing.assert_array_equal(arch.tensors["w"].to_dense(), [[0.5, 0, 0, -1], [0, 0, 0, -1]])
+    assert repack(old, tmp_path / "new.nsk") == len(GOLDEN)
+    assert (tmp_path / "new.nsk").read_bytes() == GOLDEN
+
+
+def adaptive_tensors():
+    """Deterministic tensors whose positions and indices the writer codes `adaptive`."""
+    r, c = np.mgrid[0:32, 0:48]
+    mask = ((c % 8 < 2) & (r % 3 != 0)) | (r == c)
+    i = np.arange(int(mask.sum()))
+    x = (i * 2654435761) % 1000  # a fixed, irregular sequence of indices 0 (80%), 1 (15%), 2 (5%)
+    w = SharedTensor((32, 48), np.array([0.25, -0.5, 1.0], np.float32), np.where(x < 800, 0, np.where(x < 950, 1, 2)),
+                     2, mask)
+    m2 = (r[:, :20] % 4 == 1) & (c[:, :20] < 12)
+    return {"w": w, "s": SparseTensor((32, 20), m2, (np.arange(int(m2.sum())) / 8).astype(np.float32))}
+
+
+def test_golden_bytes_of_adaptive_codings(tmp_path):
+    data = serialize(adaptive_tensors(), GOLDEN_META)
+    assert data == (GOLDEN_DIR / "v2_adaptive.nsk").read_bytes()
+    arch = parse_archive(data)
+    assert [(r["index_coding"], r["gap_coding"]) for r in arch.records] == [("adaptive", "adaptive"),
+                                                                              (None, "adaptive")]
+    assert [p for p, _ in split(data)[1]["records"][0]["parts"]] == ["codebook", "index", "mask"]
+    for name, t in adaptive_tensors().items():
+        np.testing.assert_array_equal(arch.tensors[name].to_dense(), t.to_dense())
+        np.testing.assert_array_equal(arch.tensors[name].mask, t.mask)
+
+
 def _edit_header(data: bytes, edit) -> bytes:
-    hlen = struct.unpack_from("<I", data, 8)[0]
-    header = json.loads(data[16: 16 + hlen])
+    version, header, body = split(data)
     edit(header)
-    hb = json.dumps(header).encode()
-    return data[:8] + struct.pack("<II", len(hb), zlib.crc32(hb)) + hb + data[16 + hlen:]
+    return join(version, header, body)
 
 
 def _with_header(data: bytes, hb: bytes) -> bytes:
@@ -68,14 +120,14 @@ def _rec(i, **kw):
 
 def _fix_crc(data: bytes, i: int, patch) -> bytes:
     """Change record i's bytes with ``patch(bytearray)`` and fix its CRC (reaches the decoders)."""
-    hlen = struct.unpack_from("<I", data, 8)[0]
-    h = json.loads(data[16: 16 + hlen])
+    version, h, body = split(data)
     r = h["records"][i]
-    body = bytearray(data[16 + hlen:])
+    body = bytearray(body)
     chunk = bytearray(body[r["offset"]: r["offset"] + r["length"]])
     patch(chunk)
     body[r["offset"]: r["offset"] + r["length"]] = chunk
-    return _edit_header(data[:16 + hlen] + bytes(body), _rec(i, crc32=zlib.crc32(bytes(chunk))))
+    r["crc32"] = zlib.crc32(bytes(chunk))
+    return join(version, h, bytes(body))
 
 
 ATTACKS = [
@@ -85,7 +137,7 @@ ATTACKS = [
     ("trailing junk", lambda d: d + b"\0", HeaderError, "data_length"),
     ("huge header length", lambda d: d[:8] + struct.pack("<I", 2**32 - 1) + d[12:], HeaderError, "header length"),
     ("header past end", lambda d: d[:8] + struct.pack("<I", 10**6) + d[12:], HeaderError, "past the end"),
-    ("version 2", lambda d: d[:4] + b"\x02" + d[5:], HeaderError, "version"),
+    ("version 3", lambda d: d[:4] + b"\x03" + d[5:], HeaderError, "version"),
     ("header crc", lambda d: d[:20] + b"X" + d[21:], ChecksumError, "header checksum"),
     ("record crc", lambda d: d[:-8] + b"\x01" + d[-7:], ChecksumError, "'b'"),
     ("overlap", lambda d: _edit_header(d, _rec(1, offset=8)), RecordError, "overlaps"),
@@ -105,16 +157,97 @@ ATTACKS = [
     ("gap past end", lambda d: _fix_crc(d, 0, lambda c: c.__setitem__(10, 0xFE)), StreamError, "'w'"),
     ("non-zero padding", lambda d: _fix_crc(d, 0, lambda c: c.__setitem__(8, 0x61)), StreamError, "padding"),
     ("duplicate name", lambda d: _edit_header(d, _rec(1, name="w")), RecordError, "duplicate"),
+    ("metadata model int", lambda d: _edit_header(d, lambda h: h["metadata"].update(model=3)), HeaderError, "metadata"),
+    ("header says other version", lambda d: _edit_header(d, lambda h: h.update(version=3 - h["version"])),
+     HeaderError, "format/version"),
+]
+V1_ONLY = [  # a version 1 header is the JSON text itself
     ("not json", lambda d: _with_header(d, b"{" * 5000), HeaderError, "not valid JSON"),
     ("not utf-8", lambda d: _with_header(d, b'{"\xff": 1}'), HeaderError, "not valid JSON"),
     ("header not object", lambda d: _with_header(d, b"[]"), HeaderError, "must be an object"),
-    ("metadata model int", lambda d: _edit_header(d, lambda h: h["metadata"].update(model=3)), HeaderError, "metadata"),
+    ("adaptive mask in v1", lambda d: _edit_header(d, _rec(0, mask_coding="adaptive")), RecordError, "'w'"),
+    ("adaptive index in v1", lambda d: _edit_header(d, _rec(0, index_coding="adaptive")), RecordError, "index_coding"),
 ]
 
 
+def _deflated(text: bytes, size: int | None = None, pad: bytes = b"") -> bytes:
+    z = zlib.compressobj(9, zlib.DEFLATED, 15, 9, zlib.Z_DEFAULT_STRATEGY, HEADER_DICT)
+    return struct.pack("<I", len(text) if size is None else size) + z.compress(text) + z.flush() + pad
+
+
+V2_ONLY = [  # the deflated envelope and the adaptive codings
+    ("not json", lambda d: _with_header(d, _deflated(b"{" * 5000)), HeaderError, "not valid JSON"),
+    ("header not object", lambda d: _with_header(d, _deflated(b"[]")), HeaderError, "must be an object"),
+    ("inflated size over the cap", lambda d: _with_header(d, _deflated(b"[]", 2**24 + 1)), HeaderError, "inflated"),
+    ("inflates to more than declared", lambda d: _with_header(d, _deflated(GOLDEN_V2_JSON, 100)), HeaderError,
+     "declared"),
+    ("inflates to less than declared", lambda d: _with_header(d, _deflated(b"{}", 3)), HeaderError, "declared"),
+    ("zip bomb header", lambda d: _with_header(d, _deflated(b" " * 10**7, 50)), HeaderError, "declared"),
+    ("not deflate", lambda d: _with_header(d, b"\x10\x00\x00\x00garbage!garbage!"), HeaderError, "inflate"),
+    ("no length", lambda d: _with_header(d, b"xy"), HeaderError, "no JSON length"),
+    ("junk after stream", lambda d: _with_header(d, _deflated(GOLDEN_V2_JSON, pad=b"\0\1")), HeaderError, "padding"),
+    ("mask coding unknown", lambda d: _edit_header(d, _rec(0, mask_coding="rle")), RecordError, "mask_coding"),
+    ("mask and gap keys", lambda d: _edit_header(d, _rec(0, mask_coding="adaptive")), RecordError, "'w'"),
+]
+
+
+@pytest.mark.parametrize("golden", ["v1", "v2"])
 @pytest.mark.parametrize("name,attack,error,needle", ATTACKS, ids=[a[0] for a in ATTACKS])
-def test_attacks_get_typed_errors(name, attack, error, needle):
-    data = attack(GOLDEN)
+def test_attacks_get_typed_errors(name, attack, error, needle, golden):
+    _check_attack(attack(GOLDEN_V1 if golden == "v1" else GOLDEN), error, needle)
+
+
+@pytest.mark.parametrize("name,attack,error,needle", V1_ONLY, ids=[a[0] for a in V1_ONLY])
+def test_version_1_attacks(name, attack, error, needle):
+    _check_attack(attack(GOLDEN_V1), error, needle)
+
+
+@pytest.mark.parametrize("name,attack,error,needle", V2_ONLY, ids=[a[0] for a in V2_ONLY])
+def test_version_2_attacks(name, attack, error, needle):
+    _check_attack(attack(GOLDEN), error, needle)
+
+
+ADAPTIVE_ATTACKS = [  # on tests/golden/v2_adaptive.nsk: record 0 = adaptive index + mask, record 1 = adaptive mask
+    ("mask stream cut", lambda d: _cut_part(d, 1, "mask", 1), StreamError, "ends early"),
+    ("mask stream extended", lambda d: _cut_part(d, 1, "mask", -1), StreamError, "bytes after"),
+    ("index stream cut", lambda d: _cut_part(d, 0, "index", 1), StreamError, "index stream"),
+    ("mask under 4 bytes", lambda d: _cut_part(d, 1, "mask", None), RecordError, "at least 4"),
+    ("nonzero off by one", lambda d: _edit_header(d, _rec(0, nonzero=_nonzero(d, 0) - 1)), StreamError, "'w'"),
+    ("mask with gap parts", lambda d: _edit_header(d, _rec(1, gap_bits=5)), RecordError, "unknown keys"),
+    ("flipped mask byte", lambda d: _fix_crc(d, 1, lambda c: c.__setitem__(len(c) - 9, c[-9] ^ 0x40)), StreamError,
+     "'s'"),
+]
+
+
+def _nonzero(data, i):
+    return split(data)[1]["records"][i]["nonzero"]
+
+
+def _cut_part(data: bytes, i: int, part: str, cut: int | None) -> bytes:
+    """Shorten (cut > 0), lengthen (cut < 0) or shrink to 3 bytes (None) one part of record i, CRC fixed."""
+    version, h, body = split(data)
+    r = h["records"][i]
+    names = [p for p, _ in r["parts"]]
+    start = r["offset"] + sum(n for _, n in r["parts"][: names.index(part)])
+    plen = dict(r["parts"])[part]
+    old = body[start: start + plen]
+    new = old[:3] if cut is None else (old[:-cut] if cut > 0 else old + b"\0" * -cut)
+    body = body[:start] + new + body[start + plen:]
+    r["parts"] = [[p, len(new) if p == part else n] for p, n in r["parts"]]
+    r["length"] += len(new) - plen
+    r["crc32"] = zlib.crc32(body[r["offset"]: r["offset"] + r["length"]])
+    for other in h["records"][i + 1:]:
+        other["offset"] += len(new) - plen
+    h["data_length"] = len(body)
+    return join(version, h, body)
+
+
+@pytest.mark.parametrize("name,attack,error,needle", ADAPTIVE_ATTACKS, ids=[a[0] for a in ADAPTIVE_ATTACKS])
+def test_adaptive_attacks(name, attack, error, needle):
+    _check_attack(attack((GOLDEN_DIR / "v2_adaptive.nsk").read_bytes()), error, needle)
+
+
+def _check_attack(data, error, needle):
     if error is None:  # a consistent edit: must still decode (codebook duplicated) -> not an error
         parse_archive(data)
         return
@@ -141,8 +274,7 @@ def test_incomplete_huffman_table_is_refused():
     rng = np.random.default_rng(0)
     t = SharedTensor((4000,), np.arange(16, dtype=np.float32), rng.choice(16, 4000, p=[0.5] + [0.5 / 15] * 15), 4)
     data = write_archive_bytes({"w": t})
-    hlen = struct.unpack_from("<I", data, 8)[0]
-    rec = json.loads(data[16:16 + hlen])["records"][0]
+    rec = split(data)[1]["records"][0]
     assert rec["index_coding"] == "huffman"
     bad = _fix_crc(data, 0, lambda c: c.__setitem__(64, c[64] + 1))  # first code length + 1
     with pytest.raises(HuffmanTableError, match="'w'"):
@@ -241,11 +373,12 @@ def test_pair_coded_record_reads_back_and_attacks_are_typed(tmp_path):
 
 
 def test_sample_archives_cover_every_coding(tmp_path):
-    codings = set()
+    codings, versions = set(), set()
     for data in sample_archives(tmp_path):
+        versions.add(split(data)[0])
         for r in parse_archive(data).records:
             codings |= {r.get("index_coding"), r.get("gap_coding")}
-    assert {"packed", "huffman", "huffman_pairs"} <= codings
+    assert {"packed", "huffman", "huffman_pairs", "adaptive"} <= codings and versions == {1, 2}
 
 
 def test_quick_fuzz_slice(tmp_path):

@@ -14,20 +14,23 @@ import numpy as np
 
 from ..compressed import BinaryTensor, DenseTensor, SharedTensor, SparseTensor
 from .errors import FormatError
+from .header import join, split
 from .layout import DENSITY, DENSITY_SLACK, PREAMBLE
 from .reader import parse_archive
-from .writer import assemble, write_archive
+from .writer import assemble, encode_tensor, write_archive
 
 _SPECIAL_INTS = [0, 1, -1, 2, 3, 7, 8, 9, 255, 256, 2**16, 2**31 - 1, 2**31, 2**32, 2**34 + 1, 2**53, 2**63, -2**63]
 
 
 def sample_archives(tmpdir) -> list[bytes]:
-    """A few small archives covering every encoding and every stream coding."""
+    """A few small archives covering every encoding, every stream coding and both format versions."""
     rng = np.random.default_rng(0)
     out = []
     for variant in range(4):
         m = rng.random((24, 20)) < (0.1, 0.5, 0.02, 0.9)[variant]
         idx = rng.choice(16, int(m.sum()), p=np.r_[[0.5, 0.2, 0.1], np.full(13, 0.2 / 13)])
+        r2 = np.random.default_rng(100 + variant)  # its own stream: the other tensors stay as they were
+        dead = (r2.random((40, 60)) < 0.3) & (r2.random(60) < 0.3)[None, :]
         tensors = {
             "fc.weight": SharedTensor((24, 20), rng.standard_normal(16).astype(np.float32), idx, 4, m),
             "fc.bias": DenseTensor(rng.standard_normal(24).astype(np.float32)),
@@ -41,7 +44,13 @@ def sample_archives(tmpdir) -> list[bytes]:
             # two frequent indices of four: the writer pair-codes this stream
             "pairs.weight": SharedTensor((20, 20), rng.standard_normal(4).astype(np.float32),
                                          rng.choice(4, 400, p=[0.45, 0.45, 0.05, 0.05]), 2),
+            # dead input columns, as pruning leaves them: the writer codes this mask `adaptive`
+            "dead.weight": SparseTensor((40, 60), dead, r2.standard_normal(int(dead.sum())).astype(np.float32)),
         }
+        if variant == 0:  # the same tensors in format version 1 (gap and Huffman codings only)
+            entries = [({"name": n, "shape": list(t.shape), **encode_tensor(n, t, 5, adaptive_ok=False)[0]},
+                        encode_tensor(n, t, 5, adaptive_ok=False)[1]) for n, t in tensors.items()]
+            out.append(assemble(entries, {"model": None, "config": {}}, version=1))
         path = f"{tmpdir}/fuzz{variant}.nsk"
         write_archive(path, tensors, {"model": None, "config": {"v": variant}},
                       index_bits=(3, 4, 5, 8)[variant], huffman=variant != 3)
@@ -77,7 +86,7 @@ def bomb_archives() -> list[tuple[str, bytes]]:
     out.append(("filler bomb at the density cap", filler_bomb(n)))
     half = [filler_bomb(n, f"b{i}") for i in range(2)]
     out.append(("two records under the cap alone, over it together",
-                assemble([(json.loads(h[PREAMBLE: PREAMBLE + struct.unpack_from("<I", h, 8)[0]])["records"][0],
+                assemble([(split(h)[1]["records"][0],
                            [("values", b""), ("gap_lengths", bytes(255) + b"\x01"), ("gap", bytes(n))])
                           for h in half], {"model": None, "config": {}})))
     for shape in ([2**31, 2**31, 0], [0] + [2**31] * 7, [2**31] * 8, [2**17, 2**17, 0, 1]):
@@ -88,12 +97,9 @@ def bomb_archives() -> list[tuple[str, bytes]]:
 
 
 def _rewrite_header(data: bytes, edit, rng) -> bytes:
-    hlen = struct.unpack_from("<I", data, 8)[0]
-    header = json.loads(data[PREAMBLE: PREAMBLE + hlen])
+    version, header, body = split(data)
     edit(header, rng)
-    hb = json.dumps(header).encode()
-    body = data[PREAMBLE + hlen:]
-    return data[:4] + struct.pack("<HHII", 1, 0, len(hb), zlib.crc32(hb)) + hb + body
+    return join(version, header, body)
 
 
 def _edit_field(header, rng):
@@ -109,7 +115,7 @@ def _edit_field(header, rng):
         p = rec["parts"][rng.integers(len(rec["parts"]))]
         p[1] = int(rng.choice(_SPECIAL_INTS)) if rng.random() < 0.5 else p[1] + int(rng.integers(-3, 4))
     elif r == 3:
-        values = [None, "x", 1.5, True, {}, [], "huffman", "packed", "huffman_pairs", "raw", "shared"]
+        values = [None, "x", 1.5, True, {}, [], "huffman", "packed", "huffman_pairs", "adaptive", "raw", "shared"]
         rec[key] = values[rng.integers(len(values))]
     else:
         v = rec[key]
@@ -119,19 +125,17 @@ def _edit_field(header, rng):
 
 def _recrc_record_mutation(data: bytes, rng) -> bytes:
     """Flip bits inside one record's bytes, then fix its CRC so the decoders see the damage."""
-    hlen = struct.unpack_from("<I", data, 8)[0]
-    header = json.loads(data[PREAMBLE: PREAMBLE + hlen])
+    version, header, body = split(data)
     rec = header["records"][rng.integers(len(header["records"]))]
     if rec["length"] == 0:
         return data
-    base = PREAMBLE + hlen + rec["offset"]
-    buf = bytearray(data)
+    base = rec["offset"]
+    buf = bytearray(body)
     for _ in range(rng.integers(1, 4)):
         pos = base + int(rng.integers(rec["length"]))
         buf[pos] ^= 1 << int(rng.integers(8)) if rng.random() < 0.7 else int(rng.integers(1, 256))
     rec["crc32"] = zlib.crc32(bytes(buf[base: base + rec["length"]]))
-    hb = json.dumps(header).encode()
-    return bytes(buf[:4]) + struct.pack("<HHII", 1, 0, len(hb), zlib.crc32(hb)) + hb + bytes(buf[PREAMBLE + hlen:])
+    return join(version, header, bytes(buf))
 
 
 def mutate(data: bytes, others: list[bytes], rng) -> bytes:

@@ -65,12 +65,12 @@ def encode_stream(symbols: np.ndarray, bits: int, alphabet: int, huffman: bool,
     return coding, code.lengths[: code.table_size()].tobytes(), huffman_encode(stream, code, hist)
 
 
-def _gap_parts(rec: dict, mask: np.ndarray, gap_bits: int, huffman: bool) -> list:
+def _gap_parts(rec: dict, mask: np.ndarray, gap_bits: int, huffman: bool, adaptive_ok: bool) -> list:
     """The positions: a gap stream, or (when smaller) the adaptive mask stream."""
     gaps = gaps_from_mask(mask, gap_bits)
     coding, table, data = encode_stream(gaps, gap_bits, 1 << gap_bits, huffman)
     size = len(data) + (len(table) if table is not None else 0)
-    if huffman and 0 < mask.size <= ADAPTIVE_MAX_DECISIONS:
+    if huffman and adaptive_ok and 0 < mask.size <= ADAPTIVE_MAX_DECISIONS:
         stream = adaptive.encode_mask(mask, cap=size - 1)
         if stream is not None:
             rec.update(mask_coding=ADAPTIVE)
@@ -97,8 +97,9 @@ def _raw(name: str, arr: np.ndarray, half: bool = False) -> tuple[dict, list]:
     return {"encoding": "raw", "dtype": dname, "half": False}, [("data", _bytes_view(arr, DTYPES[dname]))]
 
 
-def encode_tensor(name: str, t, gap_bits: int, huffman: bool = True) -> tuple[dict, list]:
-    """Record fields (without name/shape/placement) and its ordered parts for one tensor."""
+def encode_tensor(name: str, t, gap_bits: int, huffman: bool = True, adaptive_ok: bool = True) -> tuple[dict, list]:
+    """Record fields (without name/shape/placement) and its ordered parts for one tensor
+    (``adaptive_ok`` False: only the codings of format version 1)."""
     if isinstance(t, DenseTensor):
         return _raw(name, t.array, t.half)
     if isinstance(t, BinaryTensor):
@@ -120,7 +121,7 @@ def encode_tensor(name: str, t, gap_bits: int, huffman: bool = True) -> tuple[di
         if values.size != nnz:
             raise ConfigError(f"tensor {name!r}: {values.size} values for {nnz} kept positions")
         rec = {"encoding": "sparse_f32", "nonzero": nnz}
-        parts = [("values", _bytes_view(values, DTYPES["float32"]))] + _gap_parts(rec, mask, gap_bits, huffman)
+        parts = [("values", _bytes_view(values, DTYPES["float32"]))] + _gap_parts(rec, mask, gap_bits, huffman, adaptive_ok)
     elif isinstance(t, SharedTensor):
         shape = tuple(int(d) for d in t.shape)
         bits = int(t.bits)
@@ -136,13 +137,13 @@ def encode_tensor(name: str, t, gap_bits: int, huffman: bool = True) -> tuple[di
         expected = int(np.count_nonzero(_check_mask(name, t.mask, shape))) if sparse else int(np.prod(shape))
         if idx.size != expected:
             raise ConfigError(f"tensor {name!r}: {idx.size} indices for {expected} positions")
-        coding, table, data = encode_stream(idx, bits, k, huffman, adaptive_ok=True)
+        coding, table, data = encode_stream(idx, bits, k, huffman, adaptive_ok)
         rec = {"encoding": "shared", "bits": bits, "k": k, "nonzero": int(idx.size), "sparse": sparse,
                "index_coding": coding}
         parts = [("codebook", _bytes_view(codebook, DTYPES["float32"]))]
         parts += ([("index_lengths", table)] if table is not None else []) + [("index", data)]
         if sparse:
-            parts += _gap_parts(rec, t.mask, gap_bits, huffman)
+            parts += _gap_parts(rec, t.mask, gap_bits, huffman, adaptive_ok)
     else:
         raise ConfigError(f"tensor {name!r}: cannot store a {type(t).__name__} (expected a nnshrink.compressed type)")
     size = sum(len(p) for _, p in parts)
