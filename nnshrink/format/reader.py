@@ -34,7 +34,8 @@ from .errors import (BadMagicError, ChecksumError, FormatError, HeaderError, Huf
 from .header import header_text
 from .layout import (ADAPTIVE, BFLOAT16, CODINGS, COMMON_KEYS, DEFAULT_MAX_ELEMENTS, DTYPES, ENCODINGS, EXTRA_KEYS,
                      GAP_BITS_RANGE, GAP_KEYS, MAGIC, MASK_KEYS, MAX_DIM, MAX_HEADER, MAX_NAME, MAX_NDIM, MAX_NUMEL,
-                     MAX_PAIR_ALPHABET, MAX_RECORDS, PREAMBLE, VERSIONS, max_declared_elements)
+                     MAX_PAIR_ALPHABET, MAX_RECORDS, PREAMBLE, VERSIONS, default_gap_bits,
+                     max_declared_elements)
 
 
 @dataclass
@@ -470,7 +471,8 @@ def _stats(s: _Spec, raw_nonzero: int | None) -> dict[str, Any]:
         after = 8 * (plen["index"] + plen.get("index_lengths", 0)) / nnz if s.encoding == "shared" and nnz else float(before)
         wbits = {"before": before, "after": round(after, 3)}
         sparse = s.encoding == "sparse_f32" or f["sparse"]
-        gb = f.get("gap_bits", 0) if sparse else 0
+        # "before": the relative-index width; an adaptive mask has none, so the default one for its shape
+        gb = f.get("gap_bits", default_gap_bits(s.shape)) if sparse else 0
         pos_bytes = plen.get("gap", 0) + plen.get("gap_lengths", 0) + plen.get("mask", 0)
         gafter = 8 * pos_bytes / nnz if sparse and nnz else 0.0
         ibits = {"before": gb, "after": round(gafter, 3)}

@@ -25,7 +25,7 @@ from ..io_utils import atomic_write_bytes
 from .errors import show
 from .header import pack_header
 from .layout import (ADAPTIVE, ADAPTIVE_MAX_DECISIONS, ALIGN, BFLOAT16, DTYPES, GAP_BITS_RANGE, MAGIC, MAX_NAME,
-                     VERSION, default_gap_bits, max_declared_elements)
+                     VERSION, VERSIONS, default_gap_bits, max_declared_elements)
 
 _NP_TO_NAME = {np.dtype(np.float32): "float32", np.dtype(np.float16): "float16", np.dtype(np.float64): "float64",
                np.dtype(np.int64): "int64", np.dtype(np.int32): "int32", np.dtype(np.int16): "int16",
@@ -177,8 +177,13 @@ def _metadata(metadata: dict[str, Any]) -> dict[str, Any]:
 
 
 def serialize(tensors: dict, metadata: dict[str, Any], *, index_bits: dict[str, int] | int | None = None,
-              huffman: bool = True) -> bytes:
-    """The archive's bytes for ``tensors`` (name -> CompressedTensor) and ``metadata``, without a file."""
+              huffman: bool = True, version: int = VERSION) -> bytes:
+    """The archive's bytes for ``tensors`` (name -> CompressedTensor) and ``metadata``, without a file.
+
+    ``version=1`` writes the previous format (plain JSON header, no adaptive codings), for
+    readers that predate version 2 and for size comparisons."""
+    if version not in VERSIONS:
+        raise ConfigError(f"format version must be one of {list(VERSIONS)}; got {version!r}")
     entries, numel = [], 0
     for name, t in tensors.items():
         if not isinstance(name, str) or not name or len(name) > MAX_NAME:
@@ -187,10 +192,10 @@ def serialize(tensors: dict, metadata: dict[str, Any], *, index_bits: dict[str, 
             raise ConfigError(f"tensor {show(name)}: cannot store a {type(t).__name__} "
                               "(expected a nnshrink.compressed type)")
         shape = [int(d) for d in t.shape]
-        rec, parts = encode_tensor(name, t, _gap_bits_for(name, shape, index_bits), huffman)
+        rec, parts = encode_tensor(name, t, _gap_bits_for(name, shape, index_bits), huffman, version >= 2)
         entries.append(({"name": name, "shape": shape, **rec}, parts))
         numel += int(np.prod(shape))
-    data = assemble(entries, _metadata(metadata))
+    data = assemble(entries, _metadata(metadata), version)
     if numel > max_declared_elements(len(data)):
         raise ConfigError(f"the archive would declare {numel} elements in {len(data)} bytes, over the format's "
                           f"density cap ({max_declared_elements(len(data))}; SPEC.md): store nearly empty "
