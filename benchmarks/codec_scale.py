@@ -26,7 +26,7 @@ from nnshrink.compressed import SharedTensor  # noqa: E402
 from nnshrink.encode.huffman import (HuffmanCode, code_lengths, entropy_bits, histogram,  # noqa: E402
                                      huffman_decode, huffman_encode, pair_symbols)
 from nnshrink.encode.sparse import gaps_from_mask  # noqa: E402
-from nnshrink.format import read_archive, write_archive  # noqa: E402
+from nnshrink.format import read_archive, serialize, write_archive  # noqa: E402
 
 VGG16 = [(64, 3, 3, 3), (64, 64, 3, 3), (128, 64, 3, 3), (128, 128, 3, 3), (256, 128, 3, 3), (256, 256, 3, 3),
          (256, 256, 3, 3), (512, 256, 3, 3), (512, 512, 3, 3), (512, 512, 3, 3), (512, 512, 3, 3),
@@ -129,21 +129,26 @@ def main(argv=None) -> int:
         decode_s = time.perf_counter() - t0
         exact = all(np.array_equal(arch.tensors[k].mask, t.mask) and np.array_equal(arch.tensors[k].indices, t.indices)
                     for k, t in tensors.items())
-        del dense
+        codings = [f"{r['index_coding']}/{r['gap_coding']}" for r in arch.records]
+        del dense, arch
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    # the previous format (1: no adaptive codings, JSON header) for the same tensors, after the peak is read
+    size_v1 = len(serialize(tensors, {"model": None, "report": {"synthetic": "vgg16"}}, version=1))
 
     big = max(tensors.values(), key=lambda t: int(np.prod(t.shape)))
     streams = [stream_bench("index", np.asarray(big.indices, np.uint8), 1 << args.bits, args.repeats),
                stream_bench("gap", gaps_from_mask(big.mask, 5), 32, args.repeats)]
     result = {"machine": "2-core shared CPU VM, no GPU, torch 2.13 CPU", "quick": args.quick, "params": params,
               "keep": args.keep, "bits": args.bits, "dense_bytes": dense_bytes, "file_bytes": size,
-              "ratio": dense_bytes / size, "encode_s": encode_s, "decode_s": decode_s, "peak_rss_bytes": peak,
+              "ratio": dense_bytes / size, "file_bytes_format1": size_v1,
+              "codings_index_positions": {c: codings.count(c) for c in sorted(set(codings))}, "encode_s": encode_s, "decode_s": decode_s, "peak_rss_bytes": peak,
               "peak_rss_over_dense": peak / dense_bytes, "bit_exact": exact, "streams": streams,
               "targets": {"encode_s": 15, "decode_s": 5, "peak_rss_over_dense": 3,
                           "huffman_encode_msym_s": 100, "huffman_decode_msym_s": 50, "huffman_over_entropy": 0.015}}
     print(f"{params / 1e6:.1f}M weights, keep {args.keep}, {args.bits}-bit: file {size / 1e6:.2f} MB "
           f"({dense_bytes / size:.1f}x), encode {encode_s:.2f} s, decode {decode_s:.2f} s, "
-          f"peak RSS {peak / 1e6:.0f} MB = {peak / dense_bytes:.2f}x dense, bit-exact {exact}")
+          f"peak RSS {peak / 1e6:.0f} MB = {peak / dense_bytes:.2f}x dense, bit-exact {exact}; format 1: "
+          f"{size_v1 / 1e6:.2f} MB; codings {result['codings_index_positions']}")
     for s in streams:
         print(f"  {s['stream']:<5} {s['symbols']} sym: entropy {s['entropy_bits_per_symbol']:.3f} b | zstd-1 "
               f"{s['zstd1_bits_per_symbol']:.3f} b, enc {s['zstd1_encode_msym_s']:.0f} / dec "
