@@ -451,3 +451,19 @@ def test_open_archive_reads_the_header_and_decodes_on_get(tmp_path):
     with pytest.raises(BadMagicError):
         path.write_bytes(b"XXXX" + GOLDEN[4:])
         open_archive(path)
+
+
+def test_inspect_prints_the_header_json_of_both_versions(tmp_path, capsys):
+    from nnshrink.cli import main
+
+    for name, data in (("v2.nsk", GOLDEN), ("v1.nsk", GOLDEN_V1)):
+        path = tmp_path / name
+        path.write_bytes(data)
+        capsys.readouterr()
+        assert main(["inspect", str(path), "--header"]) == 0
+        header = json.loads(capsys.readouterr().out)
+        assert header["version"] == data[4] and header["records"][0]["name"] == "w"
+        assert main(["inspect", str(path), "--json", "-"]) == 0
+        rep = json.loads(capsys.readouterr().out)
+        assert rep["format_version"] == data[4] and rep["header_bytes"] == 16 + struct.unpack_from("<I", data, 8)[0]
+    assert header == json.loads(GOLDEN_V1[16:16 + 528])

@@ -9,6 +9,8 @@ from ._common import add_force_arg, add_json_arg, check_outputs, emit_json
 def register(sub) -> None:
     p = sub.add_parser("inspect", help="per-layer sizes of an .nsk archive (kept %%, bits, bytes, ratio)")
     p.add_argument("input", help="archive (.nsk)")
+    p.add_argument("--header", action="store_true",
+                   help="print the archive's JSON header (validated; inflated for format 2) instead of the table")
     add_json_arg(p)
     add_force_arg(p)
     p.set_defaults(func=run)
@@ -38,6 +40,7 @@ def summarize(archive) -> dict:
             "source": info.get("source") if isinstance(info, dict) else None, "layers": layers,
             "params": params, "nonzero": nonzero, "original_bytes": original,
             "record_bytes": sum(l["bytes"] for l in layers), "compressed_bytes": archive.file_bytes,
+            "format_version": getattr(archive, "version", None), "header_bytes": getattr(archive, "header_bytes", None),
             "ratio": original / archive.file_bytes if archive.file_bytes else 0.0}
 
 
@@ -80,6 +83,11 @@ def run(args) -> int:
 
     check_outputs(args)
     with open_archive(args.input) as archive:  # header only: O(header) memory whatever the records claim
+        if args.header:
+            import json
+
+            print(json.dumps(archive.header, indent=1))
+            return 0
         rep = summarize(archive)
     if args.json:
         emit_json(rep, args.json, force=args.force)

@@ -314,7 +314,8 @@ def _header_length(pre, file_size: int, source: str) -> int:
 
 
 def _parse_header(head, file_size: int, source: str) -> tuple[dict, list[_Spec]]:
-    """Validate the preamble and header (``head`` holds at least both) of a ``file_size``-byte file."""
+    """Validate the preamble and header (``head`` holds at least both) of a ``file_size``-byte file;
+    return the header (JSON object) and the record specs."""
     hlen = _header_length(head, file_size, source)
     version, hcrc = struct.unpack_from("<H", head, 4)[0], struct.unpack_from("<I", head, 12)[0]
     hbytes = bytes(head[PREAMBLE: PREAMBLE + hlen])
@@ -354,7 +355,7 @@ def _parse_header(head, file_size: int, source: str) -> tuple[dict, list[_Spec]]
     if declared > max_declared_elements(file_size):
         raise LimitError(f"{source}: the records declare {declared} elements, more than a {file_size}-byte archive "
                          f"may hold ({max_declared_elements(file_size)}; see the density cap in SPEC.md)")
-    return meta, specs
+    return header, specs
 
 
 def _check_budget(specs: list[_Spec], max_elements: int, source: str) -> None:
@@ -486,7 +487,8 @@ def parse_archive(buf: bytes | bytearray, source: str = "<archive>", *,
                   max_elements: int = DEFAULT_MAX_ELEMENTS) -> Archive:
     """Validate and decode an archive held in memory (``read_archive`` reads the file)."""
     with _gc_paused():
-        meta, specs = _parse_header(buf, len(buf), source)
+        header, specs = _parse_header(buf, len(buf), source)
+        meta = header["metadata"]
         _check_budget(specs, max_elements, source)
         base = PREAMBLE + struct.unpack_from("<I", buf, 8)[0]
         view = memoryview(buf)
@@ -512,11 +514,14 @@ class ArchiveFile:
             pre = self._f.read(PREAMBLE)
             head = pre + self._f.read(_header_length(pre, self.file_bytes, self.source))
             with _gc_paused():
-                self.metadata, specs = _parse_header(head, self.file_bytes, self.source)
+                self.header, specs = _parse_header(head, self.file_bytes, self.source)
         except BaseException:
             self._f.close()
             raise
         self._base = len(head)
+        self.metadata = self.header["metadata"]
+        self.version = self.header["version"]  # the format version (1 or 2)
+        self.header_bytes = len(head)  # preamble + header as stored
         self._specs = {s.name: s for s in specs}
         self._rows: list[dict[str, Any]] | None = None
 
