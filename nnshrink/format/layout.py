@@ -47,6 +47,10 @@ MASK_KEYS = {"mask_coding"}  # version 2: a sparse record's positions as an adap
 # (mask positions, or indices x bits): it costs tens of ns per decision, so huge layers keep
 # gap / Huffman coding, which is within 1% of the order-0 bound on their i.i.d.-like masks.
 ADAPTIVE_MAX_DECISIONS = 1 << 24
+# ... and keeps it only when it saves at least one byte per this many decisions over the best
+# other coding: decoding it costs ~20 ns per decision against ~2 ns per symbol for Huffman, so
+# a 0.1% gain on a multi-million-position layer is not worth its decode time.
+ADAPTIVE_DECISIONS_PER_BYTE = 4096
 MAX_JSON = MAX_HEADER  # version 2: the inflated JSON header is at most 16 MiB too
 # Version 2 headers are zlib streams with this preset dictionary (SPEC.md): the keys and
 # values every header repeats, so a small archive's header deflates to a few hundred bytes.

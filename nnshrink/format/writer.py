@@ -24,8 +24,8 @@ from ..errors import ConfigError
 from ..io_utils import atomic_write_bytes
 from .errors import show
 from .header import pack_header
-from .layout import (ADAPTIVE, ADAPTIVE_MAX_DECISIONS, ALIGN, BFLOAT16, DTYPES, GAP_BITS_RANGE, MAGIC, MAX_NAME,
-                     VERSION, VERSIONS, default_gap_bits, max_declared_elements)
+from .layout import (ADAPTIVE, ADAPTIVE_DECISIONS_PER_BYTE, ADAPTIVE_MAX_DECISIONS, ALIGN, BFLOAT16, DTYPES,
+                     GAP_BITS_RANGE, MAGIC, MAX_NAME, VERSION, VERSIONS, default_gap_bits, max_declared_elements)
 
 _NP_TO_NAME = {np.dtype(np.float32): "float32", np.dtype(np.float16): "float16", np.dtype(np.float64): "float64",
                np.dtype(np.int64): "int64", np.dtype(np.int32): "int32", np.dtype(np.int16): "int16",
@@ -55,7 +55,8 @@ def encode_stream(symbols: np.ndarray, bits: int, alphabet: int, huffman: bool,
             if nbytes < best[2]:
                 best = (coding, (stream, code, hist), nbytes, code)
     if huffman and adaptive_ok and symbols.size and symbols.size * bits <= ADAPTIVE_MAX_DECISIONS:
-        data = adaptive.encode_symbols(symbols, bits, cap=best[2] - 1)
+        must_save = 1 + symbols.size * bits // ADAPTIVE_DECISIONS_PER_BYTE
+        data = adaptive.encode_symbols(symbols, bits, cap=best[2] - must_save)
         if data is not None:
             return ADAPTIVE, None, data
     coding, chosen = best[0], best[1]
@@ -71,7 +72,7 @@ def _gap_parts(rec: dict, mask: np.ndarray, gap_bits: int, huffman: bool, adapti
     coding, table, data = encode_stream(gaps, gap_bits, 1 << gap_bits, huffman)
     size = len(data) + (len(table) if table is not None else 0)
     if huffman and adaptive_ok and 0 < mask.size <= ADAPTIVE_MAX_DECISIONS:
-        stream = adaptive.encode_mask(mask, cap=size - 1)
+        stream = adaptive.encode_mask(mask, cap=size - 1 - mask.size // ADAPTIVE_DECISIONS_PER_BYTE)  # see layout.py
         if stream is not None:
             rec.update(mask_coding=ADAPTIVE)
             return [("mask", stream)]
