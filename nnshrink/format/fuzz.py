@@ -13,6 +13,7 @@ import zlib
 import numpy as np
 
 from ..compressed import BinaryTensor, DenseTensor, SharedTensor, SparseTensor
+from ..encode.adaptive import encode_mask
 from .errors import FormatError
 from .header import join, split
 from .layout import DENSITY, DENSITY_SLACK, PREAMBLE
@@ -69,6 +70,17 @@ def filler_bomb(stream_bytes: int, name: str = "bomb") -> bytes:
                     {"model": None, "config": {}})
 
 
+def adaptive_bomb(numel: int, junk: bool = False) -> bytes:
+    """One all-zero tensor whose positions are an adaptive mask (format 2): ~2,900 zeros per
+    stream byte once the coder has learned them, more than the density cap allows. ``junk``:
+    the same claim over a stream of 0xFF bytes (decodes to some mask, or an error)."""
+    stream = encode_mask(np.zeros(numel, bool))
+    if junk:
+        stream = b"\xff" * len(stream)
+    rec = {"name": "abomb", "shape": [numel], "encoding": "sparse_f32", "nonzero": 0, "mask_coding": "adaptive"}
+    return assemble([(rec, [("values", b""), ("mask", stream)])], {"model": None, "config": {}})
+
+
 def _raw_claim(shape: list[int], name: str = "t") -> tuple[dict, list]:
     return ({"name": name, "shape": shape, "encoding": "raw", "dtype": "uint8", "half": False},
             [("data", b"")])
@@ -89,6 +101,9 @@ def bomb_archives() -> list[tuple[str, bytes]]:
                 assemble([(split(h)[1]["records"][0],
                            [("values", b""), ("gap_lengths", bytes(255) + b"\x01"), ("gap", bytes(n))])
                           for h in half], {"model": None, "config": {}})))
+    for numel in (10**6, 10**7):
+        out.append((f"adaptive mask bomb, {numel} zeros", adaptive_bomb(numel)))
+    out.append(("adaptive mask bomb over a junk stream", adaptive_bomb(10**6, junk=True)))
     for shape in ([2**31, 2**31, 0], [0] + [2**31] * 7, [2**31] * 8, [2**17, 2**17, 0, 1]):
         out.append((f"shape {shape}", assemble([_raw_claim(shape)], {"model": None, "config": {}})))
     out.append(("100,000 empty records (the SPEC's most)",
