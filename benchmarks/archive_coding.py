@@ -8,7 +8,8 @@ Bounds, all in bytes: `gap_h0` the order-0 entropy of the gap stream (what gap H
 approaches, tables excluded), `mask_h0` numel x H(density) (any coder that sees the mask
 bits as independent), `mask_hctx` the empirical entropy of the mask under the adaptive
 coder's 64 contexts (that model with its probabilities known in advance; the adaptive
-coder pays for learning them), `index_h0` the indices' order-0 entropy.
+coder pays for learning them), `index_h0` the indices' order-0 entropy. Also per shared
+layer: the adaptive index stream with the codebook as stored and sorted by frequency.
 
     python benchmarks/archive_coding.py runs/lenet300.nsk runs/lenet5.nsk --json OUT.json
 """
@@ -112,8 +113,15 @@ def measure(path: str) -> dict:
             bounds["positions_ctx"] += b["mask_hctx"]
             bounds["gaps"] += b["gap_h0"]
         if isinstance(t, SharedTensor):
-            row["index_h0"] = entropy_bits(histogram(np.asarray(t.indices, np.uint8), 1 << t.bits)) / 8
+            idx = np.asarray(t.indices, np.uint8)
+            hist = histogram(idx, 1 << t.bits)
+            row["index_h0"] = entropy_bits(hist) / 8
             row["codebook_bytes"] = 4 * len(t.codebook)
+            # codebook ordering: relabel by descending frequency (the tree coder's learning cost can change)
+            rank = np.empty(hist.size, np.uint8)
+            rank[np.argsort(-hist, kind="stable")] = np.arange(hist.size)
+            row["index_adaptive_bytes"] = len(adaptive.encode_symbols(idx, t.bits))
+            row["index_adaptive_freq_sorted_bytes"] = len(adaptive.encode_symbols(rank[idx], t.bits))
             bounds["indices"] += row["index_h0"]
     out["bounds_bytes"] = {"mask_h0": bounds["positions"], "mask_hctx": bounds["positions_ctx"],
                            "gap_h0": bounds["gaps"], "index_h0": bounds["indices"]}

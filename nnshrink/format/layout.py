@@ -48,9 +48,10 @@ MASK_KEYS = {"mask_coding"}  # version 2: a sparse record's positions as an adap
 # gap / Huffman coding, which is within 1% of the order-0 bound on their i.i.d.-like masks.
 ADAPTIVE_MAX_DECISIONS = 1 << 24
 # ... and keeps it only when it saves at least one byte per this many decisions over the best
-# other coding: decoding it costs ~20 ns per decision against ~2 ns per symbol for Huffman, so
-# a 0.1% gain on a multi-million-position layer is not worth its decode time.
-ADAPTIVE_DECISIONS_PER_BYTE = 4096
+# other coding: decoding it costs ~20 ns per decision against ~3 ns per symbol for Huffman, so
+# a 0.1% gain on a multi-million-position layer is not worth its decode time (on the VGG-size
+# benchmark 1 byte per 4096 still picked it for 7 layers: 0.05% smaller, decode 2.2x slower).
+ADAPTIVE_DECISIONS_PER_BYTE = 1024
 MAX_JSON = MAX_HEADER  # version 2: the inflated JSON header is at most 16 MiB too
 # Version 2 headers are zlib streams with this preset dictionary (SPEC.md): the keys and
 # values every header repeats, so a small archive's header deflates to a few hundred bytes.
