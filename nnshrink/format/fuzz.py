@@ -6,7 +6,6 @@ never a hang or a giant allocation."""
 
 from __future__ import annotations
 
-import json
 import struct
 import zlib
 
@@ -153,8 +152,21 @@ def _recrc_record_mutation(data: bytes, rng) -> bytes:
     return join(version, header, bytes(buf))
 
 
+def _recrc_header_mutation(data: bytes, rng) -> bytes:
+    """Flip bits inside the stored header (a deflate stream in format 2), then fix its CRC so
+    the envelope checks and the inflater see the damage."""
+    hlen = struct.unpack_from("<I", data, 8)[0]
+    if hlen == 0 or len(data) < PREAMBLE + hlen:
+        return data
+    buf = bytearray(data)
+    for _ in range(rng.integers(1, 4)):
+        buf[PREAMBLE + int(rng.integers(hlen))] ^= 1 << int(rng.integers(8))
+    struct.pack_into("<I", buf, 12, zlib.crc32(bytes(buf[PREAMBLE: PREAMBLE + hlen])))
+    return bytes(buf)
+
+
 def mutate(data: bytes, others: list[bytes], rng) -> bytes:
-    kind = rng.integers(9)
+    kind = rng.integers(10)
     n = len(data)
     if kind == 0:  # bit flips
         buf = bytearray(data)
@@ -177,6 +189,8 @@ def mutate(data: bytes, others: list[bytes], rng) -> bytes:
         return data[:8] + struct.pack("<I", int(rng.choice([0, 1, 2**24, 2**24 + 1, 2**32 - 1, n, n - 15]))) + data[12:]
     if kind in (5, 6):
         return _rewrite_header(data, _edit_field, rng)
+    if kind == 9:
+        return _recrc_header_mutation(data, rng)
     return _recrc_record_mutation(data, rng)
 
 
