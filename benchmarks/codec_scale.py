@@ -156,7 +156,8 @@ def main(argv=None) -> int:
               "ratio": dense_bytes / size, "file_bytes_format1": size_v1, "decode_s_format1": decode_v1_s,
               "encode_s_format1_no_write": encode_v1_s,
               "layers": layers,
-              "codings_index_positions": {c: codings.count(c) for c in sorted(set(codings))}, "encode_s": encode_s, "decode_s": decode_s, "peak_rss_bytes": peak,
+              "codings_index_positions": {c: codings.count(c) for c in sorted(set(codings))},
+              "encode_s": encode_s, "decode_s": decode_s, "peak_rss_bytes": peak,
               "peak_rss_over_dense": peak / dense_bytes, "bit_exact": exact, "streams": streams,
               "targets": {"encode_s": 15, "decode_s": 5, "peak_rss_over_dense": 3,
                           "huffman_encode_msym_s": 100, "huffman_decode_msym_s": 50, "huffman_over_entropy": 0.015}}

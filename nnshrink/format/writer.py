@@ -122,7 +122,8 @@ def encode_tensor(name: str, t, gap_bits: int, huffman: bool = True, adaptive_ok
         if values.size != nnz:
             raise ConfigError(f"tensor {name!r}: {values.size} values for {nnz} kept positions")
         rec = {"encoding": "sparse_f32", "nonzero": nnz}
-        parts = [("values", _bytes_view(values, DTYPES["float32"]))] + _gap_parts(rec, mask, gap_bits, huffman, adaptive_ok)
+        parts = [("values", _bytes_view(values, DTYPES["float32"]))]
+        parts += _gap_parts(rec, mask, gap_bits, huffman, adaptive_ok)
     elif isinstance(t, SharedTensor):
         shape = tuple(int(d) for d in t.shape)
         bits = int(t.bits)
