@@ -75,6 +75,9 @@ def test_version_1_golden_file_still_reads_and_repacks(tmp_path):
     np.testing.assert_array_equal(arch.tensors["w"].to_dense(), [[0.5, 0, 0, -1], [0, 0, 0, -1]])
     assert repack(old, tmp_path / "new.nsk") == len(GOLDEN)
     assert (tmp_path / "new.nsk").read_bytes() == GOLDEN
+    assert serialize(golden_tensors(), GOLDEN_META, version=1) == GOLDEN_V1  # the old writer, for old readers
+    with pytest.raises(ConfigError, match="version"):
+        serialize(golden_tensors(), GOLDEN_META, version=3)
 
 
 def adaptive_tensors():
