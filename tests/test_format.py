@@ -470,3 +470,13 @@ def test_inspect_prints_the_header_json_of_both_versions(tmp_path, capsys):
         rep = json.loads(capsys.readouterr().out)
         assert rep["format_version"] == data[4] and rep["header_bytes"] == 16 + struct.unpack_from("<I", data, 8)[0]
     assert header == json.loads(GOLDEN_V1[16:16 + 528])
+
+
+def test_repack_is_idempotent_on_format_2_and_refuses_bad_input(tmp_path):
+    src = GOLDEN_DIR / "v2_adaptive.nsk"
+    assert repack(src, tmp_path / "again.nsk") == src.stat().st_size
+    assert (tmp_path / "again.nsk").read_bytes() == src.read_bytes()
+    (tmp_path / "bad.nsk").write_bytes(GOLDEN[:-3])
+    with pytest.raises(HeaderError):
+        repack(tmp_path / "bad.nsk", tmp_path / "out.nsk")
+    assert not (tmp_path / "out.nsk").exists()
