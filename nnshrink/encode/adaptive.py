@@ -1,16 +1,18 @@
 """Context-adaptive binary range coding of sparse masks and index streams (SPEC: `adaptive`).
 
-Why: gap Huffman codes each kept weight's distance on its own, ~5 bits per kept weight
-at 5-10% density, and pays a code table per stream. Coding the mask bits themselves with
-an adaptive probability per small context (kept so far in the position's column and
-row, the bit to the left and the bit above, in the 2-D view axis 0 x the rest) follows what pruning leaves (dead input
-columns, dead neurons, denser rows) with no table at all; indices go through the same
-coder as a binary tree of b adaptive bits (no Huffman table, no whole-bit rounding).
+Why: gap Huffman codes each kept weight's distance on its own (~5 bits per kept weight at
+5-10% density) and pays a code table per stream. Coding the mask bits themselves, with an
+adaptive probability per small context (kept so far in the position's column and row,
+the bit to the left, the bit above; the tensor seen as axis 0 x the rest), follows what
+pruning leaves (dead input columns, dead neurons, denser rows) with no table at all.
+Indices go through the same coder as a binary tree of b adaptive bits (no table, no
+whole-bit rounding).
 
 Why by hand: no well-kept Python library offers a context-adaptive binary coder. The
 coder is LZMA's range coder (32-bit range, carry through a cached byte) with 15-bit
-probabilities that adapt by 1/2, 1/4, ... 1/64 as a context is seen; integers only, so encoder and decoder agree bit
-for bit on every machine. numba kernels; ``*_ref`` are plain-Python references.
+probabilities that adapt by 1/2, 1/4, ... 1/64 as a context is seen; integers only, so
+encoder and decoder agree bit for bit everywhere. numba kernels; ``*_ref`` are the
+plain-Python references they are tested against.
 """
 
 from __future__ import annotations
