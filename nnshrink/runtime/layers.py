@@ -11,7 +11,6 @@ output is a transposed (non-contiguous) view; call ``.contiguous()`` if you need
 from __future__ import annotations
 
 import copy
-import warnings
 
 import numpy as np
 import torch
@@ -117,29 +116,7 @@ class SparseLinear(_KernelLinear):
     def dense_weight(self) -> torch.Tensor:
         return torch.from_numpy(self.csr.to_dense())
 
-    #: from this batch size and this many kept weights on, the product goes to torch's
-    #: sparse CSR matmul (MKL), which beat the numba kernel on the big VGG layers at batch
-    #: 16-64 here; below them numba wins (2-3x over torch CSR at batch 1, and torch's
-    #: ~10 us fixed cost sinks small layers). See benchmarks/sections/80-inference.md.
-    torch_min_batch = 4
-    torch_min_nnz = 16384
-
-    def _torch_csr(self) -> torch.Tensor:
-        t = getattr(self, "_tcsr", None)
-        if t is None:  # built on first use: int32 indices, so it costs 8 bytes per kept weight
-            a = self.csr
-            with warnings.catch_warnings():  # "sparse CSR support is in beta": known, and tested here
-                warnings.simplefilter("ignore", UserWarning)
-                t = torch.sparse_csr_tensor(torch.from_numpy(a.indptr.astype(np.int32)),
-                                            torch.from_numpy(a.indices.astype(np.int32)),
-                                            torch.from_numpy(a.data), a.shape, check_invariants=False)
-            self._tcsr = t
-        return t
-
     def _run(self, x2d, b):
-        if x2d.shape[0] >= self.torch_min_batch and self.csr.nnz >= self.torch_min_nnz:
-            x = torch.from_numpy(x2d)
-            return torch.addmm(torch.from_numpy(b)[:, None], self._torch_csr(), x.T).T
         return csr_linear(self.csr, x2d, b)
 
     def extra_repr(self) -> str:
