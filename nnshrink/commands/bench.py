@@ -197,7 +197,7 @@ def run(args) -> int:
 
     import torch
 
-    from ..runtime.layers import accelerate
+    from ..runtime.swap import accelerate
     from ..runtime.timing import pick_clock, time_interleaved
 
     torch.set_num_threads(args.threads)

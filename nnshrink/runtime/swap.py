@@ -1,0 +1,179 @@
+"""One swap from a decoded model to the compressed runtime, and what it keeps resident.
+
+``accelerate(model, tensors, runtime=...)`` replaces each layer whose archived weight is
+pruned or shared by the layer that runs from that encoding: Linear -> SparseLinear /
+CodebookLinear, Conv2d -> KernelConv2d, Embedding -> CodebookEmbedding; binary layers
+are bit-packed (``binary_infer.pack_model``). ``runtime="compressed"`` swaps every such
+layer and names any that has no kernel; ``"auto"`` swaps a layer only where the
+measured rule (``auto_choice``) says its kernel pays and keeps the decoded torch layer
+otherwise. The choice per layer is recorded as ``model.nnshrink_runtime`` so ``bench``
+and ``eval`` can print it.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from ..compressed import BinaryTensor, CompressedTensor, SharedTensor, SparseTensor
+from ..errors import ConfigError
+from .conv import KernelConv2d, conv_unsupported
+from .embedding import CodebookEmbedding, embedding_unsupported
+from .layers import CodebookLinear, SparseLinear
+
+RUNTIMES = ("dense", "compressed", "auto")
+
+# The auto rule, from ``benchmarks/runtime_auto.py`` (see benchmarks/sections/81-runtime.md):
+# a kernel layer replaces the torch layer when its weight keeps at most this fraction and
+# (fc) has at least this many kept weights; below that the ~5-10 us Python + numba call
+# costs more than dense torch spends on the whole layer.
+AUTO_LINEAR_MAX_DENSITY = 0.3
+AUTO_LINEAR_MIN_KEPT = 8192
+AUTO_CONV_MAX_DENSITY = 0.2
+AUTO_CONV_MIN_KEPT = 2048
+
+# Modules whose forward reads their Linear children's ``.weight`` directly (torch's fused
+# eval fast path of the transformer layers): a kernel layer there has no weight to read.
+_READS_CHILD_WEIGHTS = (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer, nn.MultiheadAttention)
+
+
+def density(t: CompressedTensor) -> float:
+    """Kept fraction of a sparse or shared tensor (1.0 for an unpruned one)."""
+    mask = getattr(t, "mask", None)
+    n = int(np.prod(t.shape)) or 1
+    return 1.0 if mask is None else float(np.count_nonzero(mask)) / n
+
+
+def auto_choice(kind: str, t: CompressedTensor) -> str | None:
+    """Why ``auto`` keeps this layer dense torch, or None when its kernel pays."""
+    d = density(t)
+    kept = int(round(d * int(np.prod(t.shape))))
+    if kind == "embedding":
+        return None if isinstance(t, SharedTensor) else "a pruned-only table: dense lookup"
+    max_d, min_kept = ((AUTO_LINEAR_MAX_DENSITY, AUTO_LINEAR_MIN_KEPT) if kind == "linear"
+                       else (AUTO_CONV_MAX_DENSITY, AUTO_CONV_MIN_KEPT))
+    if d > max_d:
+        return f"density {d:.2f} > {max_d}"
+    if kept < min_kept:
+        return f"{kept} kept weights < {min_kept}"
+    return None
+
+
+def _kind(mod: nn.Module) -> str | None:
+    return {nn.Linear: "linear", nn.Conv2d: "conv2d", nn.Embedding: "embedding"}.get(type(mod))
+
+
+def _unsupported(kind: str | None, mod: nn.Module, t) -> str | None:
+    if kind is None:
+        return f"no compressed kernel for {type(mod).__name__}"
+    if kind == "conv2d":
+        return conv_unsupported(mod)
+    if kind == "embedding":
+        return embedding_unsupported(mod, t)
+    if isinstance(t, SharedTensor) and len(t.codebook) > 256:
+        return f"{len(t.codebook)} centroids (uint8 codes take at most 256)"
+    return None
+
+
+def _bias_for(name: str, mod: nn.Module, tensors) -> object:
+    key = f"{name}.bias" if name else "bias"
+    return tensors[key] if key in tensors else getattr(mod, "bias", None)
+
+
+def _build(kind: str, name: str, mod: nn.Module, t, tensors, sparse_linear_for_shared: bool) -> tuple[nn.Module, str]:
+    bias = _bias_for(name, mod, tensors)
+    if kind == "linear":
+        if isinstance(t, SparseTensor) or sparse_linear_for_shared:
+            return SparseLinear.from_compressed(t, bias), "sparse"
+        return CodebookLinear.from_compressed(t, bias), "codebook"
+    if kind == "conv2d":
+        return KernelConv2d.from_compressed(t, mod, bias), "sparse" if isinstance(t, SparseTensor) else "codebook"
+    return CodebookEmbedding(t, mod), "codebook"
+
+
+def accelerate(model: nn.Module, tensors: dict[str, CompressedTensor], *, runtime: str = "compressed",
+               inplace: bool = False, sparse_linear_for_shared: bool = False) -> nn.Module:
+    """Swap the layers whose ``<name>.weight`` in ``tensors`` is sparse, shared or binary.
+
+    Returns a copy unless ``inplace``; the result is inference-only and in eval mode, with
+    ``nnshrink_runtime`` = {layer: "sparse" | "codebook" | "packed" | "dense (why)"}.
+    """
+    if runtime not in RUNTIMES:
+        raise ConfigError(f"runtime must be one of {', '.join(RUNTIMES)}; got {runtime!r}")
+    if not inplace:
+        model = copy.deepcopy(model)
+    choices: dict[str, str] = {}
+    if runtime == "dense":
+        model.nnshrink_runtime = choices
+        return model.eval()
+    model = _pack_binary(model, tensors, choices)
+    kept_dense = {f"{parent}.{child}" if parent else child
+                  for parent, mod in model.named_modules() if isinstance(mod, _READS_CHILD_WEIGHTS)
+                  for child, _ in mod.named_children()}
+    swaps = []
+    for name, mod in model.named_modules():
+        t = tensors.get(f"{name}.weight" if name else "weight")
+        if not isinstance(t, (SparseTensor, SharedTensor)) or name in choices:
+            continue
+        label = name or "(model)"
+        if tuple(t.shape) != tuple(getattr(mod, "weight", torch.empty(0)).shape):
+            raise ConfigError(f"{label}.weight: compressed shape {tuple(t.shape)} does not match the "
+                              f"model's {tuple(getattr(mod, 'weight', torch.empty(0)).shape)}")
+        kind = _kind(mod)
+        why = ("its parent reads the weight directly (transformer fast path)" if name in kept_dense
+               else _unsupported(kind, mod, t))
+        if why is None and runtime == "auto":
+            why = auto_choice(kind, t)
+        elif why is not None and runtime == "compressed" and name not in kept_dense:
+            raise ConfigError(f"layer {label!r} has no compressed kernel: {why}; use runtime 'auto' or 'dense'")
+        if why is not None:
+            choices[label] = f"dense ({why})"
+            continue
+        new, choices[label] = _build(kind, name, mod, t, tensors, sparse_linear_for_shared)
+        swaps.append((name, new))
+    for name, new in swaps:
+        if not name:
+            new.nnshrink_runtime = choices
+            return new
+        parent_name, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, attr, new)
+    model.nnshrink_runtime = choices
+    return model.eval()
+
+
+def _pack_binary(model: nn.Module, tensors, choices: dict[str, str]) -> nn.Module:
+    """XNOR layers bit-packed, BWN layers decoded to float (their gain is storage on a CPU)."""
+    from ..quantize.binary import BinaryConv2d, BinaryLinear
+
+    names = {n: m for n, m in model.named_modules() if isinstance(m, (BinaryLinear, BinaryConv2d))}
+    if not names:
+        return model
+    from .binary_infer import pack_model
+
+    bins = {k: t for k, t in tensors.items() if isinstance(t, BinaryTensor)}
+    packed = pack_model(model, bins or None)
+    for n, m in names.items():
+        choices[n] = "packed" if m.mode == "xnor" else "dense (BWN decoded to float)"
+    return packed
+
+
+def resident_weight_bytes(model: nn.Module) -> int:
+    """Bytes a model holds for its weights: every parameter and buffer of torch layers,
+    the compressed arrays of kernel layers, and any array a module keeps as an attribute
+    (the packed binary layers)."""
+    total = 0
+    for mod in model.modules():
+        if hasattr(mod, "weight_nbytes"):
+            total += mod.weight_nbytes()
+            continue
+        for t in list(mod.parameters(recurse=False)) + list(mod.buffers(recurse=False)):
+            total += t.numel() * t.element_size()
+        for v in vars(mod).values():
+            if isinstance(v, np.ndarray):
+                total += v.nbytes
+            elif isinstance(v, torch.Tensor) and not isinstance(v, nn.Parameter):
+                total += v.numel() * v.element_size()
+    return total
