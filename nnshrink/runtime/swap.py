@@ -26,14 +26,18 @@ from .layers import CodebookLinear, SparseLinear
 
 RUNTIMES = ("dense", "compressed", "auto")
 
-# The auto rule, from ``benchmarks/runtime_auto.py`` (see benchmarks/sections/81-runtime.md):
-# a kernel layer replaces the torch layer when its weight keeps at most this fraction and
-# (fc) has at least this many kept weights; below that the ~5-10 us Python + numba call
-# costs more than dense torch spends on the whole layer.
-AUTO_LINEAR_MAX_DENSITY = 0.3
+# The auto rule, read off ``benchmarks/runtime_auto.py`` at batch 1, single thread (see
+# benchmarks/sections/81-runtime.md): a kernel layer replaces the torch layer when its
+# weight keeps at most this fraction and has at least this many kept weights. fc layers
+# broke even at ~12-15 % density (300x784: x1.16 at 10 %, x0.70 at 20 %), and below ~8k
+# kept weights the ~5 us Python + numba call costs what dense torch spends on the whole
+# layer (100x300: x0.92 at 10 %); 3x3 / 5x5 convs broke even at ~20 % (128 channels: x1.69
+# at 10 %, x0.96 at 20 %) whatever their size. Batch 64 pays at higher densities, but the
+# choice is made once per layer, for batch 1.
+AUTO_LINEAR_MAX_DENSITY = 0.12
 AUTO_LINEAR_MIN_KEPT = 8192
-AUTO_CONV_MAX_DENSITY = 0.2
-AUTO_CONV_MIN_KEPT = 2048
+AUTO_CONV_MAX_DENSITY = 0.15
+AUTO_CONV_MIN_KEPT = 0
 
 # Modules whose forward reads their Linear children's ``.weight`` directly (torch's fused
 # eval fast path of the transformer layers): a kernel layer there has no weight to read.
@@ -57,7 +61,7 @@ def auto_choice(kind: str, t: CompressedTensor) -> str | None:
                        else (AUTO_CONV_MAX_DENSITY, AUTO_CONV_MIN_KEPT))
     if d > max_d:
         return f"density {d:.2f} > {max_d}"
-    if kept < min_kept:
+    if min_kept and kept < min_kept:
         return f"{kept} kept weights < {min_kept}"
     return None
 
