@@ -152,9 +152,9 @@ def test_accelerate_swaps_only_sparse_and_shared_layers():
     assert isinstance(fast.head, nn.Linear) and isinstance(fast.conv, KernelConv2d)
     assert fast.nnshrink_runtime == {"conv": "sparse", "body.0": "sparse", "body.2": "codebook"}
     assert isinstance(net.body[0], nn.Linear)  # not in place by default
-    auto = accelerate(net, tensors, runtime="auto")  # all three are small or dense: torch keeps them
-    assert isinstance(auto.conv, nn.Conv2d) and isinstance(auto.body[0], nn.Linear)
-    assert auto.nnshrink_runtime["conv"].startswith("dense (density 1.00")
+    auto = accelerate(net, tensors, runtime="auto")  # small fc layers: torch keeps them
+    assert isinstance(auto.body[0], nn.Linear) and isinstance(auto.body[2], nn.Linear)
+    assert isinstance(auto.conv, KernelConv2d)  # 9 kept weights per channel: torch's conv is slower there
     with torch.no_grad():
         net.conv.weight.fill_(1)
         net.body[0].weight.copy_(torch.from_numpy(w0))

@@ -127,3 +127,9 @@ def test_auto_picks_kernels_for_big_sparse_layers_only():
     auto = accelerate(net, tensors, runtime="auto")
     assert auto.nnshrink_runtime["0"] == "codebook"
     assert auto.nnshrink_runtime["1"].startswith("dense (") and "kept weights" in auto.nnshrink_runtime["1"]
+    conv = nn.Sequential(nn.Conv2d(64, 32, 3))
+    for d, want in ((0.1, "sparse"), (0.2, "sparse"), (0.3, "dense")):  # 115, then 173 kept per channel
+        mask = rng.random((32, 64, 3, 3)) < d
+        w = rng.standard_normal(int(mask.sum())).astype(np.float32)
+        got = accelerate(conv, {"0.weight": SparseTensor(mask.shape, mask, w)}, runtime="auto").nnshrink_runtime["0"]
+        assert got.startswith(want), (d, got)

@@ -31,13 +31,15 @@ RUNTIMES = ("dense", "compressed", "auto")
 # weight keeps at most this fraction and has at least this many kept weights. fc layers
 # broke even at ~12-15 % density (300x784: x1.16 at 10 %, x0.70 at 20 %), and below ~8k
 # kept weights the ~5 us Python + numba call costs what dense torch spends on the whole
-# layer (100x300: x0.92 at 10 %); 3x3 / 5x5 convs broke even at ~20 % (128 channels: x1.69
-# at 10 %, x0.96 at 20 %) whatever their size. Batch 64 pays at higher densities, but the
-# choice is made once per layer, for batch 1.
+# layer (100x300: x0.92 at 10 %). A conv pays at <= 15 % density (128 channels, 14x14:
+# x1.69 at 10 %, x0.96 at 20 %) or with <= 128 kept weights per output channel, where torch's
+# own conv is inefficient (20 x 1 x 5x5: x2.45 at 50 %; 64 x 64 x 3x3 at 20 %, 115 per
+# channel: x1.37). Batch 64 pays at higher densities, but the choice is made once per
+# layer, for batch 1.
 AUTO_LINEAR_MAX_DENSITY = 0.12
 AUTO_LINEAR_MIN_KEPT = 8192
 AUTO_CONV_MAX_DENSITY = 0.15
-AUTO_CONV_MIN_KEPT = 0
+AUTO_CONV_MAX_KEPT_PER_CHANNEL = 128
 
 # Modules whose forward reads their Linear children's ``.weight`` directly (torch's fused
 # eval fast path of the transformer layers): a kernel layer there has no weight to read.
@@ -57,12 +59,16 @@ def auto_choice(kind: str, t: CompressedTensor) -> str | None:
     kept = int(round(d * int(np.prod(t.shape))))
     if kind == "embedding":
         return None if isinstance(t, SharedTensor) else "a pruned-only table: dense lookup"
-    max_d, min_kept = ((AUTO_LINEAR_MAX_DENSITY, AUTO_LINEAR_MIN_KEPT) if kind == "linear"
-                       else (AUTO_CONV_MAX_DENSITY, AUTO_CONV_MIN_KEPT))
-    if d > max_d:
-        return f"density {d:.2f} > {max_d}"
-    if min_kept and kept < min_kept:
-        return f"{kept} kept weights < {min_kept}"
+    if kind == "conv2d":
+        per_channel = kept / max(1, t.shape[0])
+        if d > AUTO_CONV_MAX_DENSITY and per_channel > AUTO_CONV_MAX_KEPT_PER_CHANNEL:
+            return (f"density {d:.2f} > {AUTO_CONV_MAX_DENSITY} and {per_channel:.0f} kept weights per channel > "
+                    f"{AUTO_CONV_MAX_KEPT_PER_CHANNEL}")
+        return None
+    if d > AUTO_LINEAR_MAX_DENSITY:
+        return f"density {d:.2f} > {AUTO_LINEAR_MAX_DENSITY}"
+    if kept < AUTO_LINEAR_MIN_KEPT:
+        return f"{kept} kept weights < {AUTO_LINEAR_MIN_KEPT}"
     return None
 
 
