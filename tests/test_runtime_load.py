@@ -133,3 +133,16 @@ def test_auto_picks_kernels_for_big_sparse_layers_only():
         w = rng.standard_normal(int(mask.sum())).astype(np.float32)
         got = accelerate(conv, {"0.weight": SparseTensor(mask.shape, mask, w)}, runtime="auto").nnshrink_runtime["0"]
         assert got.startswith(want), (d, got)
+
+
+def test_inspect_shows_the_auto_choice_from_the_header(archive, capsys):
+    from nnshrink.cli import main
+
+    assert main(["inspect", str(archive), "--json"]) == 0
+    layers = {l["name"]: l for l in __import__("json").loads(capsys.readouterr().out)["layers"]}
+    loaded = nnshrink.load(archive, model=ConvNet(), runtime="auto").nnshrink_runtime
+    for name in ("conv1", "conv2", "fc1", "fc2"):  # the header alone predicts what load does
+        assert layers[f"{name}.weight"]["auto_runtime"] == loaded[name]
+    assert layers["fc1.bias"]["auto_runtime"] is None
+    assert main(["inspect", str(archive)]) == 0
+    assert "runtime auto (4-D weights as Conv2d, 2-D as Linear): conv1.weight " in capsys.readouterr().out

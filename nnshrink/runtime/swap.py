@@ -55,12 +55,19 @@ def density(t: CompressedTensor) -> float:
 
 def auto_choice(kind: str, t: CompressedTensor) -> str | None:
     """Why ``auto`` keeps this layer dense torch, or None when its kernel pays."""
-    d = density(t)
-    kept = int(round(d * int(np.prod(t.shape))))
+    n = int(np.prod(t.shape))
+    return auto_rule(kind, tuple(t.shape), int(round(density(t) * n)), isinstance(t, SharedTensor))
+
+
+def auto_rule(kind: str, shape: tuple[int, ...], kept: int, shared: bool) -> str | None:
+    """``auto_choice`` from numbers alone (what an archive's header says), so ``inspect``
+    can show the choice without loading anything."""
+    n = int(np.prod(shape)) or 1
+    d = kept / n
     if kind == "embedding":
-        return None if isinstance(t, SharedTensor) else "a pruned-only table: dense lookup"
+        return None if shared else "a pruned-only table: dense lookup"
     if kind == "conv2d":
-        per_channel = kept / max(1, t.shape[0])
+        per_channel = kept / max(1, shape[0])
         if d > AUTO_CONV_MAX_DENSITY and per_channel > AUTO_CONV_MAX_KEPT_PER_CHANNEL:
             return (f"density {d:.2f} > {AUTO_CONV_MAX_DENSITY} and {per_channel:.0f} kept weights per channel > "
                     f"{AUTO_CONV_MAX_KEPT_PER_CHANNEL}")
