@@ -73,3 +73,14 @@ def test_codebook_column_blocking_matches_reference(block_cols):
     got = codebook_linear(w, x, block_cols=block_cols)
     np.testing.assert_allclose(got, codebook_linear_ref(w, x), rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(got, x @ dense.T, rtol=1e-4, atol=1e-4)
+
+
+def test_codes_are_checked_before_any_kernel_trusts_them():
+    mask = np.array([[True, False], [True, True]])
+    cb = np.array([0.5, -1.0], np.float32)
+    with pytest.raises(ValueError, match="2 codes for 3 kept positions"):
+        codebook_csr(mask, np.zeros(2, np.uint8), cb, (2, 2))
+    with pytest.raises(ValueError, match="code 2 out of range for a codebook of 2 entries"):
+        codebook_csr(mask, np.array([0, 2, 1], np.uint8), cb, (2, 2))
+    with pytest.raises(ValueError, match="code 5 out of range"):
+        codebook_dense(np.array([[0, 5]], np.uint8), cb, (1, 2))

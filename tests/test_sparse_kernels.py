@@ -79,3 +79,9 @@ def test_column_blocking_matches_reference(block_cols, batch):
     got = csr_linear(a, x, b, block_cols=block_cols)
     np.testing.assert_allclose(got, csr_linear_ref(a, x, b), rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(got, x @ w.T + b, rtol=1e-4, atol=1e-4)
+
+
+def test_value_count_must_match_the_mask():
+    mask = np.array([[True, False], [True, True]])
+    with pytest.raises(ValueError, match="2 values for 3 kept positions"):
+        csr_from_mask(mask, np.ones(2, np.float32))

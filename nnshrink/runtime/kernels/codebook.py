@@ -84,11 +84,19 @@ def codebook_csr(mask: np.ndarray | None, codes: np.ndarray, codebook: np.ndarra
     np.cumsum(mask.sum(axis=1), out=indptr[1:])
     indices = np.nonzero(mask)[1].astype(index_dtype(cols))
     codes = np.ascontiguousarray(codes).reshape(-1).astype(np.uint8)
-    return CodebookCSR((rows, cols), indptr, indices, codes, _codebook(codebook))
+    if codes.size != indices.size:  # the kernels trust nnz: never let them read past codes
+        raise ValueError(f"{codes.size} codes for {indices.size} kept positions")
+    cb = _codebook(codebook)
+    if codes.size and int(codes.max()) >= cb.size:  # nor past the codebook
+        raise ValueError(f"code {int(codes.max())} out of range for a codebook of {cb.size} entries")
+    return CodebookCSR((rows, cols), indptr, indices, codes, cb)
 
 
 def codebook_dense(codes: np.ndarray, codebook: np.ndarray, shape: tuple[int, int]) -> CodebookDense:
-    return CodebookDense(np.ascontiguousarray(codes, np.uint8).reshape(shape), _codebook(codebook))
+    codes, cb = np.ascontiguousarray(codes, np.uint8).reshape(shape), _codebook(codebook)
+    if codes.size and int(codes.max()) >= cb.size:  # the kernels trust every code < k
+        raise ValueError(f"code {int(codes.max())} out of range for a codebook of {cb.size} entries")
+    return CodebookDense(codes, cb)
 
 
 # --------------------------------------------------------------------------- kernels

@@ -60,6 +60,8 @@ def csr_from_mask(mask: np.ndarray, values: np.ndarray) -> CSR:
     np.cumsum(mask.sum(axis=1), out=indptr[1:])
     indices = np.nonzero(mask)[1].astype(index_dtype(cols))
     data = np.ascontiguousarray(values, np.float32).reshape(-1)
+    if data.size != indices.size:  # the kernels trust nnz: never let them read past data
+        raise ValueError(f"{data.size} values for {indices.size} kept positions")
     return CSR((rows, cols), indptr, indices, data)
 
 
