@@ -146,3 +146,34 @@ def test_inspect_shows_the_auto_choice_from_the_header(archive, capsys):
     assert layers["fc1.bias"]["auto_runtime"] is None
     assert main(["inspect", str(archive)]) == 0
     assert "runtime auto (4-D weights as Conv2d, 2-D as Linear): conv1.weight " in capsys.readouterr().out
+
+
+def test_every_archive_the_reader_accepts_runs_in_the_kernels(tmp_path):
+    """Mutated archives (the format fuzzer's): whatever the reader accepts, the compressed
+    layers built from it compute what torch computes on the decoded weight."""
+    from nnshrink.format import FormatError, parse_archive
+    from nnshrink.format.fuzz import mutate, sample_archives
+
+    samples = sample_archives(tmp_path)
+    rng = np.random.default_rng(5)
+    ran = 0
+    for i in range(200):
+        data = samples[i % len(samples)] if i < len(samples) else mutate(samples[i % len(samples)], samples, rng)
+        try:
+            archive = parse_archive(data, "fuzz")
+        except FormatError:
+            continue
+        for name, t in archive.tensors.items():
+            if not isinstance(t, (SparseTensor, SharedTensor)) or len(t.shape) not in (2, 4):
+                continue
+            w = torch.from_numpy(t.to_dense())
+            if len(t.shape) == 2:
+                mod, x = nn.Linear(t.shape[1], t.shape[0], bias=False), torch.randn(3, t.shape[1])
+            else:
+                mod, x = nn.Conv2d(t.shape[1], t.shape[0], t.shape[2:], bias=False), torch.randn(2, t.shape[1], 7, 7)
+            with torch.no_grad():
+                mod.weight.copy_(w)
+                fast = accelerate(nn.Sequential(mod), {"0.weight": t})
+                np.testing.assert_allclose(fast(x), mod(x), rtol=1e-3, atol=1e-3, equal_nan=True)
+            ran += 1
+    assert ran >= 12  # at least the unmutated samples' layers ran
