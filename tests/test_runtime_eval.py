@@ -3,6 +3,7 @@ top1_after agree with the dense decode (within 0.05 points)."""
 
 from __future__ import annotations
 
+import copy
 import json
 import subprocess
 import sys
@@ -67,3 +68,17 @@ def test_eval_cli_runtime_flag(tiny_idx_dir, tmp_path):
         assert abs(reports[rt]["top1"] - reports["dense"]["top1"]) <= 0.0005
     bad = subprocess.run([*NNSHRINK, "eval", out, "--runtime", "gpu"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and "'gpu'" in bad.stderr
+
+
+def test_top1_after_falls_back_to_dense_where_the_metric_leaves_the_cpu():
+    torch.manual_seed(0)
+    x = torch.randn(4, 1, 14, 14)
+
+    def on_meta(m):  # a metric that runs (a copy of) the model on another device: kernels cannot go there
+        copy.deepcopy(m).to("meta")(x.to("meta"))
+        return 1.0
+
+    cpu = nnshrink.compress(ConvNet(), evaluate=lambda m: float(m(x).sum() != 0), progress=False)
+    assert cpu.report["top1_after_runtime"] == "auto"
+    meta = nnshrink.compress(ConvNet(), evaluate=on_meta, progress=False)
+    assert meta.report["top1_after_runtime"] == "dense" and meta.report["top1_after"] == 1.0

@@ -10,7 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..compressed import SharedTensor, SparseTensor
-from ..errors import ConfigError
+from ..errors import ConfigError, DeviceError
 from .kernels.codebook import CodebookCSR, codebook_csr
 from .kernels.sparse import CSR, csr_from_mask
 from .kernels.sparse_conv import sparse_conv2d
@@ -84,7 +84,7 @@ class KernelConv2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.device.type != "cpu":
-            raise ConfigError(f"KernelConv2d runs on CPU only; got input on {x.device}")
+            raise DeviceError(f"KernelConv2d runs on CPU only; got input on {x.device}")
         unbatched = x.dim() == 3
         xb = x.unsqueeze(0) if unbatched else x
         if not self._fits(xb):

@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 
 from ..compressed import SharedTensor, SparseTensor
-from ..errors import ConfigError
+from ..errors import ConfigError, DeviceError
 from .kernels.codebook import CodebookCSR, CodebookDense, codebook_csr, codebook_dense, codebook_linear
 from .kernels.sparse import CSR, csr_from_dense, csr_from_mask, csr_linear
 
@@ -65,7 +65,7 @@ class _KernelLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.device.type != "cpu":
-            raise ConfigError(f"{type(self).__name__} runs on CPU only; got input on {x.device}")
+            raise DeviceError(f"{type(self).__name__} runs on CPU only; got input on {x.device}")
         if x.dim() == 0 or x.shape[-1] != self.in_features:
             raise_torch_shape_error(lambda w: torch.nn.functional.linear(x, w), (self.out_features, self.in_features))
         # the cheapest way to numpy: this call's fixed cost matters at batch 1
