@@ -177,3 +177,10 @@ def test_every_archive_the_reader_accepts_runs_in_the_kernels(tmp_path):
                 np.testing.assert_allclose(fast(x), mod(x), rtol=1e-3, atol=1e-3, equal_nan=True)
             ran += 1
     assert ran >= 12  # at least the unmutated samples' layers ran
+
+
+def test_load_and_swap_agree_on_the_runtime_names():
+    from nnshrink import loading
+    from nnshrink.runtime import swap
+
+    assert loading.RUNTIMES == swap.RUNTIMES
