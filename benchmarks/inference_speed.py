@@ -47,7 +47,6 @@ def main() -> None:
     from _util import machine, write_json
     from nnshrink.compressed import SharedTensor, SparseTensor
     from nnshrink.runtime.kernels.codebook import codebook_linear
-    from nnshrink.runtime.kernels.sparse import csr_linear
     from nnshrink.runtime.layers import CodebookLinear, SparseLinear
     from nnshrink.runtime.timing import pick_clock, time_interleaved
 
@@ -88,8 +87,6 @@ def main() -> None:
                    "sparse": lambda: sl(x),
                    "codebook": lambda: cl(x),
                    "torch_sparse_csr": lambda: torch.addmm(bias[:, None], torch_csr, x.T)}
-            if batch >= sl.torch_min_batch and sl.csr.nnz >= sl.torch_min_nnz:  # torch CSR inside; show numba too
-                fns["sparse_numba"] = lambda: csr_linear(sl.csr, xn, bn)
             if batch == 1:
                 fns["codebook_bins"] = lambda: codebook_linear(cl.cw, xn, bn, bins=True)
             with torch.no_grad():

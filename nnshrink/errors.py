@@ -28,3 +28,7 @@ class OutputError(NNShrinkError):
 
 class StageError(NNShrinkError):
     """A compression stage failed in user code (``fine_tune`` or ``evaluate``); names the stage."""
+
+
+class DeviceError(ConfigError):
+    """A compressed-runtime layer got input on a device its kernels do not run on (CPU only)."""

@@ -16,7 +16,7 @@ from .format.errors import show
 from .io_utils import check_input_file
 
 NSK_MAGIC = b"NSK"
-RUNTIMES = ("dense", "compressed")
+RUNTIMES = ("dense", "compressed", "auto")  # runtime.swap.RUNTIMES, without importing numba here
 
 
 def is_archive(path: str | os.PathLike) -> bool:
@@ -69,8 +69,10 @@ def load(path: str | os.PathLike, model: nn.Module | None = None, *, runtime: st
     """The model an archive (or checkpoint) holds. With ``model`` (the user's freshly
     built module) it is filled from the file and returned; without, nnshrink builds the
     zoo model the file names, and refuses any other. Shapes are checked from the header
-    before anything is decoded. ``runtime="compressed"`` swaps sparse / shared Linear
-    layers for the kernels that run from the compressed form."""
+    before anything is decoded. ``runtime``: "dense" decodes every layer to torch;
+    "compressed" runs every pruned / shared / binary layer from its encoding (an error
+    names a layer that has no kernel); "auto" does so where the measured rule says the
+    kernel pays (``runtime.swap``). The choice per layer is in ``model.nnshrink_runtime``."""
     from .format import DEFAULT_MAX_ELEMENTS, open_archive, read_archive
 
     if runtime not in RUNTIMES:
@@ -97,8 +99,8 @@ def load(path: str | os.PathLike, model: nn.Module | None = None, *, runtime: st
             check_shapes(model, lazy.shapes(), str(path))
         archive = read_archive(path, max_elements=budget)
         load_into(model, archive.dense_state(), str(path))
-    if runtime == "compressed":
-        from .runtime.layers import accelerate
+    if runtime != "dense":
+        from .runtime.swap import accelerate
 
-        model = accelerate(model, archive.tensors, inplace=True)
+        model = accelerate(model, archive.tensors, runtime=runtime, inplace=True)
     return model

@@ -327,5 +327,5 @@ def test_load_with_the_compressed_runtime(tmp_path):
     x = torch.rand(5, 32)
     with torch.no_grad():
         assert torch.allclose(fast(x), res.model.eval()(x), atol=1e-5)
-    with pytest.raises(ConfigError, match="runtime must be one of dense, compressed; got 'gpu'"):
+    with pytest.raises(ConfigError, match="runtime must be one of dense, compressed, auto; got 'gpu'"):
         nnshrink.load(tmp_path / "m.nsk", model=model, runtime="gpu")

@@ -122,3 +122,56 @@ def test_bench_runs_a_binary_archive_like_its_checkpoint(tmp_path, capsys):
     legend = out[out.index("columns:"):].splitlines()
     assert [l.split()[0] for l in legend[1:]] == ["dense", "binary", "float_emulation", "sparse", "codebook"]
     assert "skipped (no sparse or shared Linear weights)" in legend[4]
+
+
+@pytest.fixture
+def lenet5_archive(tmp_path):
+    from nnshrink.models import resolve_config
+    from nnshrink.pipeline import archive_metadata, compress_model
+    from nnshrink.recipes import load_recipe
+    from nnshrink.stages import Context
+
+    torch.manual_seed(0)
+    meta = archive_metadata("lenet5", resolve_config("lenet5"), {})
+    done = compress_model(build_model("lenet5"), load_recipe("deep-compression", "lenet5"), Context(progress=False),
+                          metadata=meta)
+    path = tmp_path / "l5.nsk"
+    path.write_bytes(done.blob)
+    return path
+
+
+def test_bench_file_times_each_runtime_and_its_resident_bytes(lenet5_archive, capsys):
+    assert main(["bench", str(lenet5_archive), "--batch", "2", "--threads", "1,2", "--repeats", "3",
+                 "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert [(r["threads"], r["batch"]) for r in rep["rows"]] == [(1, 2), (2, 2)]
+    for row in rep["rows"]:
+        assert set(row["median_us"]) == {"dense", "compressed", "auto"}
+    res = rep["resident_weight_bytes"]
+    assert res["dense"] == 4 * 431_080  # LeNet-5's float32 parameters
+    assert res["compressed"] < 0.2 * res["dense"]
+    assert set(rep["layers_runtime"]["compressed"]) == {"conv1", "conv2", "ip1", "ip2"}
+    assert rep["layers_runtime"]["compressed"]["ip1"] == "codebook"
+    assert set(rep["columns"]) == {"dense", "compressed", "auto"}
+    main(["bench", str(lenet5_archive), "--batch", "1", "--threads", "1", "--repeats", "3"])
+    out = capsys.readouterr().out
+    assert "resident weight bytes: dense 1724320 (100.0%), compressed" in out and "auto: conv1 " in out
+
+
+@pytest.mark.parametrize("argv, msg", [
+    (["--threads", "0"], "--threads must be comma-separated counts >= 1 or 'all'; got '0'"),
+    (["--threads", "1,2", "--model", "lenet300"], "--threads takes one count with --model"),
+])
+def test_bench_file_bad_flags(argv, msg, lenet5_archive, capsys):
+    args = ["bench", *argv] if "--model" in argv else ["bench", str(lenet5_archive), *argv]
+    assert main([*args, "--repeats", "3"]) == 2
+    assert msg in capsys.readouterr().err
+
+
+def test_bench_file_refuses_a_checkpoint(tmp_path, capsys):
+    from nnshrink.checkpoint import save_checkpoint
+    from nnshrink.models import resolve_config
+
+    ckpt = save_checkpoint(build_model("lenet300"), tmp_path / "b.safetensors", "lenet300", resolve_config("lenet300"))
+    assert main(["bench", str(ckpt), "--repeats", "3"]) == 2
+    assert "bench FILE takes an .nsk archive" in capsys.readouterr().err

@@ -62,3 +62,25 @@ def test_mask_none_means_all_kept_and_codebook_limits():
     np.testing.assert_array_equal(w.to_dense(), cb[codes].reshape(2, 3))
     with pytest.raises(ValueError, match="1..256"):
         codebook_csr(None, codes, np.zeros(300, np.float32), (2, 3))
+
+
+@pytest.mark.parametrize("block_cols", [1, 5, 64, 4096])
+def test_codebook_column_blocking_matches_reference(block_cols):
+    rng = np.random.default_rng(block_cols)
+    cb, mask, codes, dense = shared(rng, 29, 130, 0.85, 32)
+    w = codebook_csr(mask, codes, cb, (29, 130))
+    x = rng.standard_normal((6, 130)).astype(np.float32)
+    got = codebook_linear(w, x, block_cols=block_cols)
+    np.testing.assert_allclose(got, codebook_linear_ref(w, x), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(got, x @ dense.T, rtol=1e-4, atol=1e-4)
+
+
+def test_codes_are_checked_before_any_kernel_trusts_them():
+    mask = np.array([[True, False], [True, True]])
+    cb = np.array([0.5, -1.0], np.float32)
+    with pytest.raises(ValueError, match="2 codes for 3 kept positions"):
+        codebook_csr(mask, np.zeros(2, np.uint8), cb, (2, 2))
+    with pytest.raises(ValueError, match="code 2 out of range for a codebook of 2 entries"):
+        codebook_csr(mask, np.array([0, 2, 1], np.uint8), cb, (2, 2))
+    with pytest.raises(ValueError, match="code 5 out of range"):
+        codebook_dense(np.array([[0, 5]], np.uint8), cb, (1, 2))

@@ -10,7 +10,9 @@ import torch.nn.functional as F
 
 from nnshrink.compressed import DenseTensor, SharedTensor, SparseTensor
 from nnshrink.errors import ConfigError
-from nnshrink.runtime.layers import CodebookLinear, SparseLinear, accelerate
+from nnshrink.runtime.layers import CodebookLinear, SparseLinear
+from nnshrink.runtime.conv import KernelConv2d
+from nnshrink.runtime.swap import accelerate
 
 SPARSITIES = [0.0, 0.5, 0.9, 0.99, 1.0]
 TOL = dict(rtol=1e-4, atol=1e-4)
@@ -92,8 +94,14 @@ def test_codebook_linear_unpruned_and_from_dense():
 def test_bad_inputs_raise_config_errors():
     lin = pruned_linear(1, 0.5)
     layer = SparseLinear.from_dense(lin)
-    with pytest.raises(ConfigError, match="input features"):
+    with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):  # torch's own error
         layer(torch.randn(2, lin.in_features + 1))
+    x = torch.randn(3, 2, lin.in_features - 1)
+    with pytest.raises(RuntimeError) as torchs:
+        F.linear(x, lin.weight)
+    with pytest.raises(RuntimeError) as ours:
+        layer(x)
+    assert str(ours.value) == str(torchs.value)
     with pytest.raises(ConfigError, match="SharedTensor"):
         CodebookLinear.from_compressed(DenseTensor(np.zeros((2, 2), np.float32)))
     with pytest.raises(ConfigError, match="2-D"):
@@ -141,9 +149,14 @@ def test_accelerate_swaps_only_sparse_and_shared_layers():
     }
     fast = accelerate(net, tensors)
     assert isinstance(fast.body[0], SparseLinear) and isinstance(fast.body[2], CodebookLinear)
-    assert isinstance(fast.head, nn.Linear) and isinstance(fast.conv, nn.Conv2d)
+    assert isinstance(fast.head, nn.Linear) and isinstance(fast.conv, KernelConv2d)
+    assert fast.nnshrink_runtime == {"conv": "sparse", "body.0": "sparse", "body.2": "codebook"}
     assert isinstance(net.body[0], nn.Linear)  # not in place by default
+    auto = accelerate(net, tensors, runtime="auto")  # small fc layers: torch keeps them
+    assert isinstance(auto.body[0], nn.Linear) and isinstance(auto.body[2], nn.Linear)
+    assert isinstance(auto.conv, KernelConv2d)  # 9 kept weights per channel: torch's conv is slower there
     with torch.no_grad():
+        net.conv.weight.fill_(1)
         net.body[0].weight.copy_(torch.from_numpy(w0))
         net.body[2].weight.copy_(torch.from_numpy(tensors["body.2.weight"].to_dense()))
         x = torch.randn(4, 1, 5, 5)
@@ -165,15 +178,11 @@ def test_non_contiguous_and_grad_inputs():
 
 
 @pytest.mark.parametrize("sparsity", [0.0, 0.5, 0.9, 0.99, 1.0])
-def test_sparse_linear_both_batch_paths(sparsity):
+def test_sparse_linear_batched_path(sparsity):
     lin = pruned_linear(21, sparsity)
     layer = SparseLinear.from_dense(lin)
-    layer.torch_min_nnz = 1
     x = torch.randn(12, lin.in_features)
-    want = F.linear(x, lin.weight, lin.bias).detach()
-    np.testing.assert_allclose(layer(x), want, **TOL)  # torch CSR (MKL) path
-    layer.torch_min_batch = 10**9
-    np.testing.assert_allclose(layer(x), want, **TOL)  # numba path
+    np.testing.assert_allclose(layer(x), F.linear(x, lin.weight, lin.bias).detach(), **TOL)
 
 
 def test_accelerate_leaves_linear_subclasses_alone():
@@ -184,8 +193,10 @@ def test_accelerate_leaves_linear_subclasses_alone():
     net = nn.Sequential(Scaled(6, 4), nn.Linear(4, 3))
     tensors = {k: SparseTensor((o, i), np.ones((o, i), bool), np.ones(o * i, np.float32))
                for k, (o, i) in {"0.weight": (4, 6), "1.weight": (3, 4)}.items()}
-    fast = accelerate(net, tensors)
-    assert type(fast[0]) is Scaled and isinstance(fast[1], SparseLinear)
+    with pytest.raises(ConfigError, match="layer '0' has no compressed kernel: no compressed kernel for Scaled"):
+        accelerate(net, tensors)
+    fast = accelerate(net, tensors, runtime="auto")  # auto falls back where there is no kernel
+    assert type(fast[0]) is Scaled and fast.nnshrink_runtime["0"].startswith("dense (no compressed kernel")
 
 
 def test_accelerate_keeps_transformer_fast_path_working():

@@ -65,3 +65,23 @@ def test_empty_rows_give_bias():
     a = CSR((3, 5), np.zeros(4, np.int64), np.zeros(0, np.uint16), np.zeros(0, np.float32))
     b = np.array([1, 2, 3], np.float32)
     np.testing.assert_array_equal(csr_linear(a, np.ones((2, 5), np.float32), b), np.tile(b, (2, 1)))
+
+
+@pytest.mark.parametrize("block_cols", [1, 3, 16, 1000])
+@pytest.mark.parametrize("batch", [2, 9])
+def test_column_blocking_matches_reference(block_cols, batch):
+    """Every block size gives the unblocked answer: no kept weight skipped or counted twice."""
+    rng = np.random.default_rng(block_cols + batch)
+    w = pruned(rng, 37, 101, 0.8)
+    a = csr_from_dense(w)
+    x = rng.standard_normal((batch, 101)).astype(np.float32)
+    b = rng.standard_normal(37).astype(np.float32)
+    got = csr_linear(a, x, b, block_cols=block_cols)
+    np.testing.assert_allclose(got, csr_linear_ref(a, x, b), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(got, x @ w.T + b, rtol=1e-4, atol=1e-4)
+
+
+def test_value_count_must_match_the_mask():
+    mask = np.array([[True, False], [True, True]])
+    with pytest.raises(ValueError, match="2 values for 3 kept positions"):
+        csr_from_mask(mask, np.ones(2, np.float32))

@@ -20,11 +20,16 @@ from ._common import add_force_arg, add_json_arg, add_max_elements_arg, check_ou
 
 def register(sub) -> None:
     p = sub.add_parser("bench", help="dense vs sparse vs codebook (vs binary) CPU inference latency")
+    p.add_argument("input", nargs="?", default=None,
+                   help="an .nsk archive: time it whole as loaded with runtime dense / compressed / auto, "
+                        "with resident weight bytes (default batches 1,64 and threads 1,all)")
     p.add_argument("--model", default="lenet300", help="model name, checkpoint (.safetensors) or archive (.nsk)")
     p.add_argument("--sparsity", type=float, default=0.91, help="pruned fraction for in-process compression")
     p.add_argument("--bits", type=int, default=5, help="codebook bits (1..8) for in-process compression")
     p.add_argument("--batch", default="1,64", help="comma-separated batch sizes")
-    p.add_argument("--threads", type=int, default=1, help="torch and numba threads (default 1)")
+    p.add_argument("--threads", default=None,
+                   help="torch threads: a count (default 1), or for an archive INPUT a list such as '1,all' "
+                        "(its default)")
     p.add_argument("--repeats", type=int, default=9, help="timed repeats per variant (median; >= 3)")
     add_max_elements_arg(p)
     add_json_arg(p)
@@ -186,18 +191,23 @@ def _binary_model(model, tensors):
 
 def run(args) -> int:
     from ..errors import ConfigError
+    from ._bench_runtime import thread_counts
 
-    if args.threads < 1:
-        raise ConfigError(f"--threads must be >= 1; got {args.threads}")
+    threads = thread_counts(args.threads or ("1,all" if args.input else "1"))
     if args.repeats < 3:
         raise ConfigError(f"--repeats must be >= 3; got {args.repeats}")
     batches = _batches(args.batch)
     check_outputs(args)
-    os.environ["NUMBA_NUM_THREADS"] = str(args.threads)
+    os.environ["NUMBA_NUM_THREADS"] = str(max(threads))
+    if args.input is not None:
+        return _run_archive(args, batches, threads)
+    if len(threads) != 1:
+        raise ConfigError(f"--threads takes one count with --model; got {args.threads!r}")
+    args.threads = threads[0]
 
     import torch
 
-    from ..runtime.layers import accelerate
+    from ..runtime.swap import accelerate
     from ..runtime.timing import pick_clock, time_interleaved
 
     torch.set_num_threads(args.threads)
@@ -259,6 +269,23 @@ def run(args) -> int:
             _print(report)
     else:
         _print(report)
+    return 0
+
+
+def _run_archive(args, batches, threads) -> int:
+    from ..errors import ConfigError
+    from ..loading import is_archive
+    from ..io_utils import check_input_file
+    from ._bench_runtime import bench_archive, print_report
+
+    path = str(check_input_file(args.input, ConfigError))
+    if not is_archive(path):
+        raise ConfigError(f"bench FILE takes an .nsk archive; {path!r} is not one (use --model for a checkpoint)")
+    rep = bench_archive(path, batches, threads, args.repeats, args.max_elements)
+    if args.json is not None:
+        emit_json(rep, args.json, force=args.force)
+    if args.json != "-":
+        print_report(rep)
     return 0
 
 

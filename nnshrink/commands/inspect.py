@@ -31,6 +31,8 @@ def summarize(archive) -> dict:
         layers.append({**r, "kept": r["nonzero"] / r["params"] if r["params"] else 0.0,
                        "original_bytes": own, "percent_of_original": 100.0 * r["bytes"] / own if own else 0.0,
                        "float32_bytes": f32, "percent_of_float32": 100.0 * r["bytes"] / f32 if f32 else None})
+    for l in layers:
+        l["auto_runtime"] = _auto_runtime(l)
     original = sum(l["original_bytes"] for l in layers)
     params = sum(l["params"] for l in layers)
     nonzero = sum(l["nonzero"] for l in layers)
@@ -42,6 +44,19 @@ def summarize(archive) -> dict:
             "record_bytes": sum(l["bytes"] for l in layers), "compressed_bytes": archive.file_bytes,
             "format_version": getattr(archive, "version", None), "header_bytes": getattr(archive, "header_bytes", None),
             "ratio": original / archive.file_bytes if archive.file_bytes else 0.0}
+
+
+def _auto_runtime(layer: dict) -> str | None:
+    """What ``runtime="auto"`` would run this weight as, judged from the header alone:
+    4-D weights as Conv2d, 2-D ones as Linear (an Embedding table is told apart only once
+    the model is loaded). None for tensors that stay as they are (raw, binary, biases)."""
+    if layer["encoding"] not in ("sparse_f32", "shared") or len(layer["shape"]) not in (2, 4):
+        return None
+    from ..runtime.swap import auto_rule
+
+    kind = "conv2d" if len(layer["shape"]) == 4 else "linear"
+    why = auto_rule(kind, tuple(layer["shape"]), int(layer["nonzero"]), layer["encoding"] == "shared")
+    return ("codebook" if layer["encoding"] == "shared" else "sparse") if why is None else f"dense ({why})"
 
 
 def _what(rep: dict) -> str:
@@ -75,6 +90,9 @@ def format_table(rep: dict) -> str:
     lines.append(f"{'total':<{w}} {'':<18} {'':<8} {rep['params']:>10} {kept:>6.1f}% "
                  f"tensors {rep['original_bytes']} B (own dtypes) -> file {rep['compressed_bytes']} B "
                  f"({pct:.2f}%, {ratio_text(rep['original_bytes'], rep['compressed_bytes'])})")
+    auto = [f"{short_name(l['name'])} {l['auto_runtime']}" for l in rep["layers"] if l.get("auto_runtime")]
+    if auto:
+        lines.append("runtime auto (4-D weights as Conv2d, 2-D as Linear): " + ", ".join(auto))
     return "\n".join(lines)
 
 

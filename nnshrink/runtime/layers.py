@@ -3,22 +3,19 @@
 ``SparseLinear`` (pruned: CSR float32) and ``CodebookLinear`` (weight-shared: uint8
 codes into a codebook, CSR when pruned) call the numba kernels in ``runtime.kernels``
 on CPU float32. They hold no trainable parameters and build no autograd graph: they
-are for deployment and ``nnshrink bench``, not for retraining. ``accelerate`` swaps them
-into a model for the layers whose compressed weight is sparse or shared. A batched
+are for deployment and ``nnshrink bench``, not for retraining. ``runtime.swap.accelerate``
+swaps them into a model for the layers whose compressed weight is sparse or shared. A batched
 output is a transposed (non-contiguous) view; call ``.contiguous()`` if you need ``.view``.
 """
 
 from __future__ import annotations
 
-import copy
-import warnings
-
 import numpy as np
 import torch
 import torch.nn as nn
 
-from ..compressed import CompressedTensor, SharedTensor, SparseTensor
-from ..errors import ConfigError
+from ..compressed import SharedTensor, SparseTensor
+from ..errors import ConfigError, DeviceError
 from .kernels.codebook import CodebookCSR, CodebookDense, codebook_csr, codebook_dense, codebook_linear
 from .kernels.sparse import CSR, csr_from_dense, csr_from_mask, csr_linear
 
@@ -34,6 +31,14 @@ def _bias_array(bias, out_features: int) -> np.ndarray | None:
     if b.size != out_features:
         raise ConfigError(f"bias has {b.size} entries; the layer has {out_features} outputs")
     return b
+
+
+def raise_torch_shape_error(call, weight_shape) -> None:
+    """Raise the error torch itself gives for this input: ``call`` runs the torch op on a
+    weight of ``weight_shape`` that owns no memory (all strides 0), which torch rejects
+    before computing anything. Kernels are never reached with a misfit input."""
+    call(torch.empty(1).as_strided(tuple(weight_shape), (0,) * len(weight_shape)))
+    raise ConfigError(f"input does not fit a layer with weight shape {tuple(weight_shape)}")
 
 
 def _check_2d(shape, what: str) -> tuple[int, int]:
@@ -60,10 +65,9 @@ class _KernelLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.device.type != "cpu":
-            raise ConfigError(f"{type(self).__name__} runs on CPU only; got input on {x.device}")
-        if x.shape[-1] != self.in_features:
-            raise ConfigError(f"{type(self).__name__} expects {self.in_features} input features; "
-                              f"got input of shape {tuple(x.shape)}")
+            raise DeviceError(f"{type(self).__name__} runs on CPU only; got input on {x.device}")
+        if x.dim() == 0 or x.shape[-1] != self.in_features:
+            raise_torch_shape_error(lambda w: torch.nn.functional.linear(x, w), (self.out_features, self.in_features))
         # the cheapest way to numpy: this call's fixed cost matters at batch 1
         if x.dtype == torch.float32 and not x.requires_grad:
             xn = x.numpy()
@@ -83,6 +87,13 @@ class _KernelLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self._bias is not None}"
+
+    def weight_nbytes(self) -> int:
+        """Bytes the layer keeps resident for its weight and bias (its compressed form)."""
+        return self._weight_arrays_nbytes() + (0 if self._bias is None else self._bias.nbytes)
+
+    def _weight_arrays_nbytes(self) -> int:  # pragma: no cover - abstract
+        raise NotImplementedError
 
 
 class SparseLinear(_KernelLinear):
@@ -117,30 +128,11 @@ class SparseLinear(_KernelLinear):
     def dense_weight(self) -> torch.Tensor:
         return torch.from_numpy(self.csr.to_dense())
 
-    #: from this batch size and this many kept weights on, the product goes to torch's
-    #: sparse CSR matmul (MKL), which beat the numba kernel on the big VGG layers at batch
-    #: 16-64 here; below them numba wins (2-3x over torch CSR at batch 1, and torch's
-    #: ~10 us fixed cost sinks small layers). See benchmarks/sections/80-inference.md.
-    torch_min_batch = 4
-    torch_min_nnz = 16384
-
-    def _torch_csr(self) -> torch.Tensor:
-        t = getattr(self, "_tcsr", None)
-        if t is None:  # built on first use: int32 indices, so it costs 8 bytes per kept weight
-            a = self.csr
-            with warnings.catch_warnings():  # "sparse CSR support is in beta": known, and tested here
-                warnings.simplefilter("ignore", UserWarning)
-                t = torch.sparse_csr_tensor(torch.from_numpy(a.indptr.astype(np.int32)),
-                                            torch.from_numpy(a.indices.astype(np.int32)),
-                                            torch.from_numpy(a.data), a.shape, check_invariants=False)
-            self._tcsr = t
-        return t
-
     def _run(self, x2d, b):
-        if x2d.shape[0] >= self.torch_min_batch and self.csr.nnz >= self.torch_min_nnz:
-            x = torch.from_numpy(x2d)
-            return torch.addmm(torch.from_numpy(b)[:, None], self._torch_csr(), x.T).T
         return csr_linear(self.csr, x2d, b)
+
+    def _weight_arrays_nbytes(self) -> int:
+        return self.csr.nbytes
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", density={self.density:.4f}"
@@ -204,54 +196,8 @@ class CodebookLinear(_KernelLinear):
     def _run(self, x2d, b):
         return codebook_linear(self.cw, x2d, b)
 
+    def _weight_arrays_nbytes(self) -> int:
+        return self.cw.nbytes
+
     def extra_repr(self) -> str:
         return super().extra_repr() + f", k={len(self.cw.codebook)}, sparse={self.sparse}"
-
-
-def _bias_for(name: str, mod: nn.Linear, tensors) -> object:
-    key = f"{name}.bias" if name else "bias"
-    return tensors[key] if key in tensors else mod.bias
-
-
-# Modules whose forward reads their Linear children's ``.weight`` directly (torch's fused
-# eval fast path of the transformer layers): a kernel layer there has no weight to read.
-_READS_CHILD_WEIGHTS = (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer, nn.MultiheadAttention)
-
-
-def accelerate(model: nn.Module, tensors: dict[str, CompressedTensor], *, inplace: bool = False,
-               sparse_linear_for_shared: bool = False) -> nn.Module:
-    """Swap each plain ``nn.Linear`` whose ``<name>.weight`` in ``tensors`` is sparse or shared.
-
-    SparseTensor -> SparseLinear; SharedTensor -> CodebookLinear (or SparseLinear with
-    ``sparse_linear_for_shared``). Other layers are left as they are, and so are the Linear
-    children of modules that read their weights directly (transformer layers). Returns a copy
-    unless ``inplace``; the result is inference-only (call ``.eval()``).
-    """
-    if not inplace:
-        model = copy.deepcopy(model)
-    kept_dense = {f"{parent}.{child}" if parent else child
-                  for parent, mod in model.named_modules() if isinstance(mod, _READS_CHILD_WEIGHTS)
-                  for child, _ in mod.named_children()}
-    swaps = []
-    for name, mod in model.named_modules():
-        if type(mod) is not nn.Linear or name in kept_dense:  # subclasses (binary layers) compute something else
-            continue
-        t = tensors.get(f"{name}.weight" if name else "weight")
-        if not isinstance(t, (SparseTensor, SharedTensor)):
-            continue
-        if tuple(t.shape) != tuple(mod.weight.shape):
-            raise ConfigError(f"{name}.weight: compressed shape {tuple(t.shape)} does not match the "
-                              f"model's {tuple(mod.weight.shape)}")
-        bias = _bias_for(name, mod, tensors)
-        if isinstance(t, SparseTensor) or sparse_linear_for_shared:
-            new = SparseLinear.from_compressed(t, bias)
-        else:
-            new = CodebookLinear.from_compressed(t, bias)
-        swaps.append((name, new))
-    for name, new in swaps:
-        if not name:
-            return new
-        parent_name, _, attr = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, attr, new)
-    return model.eval()

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
-from .sparse import index_dtype
+from .sparse import _U1, _U2, _U3, _U4, block_cols_for, index_dtype
 
 
 @dataclass(frozen=True)
@@ -84,11 +84,19 @@ def codebook_csr(mask: np.ndarray | None, codes: np.ndarray, codebook: np.ndarra
     np.cumsum(mask.sum(axis=1), out=indptr[1:])
     indices = np.nonzero(mask)[1].astype(index_dtype(cols))
     codes = np.ascontiguousarray(codes).reshape(-1).astype(np.uint8)
-    return CodebookCSR((rows, cols), indptr, indices, codes, _codebook(codebook))
+    if codes.size != indices.size:  # the kernels trust nnz: never let them read past codes
+        raise ValueError(f"{codes.size} codes for {indices.size} kept positions")
+    cb = _codebook(codebook)
+    if codes.size and int(codes.max()) >= cb.size:  # nor past the codebook
+        raise ValueError(f"code {int(codes.max())} out of range for a codebook of {cb.size} entries")
+    return CodebookCSR((rows, cols), indptr, indices, codes, cb)
 
 
 def codebook_dense(codes: np.ndarray, codebook: np.ndarray, shape: tuple[int, int]) -> CodebookDense:
-    return CodebookDense(np.ascontiguousarray(codes, np.uint8).reshape(shape), _codebook(codebook))
+    codes, cb = np.ascontiguousarray(codes, np.uint8).reshape(shape), _codebook(codebook)
+    if codes.size and int(codes.max()) >= cb.size:  # the kernels trust every code < k
+        raise ValueError(f"code {int(codes.max())} out of range for a codebook of {cb.size} entries")
+    return CodebookDense(codes, cb)
 
 
 # --------------------------------------------------------------------------- kernels
@@ -96,11 +104,24 @@ def codebook_dense(codes: np.ndarray, codebook: np.ndarray, shape: tuple[int, in
 
 @njit(cache=True, nogil=True)
 def _cb_csr_matvec(indptr, indices, codes, cb, x, bias, out):
+    """Batch 1; unsigned positions and four partial sums, as ``sparse._csr_matvec``."""
     for r in range(out.shape[0]):
-        acc = np.float32(0.0)
-        for k in range(indptr[r], indptr[r + 1]):
-            acc += cb[codes[k]] * x[indices[k]]
-        out[r] = acc + bias[r]
+        a0 = np.float32(0.0)
+        a1 = np.float32(0.0)
+        a2 = np.float32(0.0)
+        a3 = np.float32(0.0)
+        k = np.uint64(indptr[r])
+        e = np.uint64(indptr[r + 1])
+        while k + _U4 <= e:
+            a0 += cb[codes[k]] * x[indices[k]]
+            a1 += cb[codes[k + _U1]] * x[indices[k + _U1]]
+            a2 += cb[codes[k + _U2]] * x[indices[k + _U2]]
+            a3 += cb[codes[k + _U3]] * x[indices[k + _U3]]
+            k += _U4
+        while k < e:
+            a0 += cb[codes[k]] * x[indices[k]]
+            k += _U1
+        out[r] = ((a0 + a1) + (a2 + a3)) + bias[r]
 
 
 @njit(cache=True, nogil=True)
@@ -120,33 +141,42 @@ def _cb_csr_matvec_bins(indptr, indices, codes, cb, x, bias, out):
 
 
 @njit(cache=True, fastmath=True, nogil=True)
-def _cb_csr_matmul_t(indptr, indices, codes, cb, xt, bias, out_t):
+def _cb_csr_matmul_t(indptr, indices, codes, cb, xt, bias, out_t, block_cols):
+    """Batched, column-blocked like ``sparse._csr_matmul_t``."""
     nb = xt.shape[1]
-    for r in range(out_t.shape[0]):
-        row = out_t[r]
+    rows = out_t.shape[0]
+    cur = np.empty(rows, np.uint64)
+    for r in range(rows):
+        cur[r] = np.uint64(indptr[r])
         b0 = bias[r]
         for b in range(nb):
-            row[b] = b0
-        k = indptr[r]
-        e = indptr[r + 1]
-        while k + 4 <= e:  # four kept weights per pass: a quarter of the row loads/stores
-            v0 = cb[codes[k]]
-            v1 = cb[codes[k + 1]]
-            v2 = cb[codes[k + 2]]
-            v3 = cb[codes[k + 3]]
-            x0 = xt[indices[k]]
-            x1 = xt[indices[k + 1]]
-            x2 = xt[indices[k + 2]]
-            x3 = xt[indices[k + 3]]
-            for b in range(nb):
-                row[b] += (v0 * x0[b] + v1 * x1[b]) + (v2 * x2[b] + v3 * x3[b])
-            k += 4
-        while k < e:
-            v = cb[codes[k]]
-            xr = xt[indices[k]]
-            for b in range(nb):
-                row[b] += v * xr[b]
-            k += 1
+            out_t[r, b] = b0
+    c1 = 0
+    while c1 < xt.shape[0]:
+        c1 += block_cols
+        for r in range(rows):
+            row = out_t[r]
+            k = cur[r]
+            e = np.uint64(indptr[r + 1])
+            while k + _U4 <= e and indices[k + _U3] < c1:
+                v0 = cb[codes[k]]
+                v1 = cb[codes[k + _U1]]
+                v2 = cb[codes[k + _U2]]
+                v3 = cb[codes[k + _U3]]
+                x0 = xt[indices[k]]
+                x1 = xt[indices[k + _U1]]
+                x2 = xt[indices[k + _U2]]
+                x3 = xt[indices[k + _U3]]
+                for b in range(nb):
+                    row[b] += (v0 * x0[b] + v1 * x1[b]) + (v2 * x2[b] + v3 * x3[b])
+                k += _U4
+            while k < e and indices[k] < c1:
+                v = cb[codes[k]]
+                xr = xt[indices[k]]
+                for b in range(nb):
+                    row[b] += v * xr[b]
+                k += _U1
+            cur[r] = k
 
 
 @njit(cache=True, nogil=True)
@@ -196,7 +226,7 @@ def _bias(bias, rows) -> np.ndarray:
 
 
 def codebook_linear(w: CodebookCSR | CodebookDense, x: np.ndarray, bias: np.ndarray | None = None,
-                    *, bins: bool = False) -> np.ndarray:
+                    *, bins: bool = False, block_cols: int | None = None) -> np.ndarray:
     """y = x @ W^T + bias with W given by codes + codebook; x is (in,) or (B, in) float32.
 
     ``bins`` picks the per-centroid-sum kernel for the sparse batch-1 case (benchmarking).
@@ -217,7 +247,8 @@ def codebook_linear(w: CodebookCSR | CodebookDense, x: np.ndarray, bias: np.ndar
     out_t = np.empty((rows, x.shape[0]), np.float32)
     xt = np.ascontiguousarray(x.T)
     if sparse:
-        _cb_csr_matmul_t(w.indptr, w.indices, w.codes, w.codebook, xt, b, out_t)
+        bc = block_cols_for(x.shape[0]) if block_cols is None else int(block_cols)
+        _cb_csr_matmul_t(w.indptr, w.indices, w.codes, w.codebook, xt, b, out_t, max(1, bc))
     else:
         _cb_dense_matmul_t(w.codes, w.codebook, xt, b, out_t)
     return out_t.T
