@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import io
 import os
+import re
 import warnings
 from typing import Any
 
@@ -128,11 +129,18 @@ def _from_file(path: str | os.PathLike, model: nn.Module | None,
         from .checkpoint import load_tensors
 
         return load_into(model, load_tensors(path), str(path)), {}, {}, size
-    if model is None:
-        built, meta = load_model(path, max_elements=budget)  # the zoo model the header names, or a clear error
-        return built, read_archive(path, max_elements=budget).tensors, meta, size
     with open_archive(path, max_elements=budget) as lazy:
-        check_shapes(model, lazy.shapes(), str(path))
+        header = lazy.metadata
+        if model is not None:
+            check_shapes(model, lazy.shapes(), str(path))
+    if model is None:
+        if not header.get("model"):
+            info = header.get("info") if isinstance(header.get("info"), dict) else {}
+            held = show(info["class"]) if info.get("class") else "a model"
+            raise CheckpointError(f"{path} holds {held}, which nnshrink does not build itself: pass model= (a "
+                                  "freshly built instance; on the command line --model-factory PKG.MOD:FN)")
+        built, meta = load_model(path, max_elements=budget)  # the zoo model the header names
+        return built, read_archive(path, max_elements=budget).tensors, meta, size
     archive = read_archive(path, max_elements=budget)
     return load_into(model, archive.dense_state(), str(path)), archive.tensors, dict(archive.metadata), size
 
@@ -182,9 +190,63 @@ def onnx_bytes(model: nn.Module, inputs: tuple[torch.Tensor, ...], opset: int = 
     return buf.getvalue()
 
 
+_PARAMETRIZED = re.compile(r"^(?:(.*)\.)?parametrizations\.([^.]+)\.0\.(codebook|indices|keep)$")
+
+
+def tidy_names(blob: bytes) -> bytes:
+    """Initializer names as the user's tensor names: ``fc.parametrizations.weight.0.indices``
+    becomes ``fc.weight.indices`` (and ``.codebook``, ``.keep``)."""
+    import onnx
+
+    proto = onnx.load_from_string(blob)
+    renames = {}
+    for init in proto.graph.initializer:
+        m = _PARAMETRIZED.match(init.name)
+        if m:
+            renames[init.name] = ".".join(p for p in m.groups() if p)
+            init.name = renames[init.name]
+    for node in proto.graph.node:
+        node.input[:] = [renames.get(n, n) for n in node.input]
+    return proto.SerializeToString()
+
+
+def _other_batch(inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...] | None:
+    """The inputs with one more example (the first repeated), to run the dynamic batch axis."""
+    if any(x.dim() == 0 for x in inputs):
+        return None
+    return tuple(torch.cat([x, x[:1]]) for x in inputs)
+
+
+@torch.no_grad()
+def check_onnxruntime(blob: bytes, model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> float:
+    """Largest |onnxruntime - PyTorch| over the outputs, at the example's batch size and one
+    more; a graph that does not run (a batch size the forward fixed) is an ExportError."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise ConfigError("checking with onnxruntime needs it installed: pip install 'nnshrink[onnx]'") from None
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = torch.get_num_threads()
+    sess = ort.InferenceSession(blob, opts, providers=["CPUExecutionProvider"])
+    names = [i.name for i in sess.get_inputs()]
+    worst = 0.0
+    for xs in filter(None, (inputs, _other_batch(inputs))):
+        ref = model(*xs)
+        try:
+            got = sess.run(None, {n: x.numpy() for n, x in zip(names, xs)})[0]
+        except Exception as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ExportError(f"the exported graph does not run at input {tuple(xs[0].shape)} in onnxruntime "
+                              f"(does the forward read the batch size as a number, e.g. len(x)?): {first}") from None
+        ref = ref[0] if isinstance(ref, (tuple, list)) else ref
+        worst = max(worst, float(np.abs(got - ref.numpy()).max()) if got.size else 0.0)
+    return worst
+
+
 def export_onnx(source: nn.Module | str | os.PathLike, out: str | os.PathLike, *, codebook: bool = False,
                 example_input: torch.Tensor | tuple[torch.Tensor, ...] | None = None, model: nn.Module | None = None,
-                force: bool = False, max_elements: int | None = None, opset: int = OPSET) -> dict[str, Any]:
+                force: bool = False, max_elements: int | None = None, opset: int = OPSET,
+                check: bool = False) -> dict[str, Any]:
     """Write ``source`` (an .nsk archive, an nnshrink checkpoint, or a model in memory) to
     ``out`` as ONNX and return a report: ``onnx_bytes``, ``codebook_tensors`` (names),
     ``archive_bytes`` (the source file's size; None for a model in memory).
@@ -214,10 +276,12 @@ def export_onnx(source: nn.Module | str | os.PathLike, out: str | os.PathLike, *
     inputs = _inputs(example_input)
     net = net.cpu().eval()
     shared = install_codebooks(net, tensors) if codebook else []
-    blob = onnx_bytes(net, tuple(x.cpu() for x in inputs), opset)
+    inputs = tuple(x.cpu() for x in inputs)
+    blob = tidy_names(onnx_bytes(net, inputs, opset))
+    diff = check_onnxruntime(blob, net, inputs) if check else None
     atomic_write_bytes(out, blob)
     return {"output": str(out), "codebook": codebook, "onnx_bytes": len(blob), "archive_bytes": archive_bytes,
-            "codebook_tensors": shared, "opset": opset,
+            "codebook_tensors": shared, "opset": opset, "max_abs_diff": diff,
             "input_shape": [list(x.shape) for x in inputs] if len(inputs) > 1 else list(inputs[0].shape)}
 
 
