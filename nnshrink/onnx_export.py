@@ -199,14 +199,15 @@ def tidy_names(blob: bytes) -> bytes:
     import onnx
 
     proto = onnx.load_from_string(blob)
-    renames = {}
-    for init in proto.graph.initializer:
-        m = _PARAMETRIZED.match(init.name)
-        if m:
-            renames[init.name] = ".".join(p for p in m.groups() if p)
-            init.name = renames[init.name]
-    for node in proto.graph.node:
+    graph = proto.graph
+    # equal tensors are stored once; their other names are outputs of Identity nodes
+    names = [i.name for i in graph.initializer] + [o for node in graph.node for o in node.output]
+    renames = {n: ".".join(p for p in m.groups() if p) for n in names if (m := _PARAMETRIZED.match(n))}
+    for init in graph.initializer:
+        init.name = renames.get(init.name, init.name)
+    for node in graph.node:
         node.input[:] = [renames.get(n, n) for n in node.input]
+        node.output[:] = [renames.get(n, n) for n in node.output]
     return proto.SerializeToString()
 
 
