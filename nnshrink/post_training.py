@@ -113,6 +113,7 @@ def compress_tensors(
     meta = {"model": None, "config": {}, "nnshrink_version": __version__,
             "info": {"source": input_path.name, "sparsity": sparsity, "bits": bits}, "report": {}}
     write_archive(output, out, meta, index_bits=idx_bits, huffman=huffman)
+    del out  # the read-back archive below holds the same encodings
     archive = read_archive(output)
     size = output.stat().st_size
     decoded = {name: archive.tensors[name] for name in idx_bits}  # decoded one at a time below
