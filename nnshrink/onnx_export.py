@@ -116,6 +116,7 @@ def _plain_copy(model: nn.Module) -> tuple[nn.Module, dict[str, CompressedTensor
 def _from_file(path: str | os.PathLike, model: nn.Module | None,
                max_elements: int | None) -> tuple[nn.Module, dict[str, CompressedTensor], dict[str, Any], int]:
     """(dense model, encodings, metadata, file bytes) of an archive or an nnshrink checkpoint."""
+    from .checkpoint import check_fits, model_from_state
     from .format import DEFAULT_MAX_ELEMENTS, open_archive, read_archive
     from .loading import check_shapes, is_archive, load_into, load_model
 
@@ -129,20 +130,23 @@ def _from_file(path: str | os.PathLike, model: nn.Module | None,
         from .checkpoint import load_tensors
 
         return load_into(model, load_tensors(path), str(path)), {}, {}, size
-    with open_archive(path, max_elements=budget) as lazy:
-        header = lazy.metadata
-        if model is not None:
-            check_shapes(model, lazy.shapes(), str(path))
-    if model is None:
-        if not header.get("model"):
-            info = header.get("info") if isinstance(header.get("info"), dict) else {}
-            held = show(info["class"]) if info.get("class") else "a model"
-            raise CheckpointError(f"{path} holds {held}, which nnshrink does not build itself: pass model= (a "
-                                  "freshly built instance; on the command line --model-factory PKG.MOD:FN)")
-        built, meta = load_model(path, max_elements=budget)  # the zoo model the header names
-        return built, read_archive(path, max_elements=budget).tensors, meta, size
+    with open_archive(path, max_elements=budget) as lazy:  # the header: checked before anything is decoded
+        header, shapes = lazy.metadata, lazy.shapes()
+    if model is not None:
+        check_shapes(model, shapes, str(path))
+    elif not header.get("model"):
+        info = header.get("info") if isinstance(header.get("info"), dict) else {}
+        held = show(info["class"]) if info.get("class") else "a model"
+        raise CheckpointError(f"{path} holds {held}, which nnshrink does not build itself: pass model= (a "
+                              "freshly built instance; on the command line --model-factory PKG.MOD:FN)")
+    else:
+        check_fits(header["model"], header.get("config") or {}, shapes, source=str(path))
     archive = read_archive(path, max_elements=budget)
-    return load_into(model, archive.dense_state(), str(path)), archive.tensors, dict(archive.metadata), size
+    if model is None:
+        model = model_from_state(header["model"], header.get("config") or {}, archive.dense_state(), source=str(path))
+    else:
+        load_into(model, archive.dense_state(), str(path))
+    return model, archive.tensors, dict(header), size
 
 
 def default_input(meta: dict[str, Any]) -> torch.Tensor | None:
