@@ -231,3 +231,15 @@ def test_module_without_example_input_is_a_clear_error(tmp_path):
 
     with pytest.raises(ConfigError, match="example_input is needed"):
         export_onnx(nn.Linear(3, 2), tmp_path / "l.onnx")
+
+
+@pytest.mark.parametrize("content,words", [
+    (b"NSK\x00garbage" * 4, "nsk"),            # a damaged archive: the format's own error
+    (b"\xff" * 64, "safetensors"),             # neither an archive nor a checkpoint
+])
+def test_bad_input_file_is_one_line(tmp_path, capsys, content, words):
+    bad = tmp_path / "bad.nsk"
+    bad.write_bytes(content)
+    rc, _, err = cli(capsys, "export", bad, "--onnx", tmp_path / "o.onnx")
+    assert rc == 2 and err.count("\n") == 1 and words in err.lower(), err
+    assert not (tmp_path / "o.onnx").exists()
