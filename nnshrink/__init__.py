@@ -4,6 +4,7 @@
     result.save("m.nsk"); model = nnshrink.load("m.nsk", model=MyNet())
     tensors = nnshrink.export(model); blob = nnshrink.serialize(tensors, metadata)
     with nnshrink.open_archive("m.nsk") as a: a.keys(), a.get(name)
+    nnshrink.export_onnx("m.nsk", "m.onnx", codebook=True, model=MyNet())   # ONNX, shared weights as uint8 + codebook
 
 The names below load on first use, so ``import nnshrink`` (and the CLI) stays fast.
 """
@@ -12,7 +13,7 @@ __version__ = "0.1.0"
 
 _PUBLIC = {
     "compress": "api", "export": "api", "Result": "api",
-    "load": "loading",
+    "load": "loading", "export_onnx": "onnx_export",
     "Recipe": "recipes", "load_recipe": "recipes",
     "serialize": "format", "write_archive": "format", "open_archive": "format", "read_archive": "format",
     "NNShrinkError": "errors", "ConfigError": "errors", "CheckpointError": "errors", "StageError": "errors",

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from . import __version__
-from .checkpoint import load_tensors
+from .checkpoint import LazyTensors
 from .compressed import CompressedTensor, DenseTensor, SharedTensor, SparseTensor
 from .errors import ConfigError
 from .format.layout import BFLOAT16
@@ -35,6 +35,7 @@ from .sizes import tensor_bytes
 # tensor: 8-bit sharing 0.009, 6-bit 0.026, 5-bit 0.050, 4-bit 0.098 (the edge); pruning
 # half of it 0.27 and 90 % of it 0.75, whatever the bits.
 REL_ERROR_WARN = 0.1
+_ERROR_CHUNK = 1 << 22  # elements per float64 slice when measuring the error
 PRUNE_WARNING = ("pruning without retraining ({sparsity:g} of every large float tensor): nothing repairs what "
                  "it removes, and a pretrained network can turn into noise; prefer --bits 8 alone, or retrain "
                  "(a zoo model with --dataset, your own with --model-factory / --data-factory)")
@@ -76,7 +77,7 @@ def compress_tensors(
     if bits is not None and not (isinstance(bits, int) and 1 <= bits <= 8):
         raise ConfigError(f"bits must be an integer in 1..8; got {bits}")
     input_path, output = Path(input_path), Path(output)
-    tensors_in = load_tensors(input_path)
+    tensors_in = LazyTensors(input_path)  # one tensor in memory at a time (VGG-16 scale)
     lossless = sparsity == 0 and bits is None
     out: dict[str, CompressedTensor] = {}
     idx_bits: dict[str, int] = {}
@@ -92,8 +93,13 @@ def compress_tensors(
         mask = None
         if sparsity > 0:
             k = int(round(sparsity * arr.size))
-            thresh = np.partition(np.abs(arr).ravel(), k - 1)[k - 1] if k > 0 else -1
-            mask = np.abs(arr) > thresh
+            thresh = -1
+            if k > 0:
+                mags = np.abs(arr).ravel()
+                mags.partition(k - 1)  # in place: no second full-size copy of the tensor
+                thresh = mags[k - 1]
+                del mags
+            mask = (arr > thresh) | (arr < -thresh)  # |arr| > thresh without a third copy
         kept = arr[mask] if mask is not None else arr.ravel()
         if bits is None:
             out[name] = SparseTensor(arr.shape, mask, kept) if mask is not None else DenseTensor(arr)
@@ -107,9 +113,11 @@ def compress_tensors(
     meta = {"model": None, "config": {}, "nnshrink_version": __version__,
             "info": {"source": input_path.name, "sparsity": sparsity, "bits": bits}, "report": {}}
     write_archive(output, out, meta, index_bits=idx_bits, huffman=huffman)
+    del out  # the read-back archive below holds the same encodings
     archive = read_archive(output)
     size = output.stat().st_size
-    errors = reconstruction_errors(tensors_in, archive.dense_arrays(), lossy=list(idx_bits))  # the lossy ones
+    decoded = {name: archive.tensors[name] for name in idx_bits}  # decoded one at a time below
+    errors = reconstruction_errors(tensors_in, decoded, lossy=list(idx_bits))  # the lossy ones
     layers = archive.layer_rows() if hasattr(archive, "layer_rows") else [r.as_dict() for r in archive.records]
     for row in layers:
         row["rel_error"] = errors.get(row["name"], 0.0)
@@ -133,8 +141,14 @@ def reconstruction_errors(original: dict[str, torch.Tensor], decoded: dict[str, 
     (the others are stored exactly: error 0); 0 for an all-zero tensor decoded as zeros."""
     out = {}
     for name in lossy:
-        ref = original[name].detach().to(torch.float64).numpy().ravel()
-        diff = float(np.linalg.norm(decoded[name].astype(np.float64).ravel() - ref))
-        norm = float(np.linalg.norm(ref))
+        got, t = decoded[name], original[name].detach()
+        ref = (t if t.dtype in (torch.float32, torch.float64) else t.to(torch.float32)).numpy().ravel()
+        got = (got.to_dense() if hasattr(got, "to_dense") else got).ravel()
+        diff2 = norm2 = 0.0
+        for i in range(0, ref.size, _ERROR_CHUNK):  # float64 in chunks: no full-size float64 copies
+            r = ref[i:i + _ERROR_CHUNK].astype(np.float64)
+            diff2 += float(np.square(got[i:i + _ERROR_CHUNK].astype(np.float64) - r).sum())
+            norm2 += float(np.square(r).sum())
+        diff, norm = diff2 ** 0.5, norm2 ** 0.5
         out[name] = diff / norm if norm > 0 else (0.0 if diff == 0 else 1.0)
     return out

@@ -48,3 +48,26 @@ def test_plain_file_and_garbage(tmp_path):
         load_checkpoint(g)
     with pytest.raises(CheckpointError, match="no such file"):
         load_checkpoint(tmp_path / "missing.safetensors")
+
+
+def test_lazy_tensors_read_what_load_tensors_reads(tmp_path):
+    """LazyTensors (post-training's one-tensor-at-a-time reader) agrees with load_tensors:
+    same keys in the same order, same values, a fresh tensor per lookup; bad files refused."""
+    from nnshrink.checkpoint import LazyTensors
+
+    p = tmp_path / "t.safetensors"
+    torch.manual_seed(0)
+    save_file({"b": torch.randn(4, 3), "a": torch.arange(5), "c.w": torch.randn(2, 2).half()}, str(p))
+    eager, lazy = load_tensors(p), LazyTensors(p)
+    assert list(lazy) == list(eager) and len(lazy) == 3 and "a" in lazy and "zz" not in lazy
+    for k, v in eager.items():
+        assert lazy[k].dtype == v.dtype and torch.equal(lazy[k], v)
+    first = lazy["b"]
+    first.zero_()
+    assert not torch.equal(lazy["b"], first)  # nothing cached: each lookup reads the file
+    with pytest.raises(KeyError):
+        lazy["zz"]
+    g = tmp_path / "garbage.safetensors"
+    g.write_bytes(b"\xff" * 64)
+    with pytest.raises(CheckpointError, match="safetensors"):
+        LazyTensors(g)

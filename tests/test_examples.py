@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 import tomllib
 
@@ -33,6 +34,12 @@ def test_example_compresses_saves_loads_and_evaluates(name, tiny_idx_dir, tmp_pa
         torch.testing.assert_close(res["loaded"](x), compressed, rtol=0, atol=0)
         torch.testing.assert_close(fresh(x), compressed, rtol=0, atol=0)
     assert res["max_abs_diff_loaded_vs_compressed"] == 0.0
+    if importlib.util.find_spec("onnxruntime"):  # the trained archive exports to ONNX in its codebook form
+        from nnshrink.onnx_export import export_onnx
+
+        onnx_rep = export_onnx(archive, tmp_path / f"{name}.onnx", codebook=True, model=mod.build(),
+                               example_input=x, check=True)
+        assert onnx_rep["codebook_tensors"] and onnx_rep["max_abs_diff"] < 1e-4
     if name == "tiny_vit":  # attention input projections: pruned and shared, as the recipe says
         rows = json.loads((tmp_path / "report.json").read_text())["layers"]
         in_proj = [r for r in rows if r["name"].endswith("self_attn.in_proj_weight")]
