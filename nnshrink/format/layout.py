@@ -39,6 +39,8 @@ EXTRA_KEYS = {
     "shared": {"bits", "k", "nonzero", "sparse", "index_coding"},  # + GAP_KEYS when sparse
     "sparse_f32": {"nonzero"} | GAP_KEYS,
 }
+# optional in `shared` records: dense-and-sparse outliers (float16 values + their own gap stream)
+OUTLIER_KEYS = {"outliers", "outlier_gap_bits", "outlier_gap_count", "outlier_gap_coding"}
 CODINGS = ("packed", "huffman", "huffman_pairs")
 MAX_PAIR_ALPHABET = 64  # huffman_pairs: alphabets of at most 64 symbols (4096 pair symbols)
 

@@ -158,6 +158,9 @@ class CodebookLinear(_KernelLinear):
         """From a SharedTensor. ``sparse`` None: CSR when it has a mask, a dense code matrix otherwise."""
         if not isinstance(tensor, SharedTensor):
             raise ConfigError(f"CodebookLinear needs a SharedTensor; got {type(tensor).__name__}")
+        if tensor.outlier_mask is not None:
+            raise ConfigError("CodebookLinear cannot run a SharedTensor with dense-and-sparse outliers; "
+                              "use the dense runtime")
         shape = _check_2d(tensor.shape, "CodebookLinear")
         k = len(tensor.codebook)
         if k > 256:
@@ -239,6 +242,8 @@ def accelerate(model: nn.Module, tensors: dict[str, CompressedTensor], *, inplac
         t = tensors.get(f"{name}.weight" if name else "weight")
         if not isinstance(t, (SparseTensor, SharedTensor)):
             continue
+        if isinstance(t, SharedTensor) and t.outlier_mask is not None:
+            continue  # dense-and-sparse outliers: no compressed kernel yet, the layer stays dense
         if tuple(t.shape) != tuple(mod.weight.shape):
             raise ConfigError(f"{name}.weight: compressed shape {tuple(t.shape)} does not match the "
                               f"model's {tuple(mod.weight.shape)}")
