@@ -240,3 +240,19 @@ def test_target_bpw_is_met_from_the_file_and_unreachable_budgets_say_so():
     forced = compress_model(model, None, target_bpw=0.5, min_numel=64, force=True)
     assert forced.warnings and "cannot be met" in forced.warnings[0]
     parse_archive(forced.to_bytes())
+
+
+def test_max_error_gives_fewer_bytes_for_a_looser_bound_and_keeps_it():
+    torch.manual_seed(0)
+    model = MLP()
+    calib = _batches(8, 1)
+    cal = collect(model, calib)
+    tight = compress_model(model, calibration=cal, max_error=1e-3, min_numel=64, candidate_bits=(2, 3, 4, 6, 8))
+    loose = compress_model(model, calibration=cal, max_error=5e-2, min_numel=64, candidate_bits=(2, 3, 4, 6, 8))
+    for res, bound in ((tight, 1e-3), (loose, 5e-2)):
+        assert res.metadata["info"]["post_training"]["estimated_relative_error"] <= bound
+    assert len(loose.to_bytes()) < len(tight.to_bytes())
+    with pytest.raises(BudgetError, match="cannot be met"):
+        compress_model(model, calibration=cal, max_error=1e-12, min_numel=64, candidate_bits=(2, 3))
+    with pytest.raises(ConfigError, match="needs calibration"):
+        compress_model(model, None, max_error=0.1)

@@ -93,7 +93,8 @@ def test_hf_without_calibration_is_labelled_data_free(run, bert_dir, tmp_path):
     (["--calibration", "FILE"], "without --hf-model"),
     (["--hf-model", "NOWEIGHTS"], "has no model.safetensors"),
     (["--hf-model", "BERT", "--target-bpw", "0.3"], "cannot be met"),
-    (["--hf-model", "BERT", "--bits", "3", "--target-bpw", "3"], "not both"),
+    (["--hf-model", "BERT", "--bits", "3", "--target-bpw", "3"], "one of --bits"),
+    (["--hf-model", "BERT", "--max-error", "0.01"], "needs calibration"),
     (["--hf-model", "BERT", "--calibration", "EMPTY"], "holds no text"),
     (["--hf-model", "BERT", "--outliers", "0.7"], "outlier fraction"),
 ])

@@ -43,6 +43,9 @@ def register(sub) -> None:
                         "compensation (without it: the data-free fallback)")
     g.add_argument("--target-bpw", type=float, default=None, metavar="B",
                    help="choose per-layer bits so the file holds B bits per weight (all overhead included)")
+    g.add_argument("--max-error", type=float, default=None, metavar="E",
+                   help="instead of a budget: the fewest bytes whose estimated relative output error on the "
+                        "calibration texts (sum of squared changes over sum of squares) stays <= E")
     g.add_argument("--outliers", type=float, default=0.0, metavar="F",
                    help="fraction of each shared tensor kept exactly (float16) beside its codebook")
     add_json_arg(p)
@@ -193,7 +196,7 @@ def run(args) -> int:
 
     out, plots = check_outputs(args, args.output, args.plots)  # --resume does not imply --force
     ptq_flags = [f for f, v in (("--calibration", args.calibration), ("--target-bpw", args.target_bpw is not None),
-                                ("--outliers", args.outliers)) if v]
+                                ("--max-error", args.max_error is not None), ("--outliers", args.outliers)) if v]
     if args.hf_model is None and ptq_flags:
         raise ConfigError(f"{', '.join(ptq_flags)} given without --hf-model DIR")
     if args.hf_model is not None:
@@ -255,13 +258,13 @@ def _run_hf(args, out) -> int:
     if unused:
         raise ConfigError(f"{', '.join(unused)} given with --hf-model: post-training compression of a model "
                           "folder takes --calibration, --bits or --target-bpw, --outliers and --sparsity")
-    if args.bits is not None and args.target_bpw is not None:
-        raise ConfigError("give --bits or --target-bpw, not both")
+    if sum(v is not None for v in (args.bits, args.target_bpw, args.max_error)) > 1:
+        raise ConfigError("give one of --bits, --target-bpw and --max-error")
     say = None if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     with work_dir(out, {"post-training": str(args.hf_model)}):
         report = compress_hf_folder(args.hf_model, out, calibration=args.calibration,
-                                    bits=4 if args.bits is None and args.target_bpw is None else args.bits,
-                                    target_bpw=args.target_bpw, outliers=args.outliers,
+                                    bits=args.bits or 4, target_bpw=args.target_bpw, max_error=args.max_error,
+                                    outliers=args.outliers,
                                     sparsity=args.sparsity or 0.0, force=args.force, progress=say)
     if args.json:
         emit_json(report, args.json, force=args.force)

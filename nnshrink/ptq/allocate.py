@@ -57,3 +57,25 @@ def allocate(options: dict[str, list[Candidate]], budget: int) -> dict[str, Cand
         else:
             hi = mid
     return _pick(options, hi)
+
+
+def allocate_for_error(options: dict[str, list[Candidate]], max_error: float) -> dict[str, Candidate]:
+    """The per-layer choice of fewest bytes whose summed error stays <= ``max_error`` (hull points)."""
+    if not options or any(not c for c in options.values()):
+        raise ConfigError("allocation needs at least one candidate for every layer")
+    least = sum(min(c.error for c in cands) for cands in options.values())
+    if least > max_error:
+        raise BudgetError(f"the error bound {max_error:.4g} cannot be met: the best setting of every layer gives "
+                          f"{least:.4g}", 0)
+    lo, hi = 0.0, 1.0
+    while sum(c.error for c in _pick(options, hi).values()) <= max_error:
+        hi *= 4.0
+        if hi > 1e300:
+            return _pick(options, hi)
+    for _ in range(100):
+        mid = 0.5 * (lo + hi)
+        if sum(c.error for c in _pick(options, mid).values()) <= max_error:
+            lo = mid
+        else:
+            hi = mid
+    return _pick(options, lo)

@@ -29,6 +29,7 @@ class Calibration:
     hessian: dict[str, torch.Tensor] = field(default_factory=dict)
     samples: int = 0  # batches seen
     rows: dict[str, int] = field(default_factory=dict)  # input rows (tokens / patches) per layer
+    output_energy: float = 0.0  # mean over batches of sum(out^2): the scale of the estimated errors
 
 
 def default_forward(model: nn.Module, batch) -> torch.Tensor:
@@ -113,6 +114,7 @@ def collect(model: nn.Module, calibrate, *, forward: Callable | None = None, wei
                                   f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
             if not out.is_floating_point():
                 raise ConfigError(f"the model's calibration output must be floating point; got {out.dtype}")
+            cal.output_energy += float((out.detach().to(torch.float64) ** 2).sum())
             r = torch.randn(out.shape, generator=gen, dtype=out.dtype)
             (out * r).sum().backward()
             for n in weights:
@@ -134,4 +136,5 @@ def collect(model: nn.Module, calibrate, *, forward: Callable | None = None, wei
             raise ConfigError(f"sensitivities of {n!r} are not finite (NaN or inf gradients): check the "
                               "calibration data and the model's output")
         f /= cal.samples
+    cal.output_energy /= cal.samples
     return cal

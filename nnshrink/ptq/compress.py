@@ -11,7 +11,10 @@ in the report.
 With ``target_bpw`` every layer is compressed at each of ``candidate_bits``, its record
 bytes measured with the archive writer, and ``allocate`` picks per-layer bits of least
 estimated error whose file fits B bits per weight (all tensors, header included); the
-file is then measured and the budget tightened by any excess until it fits.
+file is then measured and the budget tightened by any excess until it fits. With
+``max_error`` E (needs calibration) the same candidates give the fewest bytes whose
+estimated relative output error -- the summed layer estimates over the calibration
+outputs' energy sum(out^2); for small errors about 2 (1 - cosine) -- stays <= E.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from ..compressed import CompressedTensor, DenseTensor
 from ..errors import ConfigError
 from ..format.layout import ALIGN
 from ..format.writer import encode_tensor, serialize
-from .allocate import BudgetError, Candidate, allocate
+from .allocate import BudgetError, Candidate, allocate, allocate_for_error
 from .calibrate import Calibration, collect
 from .layer import LayerSetting, compress_weight
 
@@ -65,6 +68,7 @@ def _owner_map(model: nn.Module, names: list[str]) -> dict[str, str]:
 
 def compress_model(model: nn.Module, calibrate=None, *, forward: Callable | None = None, bits: int | None = 4,
                    outliers: float = 0.0, sparsity: float = 0.0, target_bpw: float | None = None,
+                   max_error: float | None = None,
                    candidate_bits=(2, 3, 4, 5, 6, 8), min_numel: int = 1024, half_small: bool = False,
                    damp: float = 0.01, calibration: Calibration | None = None, force: bool = False,
                    state: dict[str, torch.Tensor] | None = None,
@@ -74,7 +78,13 @@ def compress_model(model: nn.Module, calibrate=None, *, forward: Callable | None
     tensors, buffers the model does not hold included; calibration uses the model."""
     if target_bpw is not None and not (isinstance(target_bpw, (int, float)) and 0 < target_bpw <= 32):
         raise ConfigError(f"target bits per weight must be in (0, 32]; got {target_bpw!r}")
-    if target_bpw is None:
+    if max_error is not None and not (isinstance(max_error, (int, float)) and max_error > 0):
+        raise ConfigError(f"max error must be > 0; got {max_error!r}")
+    if max_error is not None and target_bpw is not None:
+        raise ConfigError("give a bit budget (target_bpw) or an error bound (max_error), not both")
+    if max_error is not None and calibrate is None and calibration is None:
+        raise ConfigError("an error bound (--max-error) needs calibration data: the error is measured on it")
+    if target_bpw is None and max_error is None:
         LayerSetting(bits, outliers, sparsity)  # validates
     for b in candidate_bits:
         LayerSetting(b, outliers, sparsity)
@@ -105,7 +115,7 @@ def compress_model(model: nn.Module, calibrate=None, *, forward: Callable | None
     fixed = sum(record_bytes(n, t) for n, t in tensors.items()) + 1024  # preamble, header frame, metadata
     chosen: dict[str, tuple[int, CompressedTensor, float]] = {}
     warnings = []
-    if target_bpw is None:
+    if target_bpw is None and max_error is None:
         for n in names:
             say(f"compressing {n} at {bits} bits")
             t, err = one(n, bits)
@@ -120,8 +130,21 @@ def compress_model(model: nn.Module, calibrate=None, *, forward: Callable | None
                 t, err = one(n, b)
                 made[(n, b)] = (t, err)
                 options[n].append(Candidate(b, record_bytes(n, t), err))
-        budget = int(target_bpw * total_numel / 8) - fixed
-        for _ in range(4):
+        budget = int(target_bpw * total_numel / 8) - fixed if target_bpw is not None else 0
+        if max_error is not None:
+            scale = max(calibration.output_energy, 1e-30)
+            try:
+                pick = allocate_for_error(options, max_error * scale)
+            except BudgetError:
+                least = sum(min(c.error for c in v) for v in options.values()) / scale
+                if not force:
+                    raise BudgetError(f"--max-error {max_error:g} cannot be met: the least reachable estimated "
+                                      f"relative output error is {least:.4g} with candidate bits "
+                                      f"{list(candidate_bits)} (use --force to write that with a warning)", 0) from None
+                warnings.append(f"error bound {max_error:g} cannot be met; wrote the least reachable, {least:.4g}")
+                pick = {n: min(c, key=lambda x: x.error) for n, c in options.items()}
+            chosen = {n: (c.setting, *made[(n, c.setting)]) for n, c in pick.items()}
+        for _ in range(4 if target_bpw is not None else 0):
             try:
                 pick = allocate(options, budget)
             except BudgetError as exc:
@@ -151,7 +174,10 @@ def compress_model(model: nn.Module, calibrate=None, *, forward: Callable | None
             rows.append({"name": n, "shape": list(t.shape), "bits": b, "outliers": n_out,
                          "sparsity": float(1 - t.mask.mean()) if t.mask is not None else 0.0,
                          "compensated": n in hessian, "estimated_error": err})
+    scale = calibration.output_energy if calibration is not None and calibration.output_energy > 0 else None
+    total_err = sum(v[2] for v in chosen.values())
     report = {"calibrated": calibration is not None,
+              "estimated_relative_error": total_err / scale if scale else None, "max_error": max_error,
               "method": ("calibrated: Fisher-weighted k-means, GPTQ-compensated Linear/Conv2d"
                          if calibration is not None else "data-free fallback: unweighted k-means, no compensation"),
               "bits": bits if target_bpw is None else None, "target_bpw": target_bpw, "outliers": outliers,

@@ -25,7 +25,8 @@ DATA_FREE_WARNING = ("no --calibration: data-free fallback (plain k-means on the
 
 
 def compress_hf_folder(folder: str | os.PathLike, output: str | os.PathLike, *, calibration=None,
-                       bits: int | None = 4, target_bpw: float | None = None, outliers: float = 0.0,
+                       bits: int | None = 4, target_bpw: float | None = None, max_error: float | None = None,
+                       outliers: float = 0.0,
                        sparsity: float = 0.0, force: bool = False, progress=None) -> dict[str, Any]:
     """Compress the folder's weights into ``output``; return the report (JSON-ready)."""
     folder, output = Path(folder), Path(output)
@@ -33,6 +34,7 @@ def compress_hf_folder(folder: str | os.PathLike, output: str | os.PathLike, *, 
     model, tok = hf.load_model(folder)
     batches = hf.text_batches(tok, hf.read_texts(calibration)) if calibration is not None else None
     result = compress_model(model, batches, forward=hf.mean_pooled, bits=bits, target_bpw=target_bpw,
+                            max_error=max_error,
                             outliers=outliers, sparsity=sparsity, force=force, state=file_tensors,
                             half_small=False, progress=progress)
     meta = result.metadata
