@@ -70,7 +70,7 @@ def compress_model(model: nn.Module, calibrate=None, *, forward: Callable | None
                    outliers: float = 0.0, sparsity: float = 0.0, target_bpw: float | None = None,
                    max_error: float | None = None,
                    candidate_bits=(2, 3, 4, 5, 6, 8), min_numel: int = 1024, half_small: bool = False,
-                   damp: float = 0.01, calibration: Calibration | None = None, force: bool = False,
+                   damp: float = 0.1, calibration: Calibration | None = None, force: bool = False,
                    state: dict[str, torch.Tensor] | None = None,
                    progress: Callable[[str], None] | None = None) -> PTQResult:
     """Compress ``model``'s state post-training (module doc); the model is not changed.

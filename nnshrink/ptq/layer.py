@@ -3,12 +3,16 @@
 Order of work for a tensor W with importances s (Fisher diagonal, or |W|-free ones when
 there is no calibration) and, for Linear / Conv2d weights, an input Hessian H:
 
-1. dense-and-sparse: the ``outliers`` fraction with the largest s * (W - q0)^2 (q0: the
-   first codebook's value) is kept exactly, in float16, outside the codebook;
+1. dense-and-sparse: the ``outliers`` fraction with the largest s * W^2 is kept exactly,
+   in float16, outside the codebook (the weights that would stretch its range most);
 2. the codebook: importance-weighted 1-D k-means over the remaining weights (over the
    ones likely to survive pruning when ``sparsity`` > 0);
 3. assignment: with H, GPTQ order with error compensation and SparseGPT pruning; without
    H (embeddings, data-free), nearest centroid, pruning the least s * W^2.
+
+GPTQ's damping is 0.1 x mean(diag H), ten times its paper's default: with a few thousand
+calibration tokens a lighter damping fits the calibration text and loses elsewhere
+(MiniLM, 4 bits, 64 held-out sentences: mean cosine 0.936 at 0.01, 0.970 at 0.1).
 
 ``estimated_error`` puts every tensor on one scale, the Fisher estimate of the change of
 the model's output: sum s (dW)^2 for lookups; for matrices with H, each row's
@@ -57,7 +61,7 @@ def _top(score: np.ndarray, count: int) -> np.ndarray:
 
 
 def compress_weight(weight: np.ndarray, setting: LayerSetting, importance: np.ndarray | None = None,
-                    hessian: torch.Tensor | None = None, *, damp: float = 0.01) -> tuple[SharedTensor, float]:
+                    hessian: torch.Tensor | None = None, *, damp: float = 0.1) -> tuple[SharedTensor, float]:
     """(the compressed tensor, its estimated output error; see module doc)."""
     w = np.asarray(weight, np.float32)
     if not np.isfinite(w).all():
@@ -69,9 +73,8 @@ def compress_weight(weight: np.ndarray, setting: LayerSetting, importance: np.nd
     n_out = int(round(setting.outliers * w.size))
     keep = np.zeros(w.shape, bool)
     fit = s.copy()
-    if n_out:
-        first = weighted_kmeans_1d(w, s, k)
-        keep = _top(s * (w - first.centroids[first.labels]) ** 2 + 1e-30 * w.astype(np.float64) ** 2, n_out)
+    if n_out:  # the largest importance-weighted magnitudes: they stretch the codebook's range most
+        keep = _top(s * w.astype(np.float64) ** 2 + 1e-30 * w.astype(np.float64) ** 2, n_out)
         fit[keep] = 0.0
     if setting.sparsity > 0:  # fit the codebook to the weights likely to survive pruning
         scale = s if hessian is None else np.broadcast_to(

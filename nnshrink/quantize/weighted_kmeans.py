@@ -9,7 +9,7 @@ centroid is the s-weighted mean of its run. So with prefix sums of s and s*x ove
 sorted values, one Lloyd iteration costs O(k log n) and runs to the exact fixed point.
 
 ``weighted_kmeans_1d(x, s, k)`` with all s_i equal gives the plain k-means fixed point
-reached from the same (weighted-quantile) start; ``inertia_weighted`` is the plain
+reached from the same (linear) start; ``inertia_weighted`` is the plain
 reference for the objective.
 """
 
@@ -51,11 +51,9 @@ def weighted_kmeans_1d(values: np.ndarray, importance: np.ndarray, k: int, *, ma
         return KMeansResult(uniq.astype(np.float32), labels.reshape(x.shape), 0.0, 0, True)
     W = np.concatenate(([0.0], np.cumsum(ws)))
     S = np.concatenate(([0.0], np.cumsum(ws * xs)))
-    # start: weighted quantiles (centroids where the importance mass is)
-    targets = (np.arange(k) + 0.5) / k * W[-1]
-    c = np.unique(xs[np.minimum(np.searchsorted(W[1:], targets), len(xs) - 1)])
-    if len(c) < k:  # ties in the quantiles: fill in evenly spaced values
-        c = np.unique(np.concatenate((c, np.linspace(xs[0], xs[-1], k - len(c) + 2)[1:-1])))[:k]
+    # start: k values evenly spaced between min and max (Deep Compression's "linear" init: it
+    # keeps centroids for the rare large weights, which quantile starts lose)
+    c = np.linspace(xs[0], xs[-1], k)
     prev, it, converged = None, 0, False
     while it < max_iter:
         it += 1
