@@ -297,6 +297,23 @@ def section(result: dict) -> str:
         a, p = best_at(ours, level), best_at(peers, level)
         fmt = lambda r: f"{r['ratio']:.2f}x ({r['tool']}, {r['setting']})" if r else "none"  # noqa: E731
         lines.append(f"| {level} | {fmt(a)} | {fmt(p)} |")
+    lines += ["", "The issue's targets, from the rows above:", "", "| target | best nnshrink row | met |", "|---|---|---|"]
+    strict = [r for r in ours if r["min_cos"] >= 0.97]
+    for label, pool, level, need in ((">= 10x at mean cos >= 0.99, min >= 0.97", strict, 0.99, 10.0),
+                                     (">= 6x at mean cos >= 0.999", ours, 0.999, 6.0)):
+        r = best_at(pool, level)
+        shown = f"{r['ratio']:.2f}x ({r['setting']})" if r else "none"
+        lines.append(f"| {label} | {shown} | {'yes' if r and r['ratio'] >= need else 'NO'} |")
+    pruned = [r for r in ours if "50% pruned" in r["setting"]]
+    if pruned:
+        r = max(pruned, key=lambda r: r["mean_cos"])
+        lines.append(f"| 50% sparsity at mean cos >= 0.99 | {r['setting']}: mean cos {r['mean_cos']:.4f} | "
+                     f"{'yes' if r['mean_cos'] >= 0.99 else 'NO'} |")
+    budget = [r for r in ours if r["setting"].startswith("--target-bpw")]
+    if budget and result.get("calibration_seconds"):
+        t = result["calibration_seconds"] + max(r["seconds"] for r in budget)
+        lines.append(f"| calibrate + compress under 5 min | calibration + slowest --target-bpw row: {t:.0f} s "
+                     f"(loaded machine) | {'yes' if t < 300 else 'NO'} |")
     if not result.get("complete"):
         lines += ["", "(partial: the run was stopped before its last row)"]
     if result.get("skipped"):
@@ -311,7 +328,12 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="a few rows only (a smoke test)")
     ap.add_argument("--no-peers", action="store_true", help="nnshrink rows only")
     ap.add_argument("--note", default="", help="a line about the machine's load, for the section")
+    ap.add_argument("--render", default=None, metavar="JSON",
+                    help="only rewrite --section from an earlier run's JSON (no measuring)")
     args = ap.parse_args(argv)
+    if args.render:
+        Path(args.section).write_text(section(json.loads(Path(args.render).read_text())))
+        return 0
     torch.set_num_threads(1)
     torch.manual_seed(0)
     b = Bench(minilm_folder())
