@@ -227,7 +227,7 @@ def test_calibrated_beats_data_free_on_held_out_inputs():
     assert _out_error(model, cal.tensors, held_out) < 0.7 * _out_error(model, free.tensors, held_out)
 
 
-def test_target_bpw_is_met_from_the_file_and_unreachable_budgets_say_so():
+def test_target_bpw_is_met_from_the_file_and_unreachable_budgets_say_so(tmp_path):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 64))
     numel = sum(p.numel() for p in model.state_dict().values())
@@ -240,6 +240,7 @@ def test_target_bpw_is_met_from_the_file_and_unreachable_budgets_say_so():
     forced = compress_model(model, None, target_bpw=0.5, min_numel=64, force=True)
     assert forced.warnings and "cannot be met" in forced.warnings[0]
     parse_archive(forced.to_bytes())
+    assert res.save(tmp_path / "m.nsk") == (tmp_path / "m.nsk").stat().st_size == size
 
 
 def test_max_error_gives_fewer_bytes_for_a_looser_bound_and_keeps_it():

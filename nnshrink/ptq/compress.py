@@ -50,6 +50,12 @@ class PTQResult:
     def to_bytes(self) -> bytes:
         return serialize(self.tensors, self.metadata)
 
+    def save(self, path) -> int:
+        """Write the .nsk archive atomically; return its size in bytes."""
+        from ..format.writer import write_archive
+
+        return write_archive(path, self.tensors, self.metadata)
+
 
 def record_bytes(name: str, t: CompressedTensor) -> int:
     rec, parts = encode_tensor(name, t, 8 if len(t.shape) >= 3 else 5)
