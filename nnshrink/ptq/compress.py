@@ -3,7 +3,8 @@
 ``compress_model(model, calibrate=..., bits=4)`` or ``target_bpw=B``: every float tensor
 with >= 2 dims and >= ``min_numel`` values is shared through ``layer.compress_weight``
 (sensitivity-weighted codebook, dense-and-sparse outliers, GPTQ / SparseGPT compensation
-where the layer is a Linear / Conv2d with calibration inputs); every other tensor is
+where the layer is a Linear / Conv2d with calibration inputs; with calibration,
+``sparsity`` prunes only those layers); every other tensor is
 stored exactly (or as float16 with ``half_small``). Without calibration data the
 importances are all one and nothing is compensated: the data-free fallback, labelled so
 in the report.
@@ -108,7 +109,10 @@ def compress_model(model: nn.Module, calibrate=None, *, forward: Callable | None
     def one(name, b):
         w = state[name].to(torch.float32).numpy()
         imp = fisher[name].numpy() if name in fisher else None
-        return compress_weight(w, LayerSetting(b, outliers, sparsity), imp, hessian.get(name), damp=damp)
+        # calibrated pruning is SparseGPT's: only where error compensation repairs it (Linear / Conv2d
+        # layers with inputs); lookup tables (embeddings) keep every row, rare tokens included
+        prune = sparsity if calibration is None or name in hessian else 0.0
+        return compress_weight(w, LayerSetting(b, outliers, prune), imp, hessian.get(name), damp=damp)
 
     tensors: dict[str, CompressedTensor] = {}
     for n, t in state.items():

@@ -92,8 +92,9 @@ def compress_weight(weight: np.ndarray, setting: LayerSetting, importance: np.nd
     else:
         idx = nearest(w, cents).reshape(w.shape)
         pruned = np.zeros(w.shape, bool)
-        if setting.sparsity > 0:
-            pruned = _top(np.where(keep, -np.inf, -s * w.astype(np.float64) ** 2),
+        if setting.sparsity > 0:  # floored importances: weights calibration never reached still count
+            floored = s + (float(s.mean()) if s.any() else 1.0)
+            pruned = _top(np.where(keep, -np.inf, -floored * w.astype(np.float64) ** 2),
                           int(round(setting.sparsity * w.size)))
         q = np.where(pruned, 0.0, cents[idx])
         q = np.where(keep, w, q)
