@@ -59,10 +59,9 @@ def _check(weight, hessian, codebook, keep, sparsity):
 def assign(weight: torch.Tensor, hessian: torch.Tensor, codebook: np.ndarray, *, keep: torch.Tensor | None = None,
            sparsity: float = 0.0, block: int = 128, damp: float = 0.01, act_order: bool = True
            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(indices int64 (out, in), kept bool (out, in): False = pruned, exact bool: outliers
-    whose compensated value is kept as is) -> returned as (indices, pruned, values): the
-    compensated values at the ``keep`` positions are in ``values``; elsewhere ``values`` is
-    the rounded weight."""
+    """(indices, pruned, values), each (out, in): the nearest-codebook index of every
+    compensated weight, the SparseGPT-pruned positions (never ``keep`` ones), and the
+    result: codebook[index], 0 where pruned, the compensated weight itself where ``keep``."""
     cb, mids = _check(weight, hessian, codebook, keep, sparsity)
     W = weight.detach().to(torch.float64).clone()
     n_out, n_in = W.shape
