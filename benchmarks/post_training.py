@@ -126,7 +126,8 @@ def nnshrink_rows(b: Bench, tmp: Path, quick: bool) -> None:
                   weights=_owner_map(b.model, names))
     b.calibration_seconds = time.perf_counter() - t0
     print(f"calibration: {cal.samples} batches, {b.calibration_seconds:.1f} s", flush=True)
-    settings = [("4 bits", dict(bits=4)), ("3 bits, 0.5% outliers", dict(bits=3, outliers=0.005))]
+    settings = [("4 bits", dict(bits=4)), ("3 bits, 0.5% outliers", dict(bits=3, outliers=0.005)),
+                ("6 bits", dict(bits=6))]
     if not quick:
         settings += [("--target-bpw 3.2, 0.5% outliers", dict(target_bpw=3.2, outliers=0.005,
                                                               candidate_bits=(2, 3, 4, 5))),
@@ -212,26 +213,28 @@ def coreml_rows(b: Bench) -> None:
         b.skipped = f"coremltools: {type(exc).__name__}: {exc}"
         return
 
+    def is_palettized(t, n_bits, group_rows) -> bool:
+        """<= 2**n_bits values in the tensor (per tensor) or in each of its first groups of rows;
+        coremltools leaves a tensor float when its rows do not split into groups."""
+        if t.dim() != 2 or t.numel() < 1024 or (group_rows and t.shape[0] % group_rows):
+            return False
+        groups = t.reshape(-1, group_rows * t.shape[1]) if group_rows else t.reshape(1, -1)
+        return max(len(torch.unique(g)) for g in groups[:4]) <= 1 << n_bits
+
     def size(model, n_bits, group_rows):
-        total = 0
+        """Core ML's weight file: n-bit indices + float16 look-up tables, the rest float32."""
+        total, done = 0, []
         for n, t in model.state_dict().items():
             if n not in b.file_tensors:
                 continue
-            if t.dim() == 2 and t.numel() >= 1024:
+            if is_palettized(t, n_bits, group_rows):
                 groups = t.shape[0] // group_rows if group_rows else 1
                 total += (t.numel() * n_bits + 7) // 8 + groups * (1 << n_bits) * 2
+                done.append(n)
             else:
                 total += t.numel() * 4
-        return total + 4 * sum(t.numel() for n, t in b.file_tensors.items() if n not in model.state_dict())
-
-    def palettized(model, n_bits, group_rows):
-        """Check the palettizer really left <= 2**n_bits values per tensor / group."""
-        for n, t in model.state_dict().items():
-            if t.dim() == 2 and t.numel() >= 1024:
-                g = t.reshape(-1, group_rows * t.shape[1]) if group_rows else t.reshape(1, -1)
-                if max(len(torch.unique(r)) for r in g[:4]) > 1 << n_bits:
-                    return False
-        return True
+        total += 4 * sum(t.numel() for n, t in b.file_tensors.items() if n not in model.state_dict())
+        return total, done
 
     def run(tool, setting, make, n_bits, group_rows=None):
         import copy
@@ -243,8 +246,8 @@ def coreml_rows(b: Bench) -> None:
             return
         dt = time.perf_counter() - t0
         state = {k: v.detach() for k, v in model.state_dict().items()}
-        b.add(tool, setting, size(model, n_bits, group_rows), state, dt,
-              palettized=palettized(model, n_bits, group_rows))
+        nbytes, done = size(model, n_bits, group_rows)
+        b.add(tool, setting, nbytes, state, dt, palettized=done)
 
     emb_ok = {"module_type_configs": {}}
     for n_bits, gran, group in ((6, "per_tensor", None), (4, "per_tensor", None), (4, "per_grouped_channel", 16)):
