@@ -258,12 +258,10 @@ def coreml_rows(b: Bench) -> None:
         run("coremltools PostTrainingPalettizer", f"{n_bits} bits {gran}" + (f" g{group}" if group else ""),
             lambda m, config=config: PostTrainingPalettizer(m, config).compress(), n_bits, group)
     batches = b.hf.text_batches(b.tok, b.hf.read_texts(CALIBRATION))
-    gen = torch.Generator().manual_seed(0)
-    directions = [torch.randn(len(x["input_ids"]), 384, generator=gen) for x in batches]
-    by_id = {id(x): d for x, d in zip(batches, directions)}
-
     def loss_fn(model, batch):  # the same Gaussian-projection output objective as nnshrink's Fisher
-        return (b.hf.mean_pooled(model, batch) * by_id[id(batch)]).sum()
+        out = b.hf.mean_pooled(model, batch)
+        seed = int(batch["input_ids"].sum()) * 131 + batch["input_ids"].numel()  # fixed per batch (SKM copies them)
+        return (out * torch.randn(out.shape, generator=torch.Generator().manual_seed(seed))).sum()
 
     for n_bits in (6, 4):
         config = SKMPalettizerConfig.from_dict({"global_config": {"n_bits": n_bits, "granularity": "per_tensor"}})
