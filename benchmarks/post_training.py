@@ -293,7 +293,12 @@ def section(result: dict) -> str:
     for r in rows:
         lines.append(f"| {r['tool']} | {r['setting']} | {r['bytes']:,} | {r['ratio']:.2f}x | {r['bpw']:.3f} | "
                      f"{r['mean_cos']:.4f} | {r['min_cos']:.4f} | {r['seconds']:.0f} |")
-    lines += ["", "Best ratio per cosine level (same run):", "", "| mean cos >= | nnshrink | best peer |", "|---|---|---|"]
+    lines += ["", "Notes: nnshrink rows are decoded from the written .nsk file. The SparseGPT rows prune 50% of "
+              "every Linear weight (error-compensated); the embeddings, which no compensation repairs, keep every "
+              "row. coremltools' grouped mode leaves tensors whose rows do not split into groups (the 30,522-row "
+              "word embedding) in float32, hence its size. `--target-bpw` rows choose per-layer bits "
+              "(in the JSON: `layers`).",
+              "", "Best ratio per cosine level (same run):", "", "| mean cos >= | nnshrink | best peer |", "|---|---|---|"]
     ours = [r for r in rows if r["tool"].startswith("nnshrink")]
     peers = [r for r in rows if not r["tool"].startswith("nnshrink")]
     for level in (0.999, 0.995, 0.99, 0.95):
