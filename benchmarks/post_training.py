@@ -259,7 +259,10 @@ def coreml_rows(b: Bench) -> None:
             lambda m, config=config: PostTrainingPalettizer(m, config).compress(), n_bits, group)
     batches = b.hf.text_batches(b.tok, b.hf.read_texts(CALIBRATION))
     def loss_fn(model, batch):  # the same Gaussian-projection output objective as nnshrink's Fisher
-        out = b.hf.mean_pooled(model, batch)
+        res = model(**batch)
+        mask = batch["attention_mask"].unsqueeze(-1).to(res.last_hidden_state.dtype)
+        out = (res.last_hidden_state * mask).sum(1) / mask.sum(1)
+        out = out + 0.0 * res.pooler_output.sum()  # SKM needs a gradient (zero) for the unused pooler too
         seed = int(batch["input_ids"].sum()) * 131 + batch["input_ids"].numel()  # fixed per batch (SKM copies them)
         return (out * torch.randn(out.shape, generator=torch.Generator().manual_seed(seed))).sum()
 
