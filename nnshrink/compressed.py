@@ -59,13 +59,20 @@ class SharedTensor:
     indices: np.ndarray
     bits: int
     mask: np.ndarray | None = None
+    # dense-and-sparse: bool array of ``shape`` marking outliers whose exact value (float16,
+    # in row-major order) replaces the shared one; None = no outliers
+    outlier_mask: np.ndarray | None = None
+    outlier_values: np.ndarray | None = None
 
     def to_dense(self) -> np.ndarray:
         vals = self.codebook.astype(np.float32)[self.indices.astype(np.int64)]
         if self.mask is None:
-            return vals.reshape(self.shape)
-        out = np.zeros(self.shape, np.float32)
-        out[self.mask] = vals
+            out = vals.reshape(self.shape).copy()
+        else:
+            out = np.zeros(self.shape, np.float32)
+            out[self.mask] = vals
+        if self.outlier_mask is not None:
+            out[self.outlier_mask] = np.asarray(self.outlier_values, np.float16).astype(np.float32)
         return out
 
 

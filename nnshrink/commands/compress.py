@@ -13,8 +13,9 @@ def register(sub) -> None:
                        "given: every tensor keeps its dtype, shape and bits (0-d, float64, float16, bfloat16, "
                        "integers). --sparsity / --bits turn float tensors of >= 1024 values into float32 "
                        "approximations; smaller and integer tensors stay exact.")
-    p.add_argument("input", help="nnshrink checkpoint, a state_dict of your model (with --model-factory), "
-                   "or any safetensors file (post-training, --no-retrain)")
+    p.add_argument("input", nargs="?", default=None,
+                   help="nnshrink checkpoint, a state_dict of your model (with --model-factory), "
+                   "or any safetensors file (post-training, --no-retrain); none with --hf-model")
     p.add_argument("-o", "--output", required=True, help="archive path (.nsk)")
     p.add_argument("--recipe", default=None,
                    help="deep-compression (default), prune, share, binary, or a recipe FILE.toml")
@@ -33,6 +34,20 @@ def register(sub) -> None:
     p.add_argument("--epochs-scale", type=float, default=None, metavar="F",
                    help="multiply every retraining of the recipe (prune retrain_epochs / final_epochs, share "
                         "finetune_epochs) by F > 0: 0.5 for a quicker run, 2 for a longer one")
+    g = p.add_argument_group("post-training compression of a local Hugging Face model folder")
+    g.add_argument("--hf-model", default=None, metavar="DIR",
+                   help="folder with config.json, model.safetensors and a tokenizer (needs nnshrink[hf]); "
+                        "the archive keeps the weight file's names, so decompress gives a loadable model.safetensors")
+    g.add_argument("--calibration", default=None, metavar="FILE",
+                   help="one text per line: sensitivities and layer inputs for weighted sharing and error "
+                        "compensation (without it: the data-free fallback)")
+    g.add_argument("--target-bpw", type=float, default=None, metavar="B",
+                   help="choose per-layer bits so the file holds B bits per weight (all overhead included)")
+    g.add_argument("--max-error", type=float, default=None, metavar="E",
+                   help="instead of a budget: the fewest bytes whose estimated relative output error on the "
+                        "calibration texts (sum of squared changes over sum of squares) stays <= E")
+    g.add_argument("--outliers", type=float, default=0.0, metavar="F",
+                   help="fraction of each shared tensor kept exactly (float16) beside its codebook")
     add_json_arg(p)
     p.add_argument("--plots", default=None, metavar="PNG", help="plot the weight distributions to this PNG")
     p.add_argument("--resume", action="store_true", help="continue a killed run from its last finished stage")
@@ -180,6 +195,14 @@ def run(args) -> int:
     from ..train import resolve_device
 
     out, plots = check_outputs(args, args.output, args.plots)  # --resume does not imply --force
+    ptq_flags = [f for f, v in (("--calibration", args.calibration), ("--target-bpw", args.target_bpw is not None),
+                                ("--max-error", args.max_error is not None), ("--outliers", args.outliers)) if v]
+    if args.hf_model is None and ptq_flags:
+        raise ConfigError(f"{', '.join(ptq_flags)} given without --hf-model DIR")
+    if args.hf_model is not None:
+        return _run_hf(args, out)
+    if args.input is None:
+        raise ConfigError("give INPUT (a checkpoint or safetensors file) or --hf-model DIR")
     if args.sparsity is not None:
         PruneConfig(sparsity=args.sparsity)  # validates with a clear message
     if args.bits is not None:
@@ -217,6 +240,43 @@ def run(args) -> int:
     if args.json != "-":
         print_summary(report)
     for line in report.get("warnings") or []:  # on stderr, also beside --json -
+        print(f"warning: {line}", file=sys.stderr)
+    return 0
+
+
+def _run_hf(args, out) -> int:
+    import sys
+
+    from ..errors import ConfigError
+    from ..ptq.folder import compress_hf_folder
+    from ..workdir import work_dir
+
+    unused = [flag for flag, value in (("INPUT", args.input), ("--recipe", args.recipe), ("--dataset", args.dataset),
+                                       ("--model-factory", args.model_factory), ("--resume", args.resume),
+                                       ("--epochs-scale", args.epochs_scale is not None), ("--plots", args.plots))
+              if value]
+    if unused:
+        raise ConfigError(f"{', '.join(unused)} given with --hf-model: post-training compression of a model "
+                          "folder takes --calibration, --bits or --target-bpw, --outliers and --sparsity")
+    if sum(v is not None for v in (args.bits, args.target_bpw, args.max_error)) > 1:
+        raise ConfigError("give one of --bits, --target-bpw and --max-error")
+    say = None if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    with work_dir(out, {"post-training": str(args.hf_model)}):
+        report = compress_hf_folder(args.hf_model, out, calibration=args.calibration,
+                                    bits=args.bits or 4, target_bpw=args.target_bpw, max_error=args.max_error,
+                                    outliers=args.outliers,
+                                    sparsity=args.sparsity or 0.0, force=args.force, progress=say)
+    if args.json:
+        emit_json(report, args.json, force=args.force)
+    if args.json != "-":
+        for r in report["layers"]:
+            if "bits" in r:
+                print(f"{r['name']:<50} {str(tuple(r['shape'])):<14} {r['bits']} bits  outliers {r['outliers']:>6}  "
+                      f"sparsity {r['sparsity']:.2f}  est. error {r['estimated_error']:.3g}")
+        print(f"\n{out}: {report['original_bytes']:,} -> {report['compressed_bytes']:,} bytes "
+              f"({report['ratio']:.2f}x, {report['bits_per_weight']:.3f} bits per weight); "
+              f"{report['post_training']['method']}")
+    for line in report.get("warnings") or []:
         print(f"warning: {line}", file=sys.stderr)
     return 0
 

@@ -27,7 +27,7 @@ def run(args) -> int:
     out, = check_outputs(args, args.output)
     archive = read_archive(args.input, max_elements=args.max_elements)
     state = {k: v.contiguous() for k, v in archive.dense_state().items()}
-    meta = {META_VERSION: __version__}
+    meta = {META_VERSION: __version__, "format": "pt"}  # 'format' lets transformers load the file
     if archive.metadata.get("model"):
         info = archive.metadata.get("info")
         meta.update({META_MODEL: archive.metadata["model"],

@@ -40,6 +40,8 @@ EXTRA_KEYS = {
     "shared": {"bits", "k", "nonzero", "sparse", "index_coding"},  # + GAP_KEYS when sparse
     "sparse_f32": {"nonzero"} | GAP_KEYS,
 }
+# optional in `shared` records: dense-and-sparse outliers (float16 values + their own gap stream)
+OUTLIER_KEYS = {"outliers", "outlier_gap_bits", "outlier_gap_count", "outlier_gap_coding"}
 CODINGS = ("packed", "huffman", "huffman_pairs")
 ADAPTIVE = "adaptive"  # version 2: context-adaptive range coding (encode/adaptive.py)
 MASK_KEYS = {"mask_coding"}  # version 2: a sparse record's positions as an adaptive mask, instead of GAP_KEYS

@@ -32,7 +32,7 @@ from ..io_utils import check_input_file
 from .errors import (BadMagicError, ChecksumError, FormatError, HeaderError, HuffmanTableError, LimitError, RecordError,
                      StreamError, show)
 from .header import header_text
-from .layout import (ADAPTIVE, BFLOAT16, CODINGS, COMMON_KEYS, DEFAULT_MAX_ELEMENTS, DTYPES, ENCODINGS, EXTRA_KEYS,
+from .layout import (ADAPTIVE, BFLOAT16, CODINGS, COMMON_KEYS, DEFAULT_MAX_ELEMENTS, DTYPES, ENCODINGS, EXTRA_KEYS, OUTLIER_KEYS,
                      GAP_BITS_RANGE, GAP_KEYS, MAGIC, MASK_KEYS, MAX_DIM, MAX_HEADER, MAX_NAME, MAX_NDIM, MAX_NUMEL,
                      MAX_PAIR_ALPHABET, MAX_RECORDS, PREAMBLE, VERSIONS, default_gap_bits,
                      max_declared_elements)
@@ -76,7 +76,7 @@ class Archive:
             if isinstance(t, DenseTensor) and not t.half:
                 arr = t.array if t.array.flags.writeable else t.array.copy()
                 out[name] = np.ascontiguousarray(arr).reshape(arr.shape)  # keeps 0-d tensors 0-d
-            elif isinstance(t, SharedTensor) and t.mask is not None:
+            elif isinstance(t, SharedTensor) and t.mask is not None and t.outlier_mask is None:
                 out[name] = scatter_dense(t.mask, t.codebook[t.indices.astype(np.intp)])
             elif isinstance(t, SparseTensor):
                 out[name] = scatter_dense(t.mask, t.values)
@@ -131,13 +131,13 @@ def _choice(obj: dict, key: str, options, where: str):
 
 def _expected_parts(enc: str, f: dict, numel: int, shape: tuple) -> list[tuple[str, int | None]]:
     """The ordered (part, exact length or None if only bounded) list an encoding requires."""
-    def gap_parts():
-        if "mask_coding" in f:
+    def gap_parts(prefix=""):
+        if not prefix and "mask_coding" in f:
             return [("mask", None)]
-        w, cnt, coding = f["gap_bits"], f["gap_count"], f["gap_coding"]
+        w, cnt, coding = f[prefix + "gap_bits"], f[prefix + "gap_count"], f[prefix + "gap_coding"]
         if coding == "packed":
-            return [("gap", packed_nbytes(cnt, w))]
-        return [("gap_lengths", None), ("gap", None)]
+            return [(prefix + "gap", packed_nbytes(cnt, w))]
+        return [(prefix + "gap_lengths", None), (prefix + "gap", None)]
 
     if enc == "raw":
         return [("data", numel * DTYPES[f["dtype"]].itemsize)]
@@ -152,7 +152,20 @@ def _expected_parts(enc: str, f: dict, numel: int, shape: tuple) -> list[tuple[s
         parts.append(("index", None))
     else:
         parts += [("index_lengths", None), ("index", None)]
-    return parts + (gap_parts() if f["sparse"] else [])
+    parts += gap_parts() if f["sparse"] else []
+    if f.get("outliers"):
+        parts += [("outlier_values", 2 * f["outliers"])] + gap_parts("outlier_")
+    return parts
+
+
+def _gap_fields(rec: dict, f: dict, prefix: str, nonzero: int, numel: int, where) -> None:
+    """Check and copy one gap stream's keys (SPEC: the gap stream), e.g. ``outlier_gap_bits``."""
+    f[prefix + "gap_bits"] = _int(rec, prefix + "gap_bits", *GAP_BITS_RANGE, where)
+    f[prefix + "gap_count"] = _int(rec, prefix + "gap_count", nonzero, MAX_NUMEL, where)
+    f[prefix + "gap_coding"] = _choice(rec, prefix + "gap_coding", CODINGS, where)
+    _check_pairs(f[prefix + "gap_coding"], 1 << f[prefix + "gap_bits"], prefix + "gap", where)
+    if numel > (f[prefix + "gap_count"] + 1) * ((1 << f[prefix + "gap_bits"]) - 1):
+        raise RecordError(f"{where}: {f[prefix + 'gap_count']} {prefix}gap symbols cannot cover {numel} positions")
 
 
 def _check_pairs(coding: str, alphabet: int, stream: str, where: str) -> None:
@@ -230,13 +243,11 @@ def _check_record(i: int, rec: Any, data_length: int, names: set, version: int) 
             allowed = (allowed - GAP_KEYS) | MASK_KEYS
         elif sparse:
             allowed = allowed - MASK_KEYS
-            f["gap_bits"] = _int(rec, "gap_bits", *GAP_BITS_RANGE, where)
-            f["gap_count"] = _int(rec, "gap_count", f["nonzero"], MAX_NUMEL, where)
-            f["gap_coding"] = _choice(rec, "gap_coding", CODINGS, where)
-            _check_pairs(f["gap_coding"], 1 << f["gap_bits"], "gap", where)
-            M = (1 << f["gap_bits"]) - 1
-            if numel > (f["gap_count"] + 1) * M:
-                raise RecordError(f"{where}: {f['gap_count']} gap symbols cannot cover {numel} positions")
+            _gap_fields(rec, f, "", f["nonzero"], numel, where)
+        if enc == "shared" and "outliers" in rec:
+            allowed = allowed | OUTLIER_KEYS
+            f["outliers"] = _int(rec, "outliers", 1, numel, where)
+            _gap_fields(rec, f, "outlier_", f["outliers"], numel, where)
     extra = set(rec) - allowed
     if extra:
         raise RecordError(f"{where}: unknown keys {show(', '.join(sorted(map(str, extra))))}")
@@ -267,7 +278,8 @@ def _check_record(i: int, rec: Any, data_length: int, names: set, version: int) 
                 raise RecordError(f"{where}: adaptive {stream} stream of {s1 - s0} bytes; needs at least "
                                   f"{adaptive.FLUSH_BYTES}")
     # bounds for the Huffman-coded parts, before anything is allocated
-    for stream, alphabet, count in (("index", f.get("k"), f.get("nonzero")), ("gap", 1 << f.get("gap_bits", 0), f.get("gap_count"))):
+    for stream, alphabet, count in (("index", f.get("k"), f.get("nonzero")), ("gap", 1 << f.get("gap_bits", 0), f.get("gap_count")),
+                                    ("outlier_gap", 1 << f.get("outlier_gap_bits", 0), f.get("outlier_gap_count"))):
         if stream + "_lengths" in parts:
             codes = count
             if f[stream + "_coding"] == "huffman_pairs":
@@ -394,9 +406,9 @@ def _stream(rec: bytes, s: _Spec, stream: str, count: int, bits: int, alphabet: 
         raise StreamError(f"{where}: {stream} stream: {exc}") from None
 
 
-def _mask(rec: bytes, s: _Spec, where: str) -> np.ndarray:
+def _mask(rec: bytes, s: _Spec, where: str, prefix: str = "", count_key: str = "nonzero") -> np.ndarray:
     f = s.fields
-    if "mask_coding" in f:
+    if not prefix and "mask_coding" in f:
         a, b = s.parts["mask"]
         mask, count = adaptive.decode_mask(rec[a:b], s.shape)
         if mask is None:
@@ -405,13 +417,14 @@ def _mask(rec: bytes, s: _Spec, where: str) -> np.ndarray:
         if count != f["nonzero"]:
             raise StreamError(f"{where}: mask stream has {count} entries; record says nonzero = {f['nonzero']}")
         return mask
-    gaps = _stream(rec, s, "gap", f["gap_count"], f["gap_bits"], 1 << f["gap_bits"], f["gap_coding"], where)
-    mask, count = mask_from_gaps(gaps, f["gap_bits"], s.numel)
+    bits = f[prefix + "gap_bits"]
+    gaps = _stream(rec, s, prefix + "gap", f[prefix + "gap_count"], bits, 1 << bits, f[prefix + "gap_coding"], where)
+    mask, count = mask_from_gaps(gaps, bits, s.numel)
     if mask is None:
         why = "runs past the end of the tensor" if count == BAD_PAST_END else "does not end with canonical fillers"
-        raise StreamError(f"{where}: gap stream {why}")
-    if count != f["nonzero"]:
-        raise StreamError(f"{where}: gap stream has {count} entries; record says nonzero = {f['nonzero']}")
+        raise StreamError(f"{where}: {prefix}gap stream {why}")
+    if count != f[count_key]:
+        raise StreamError(f"{where}: {prefix}gap stream has {count} entries; record says {count_key} = {f[count_key]}")
     return mask.reshape(s.shape)
 
 
@@ -452,7 +465,10 @@ def _decode(rec, s: _Spec, source: str):
     if idx.size and int(idx.max()) >= f["k"]:
         raise StreamError(f"{where}: index {int(idx.max())} >= codebook size {f['k']}")
     mask = _mask(rec, s, where) if f["sparse"] else None
-    return SharedTensor(s.shape, codebook, idx, f["bits"], mask)
+    if not f.get("outliers"):
+        return SharedTensor(s.shape, codebook, idx, f["bits"], mask)
+    values = part("outlier_values", "<f2", f["outliers"]).astype(np.float16)
+    return SharedTensor(s.shape, codebook, idx, f["bits"], mask, _mask(rec, s, where, "outlier_", "outliers"), values)
 
 
 def _stats(s: _Spec, raw_nonzero: int | None) -> dict[str, Any]:

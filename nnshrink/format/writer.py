@@ -66,18 +66,31 @@ def encode_stream(symbols: np.ndarray, bits: int, alphabet: int, huffman: bool,
     return coding, code.lengths[: code.table_size()].tobytes(), huffman_encode(stream, code, hist)
 
 
-def _gap_parts(rec: dict, mask: np.ndarray, gap_bits: int, huffman: bool, adaptive_ok: bool) -> list:
-    """The positions: a gap stream, or (when smaller) the adaptive mask stream."""
+def _gap_parts(rec: dict, mask: np.ndarray, gap_bits: int, huffman: bool, adaptive_ok: bool,
+               prefix: str = "") -> list:
+    """The positions: a gap stream, or (when smaller, main positions only) the adaptive mask stream."""
     gaps = gaps_from_mask(mask, gap_bits)
     coding, table, data = encode_stream(gaps, gap_bits, 1 << gap_bits, huffman)
     size = len(data) + (len(table) if table is not None else 0)
-    if huffman and adaptive_ok and 0 < mask.size <= ADAPTIVE_MAX_DECISIONS:
+    if huffman and adaptive_ok and not prefix and 0 < mask.size <= ADAPTIVE_MAX_DECISIONS:
         stream = adaptive.encode_mask(mask, cap=size - 1 - mask.size // ADAPTIVE_DECISIONS_PER_BYTE)  # see layout.py
         if stream is not None:
             rec.update(mask_coding=ADAPTIVE)
             return [("mask", stream)]
-    rec.update(gap_bits=gap_bits, gap_count=int(gaps.size), gap_coding=coding)
-    return ([("gap_lengths", table)] if table is not None else []) + [("gap", data)]
+    rec.update({prefix + "gap_bits": gap_bits, prefix + "gap_count": int(gaps.size), prefix + "gap_coding": coding})
+    return ([(prefix + "gap_lengths", table)] if table is not None else []) + [(prefix + "gap", data)]
+
+
+def _outlier_parts(name: str, t: SharedTensor, rec: dict, shape, huffman: bool) -> list:
+    """Dense-and-sparse: the outliers' float16 values, then their positions as a gap stream
+    (8-bit gaps: outliers are rare)."""
+    mask = _check_mask(name, t.outlier_mask, shape)
+    values = np.asarray(t.outlier_values).reshape(-1)
+    n = int(np.count_nonzero(mask))
+    if values.size != n or n == 0:
+        raise ConfigError(f"tensor {name!r}: {values.size} outlier values for {n} outlier positions (need >= 1)")
+    rec["outliers"] = n
+    return [("outlier_values", _bytes_view(values, DTYPES["float16"]))] + _gap_parts(rec, mask, 8, huffman, False, "outlier_")
 
 
 def _check_mask(name: str, mask, shape) -> np.ndarray:
@@ -146,6 +159,8 @@ def encode_tensor(name: str, t, gap_bits: int, huffman: bool = True, adaptive_ok
         parts += ([("index_lengths", table)] if table is not None else []) + [("index", data)]
         if sparse:
             parts += _gap_parts(rec, t.mask, gap_bits, huffman, adaptive_ok)
+        if t.outlier_mask is not None:
+            parts += _outlier_parts(name, t, rec, shape, huffman)
     else:
         raise ConfigError(f"tensor {name!r}: cannot store a {type(t).__name__} (expected a nnshrink.compressed type)")
     size = sum(len(p) for _, p in parts)

@@ -150,6 +150,9 @@ class CodebookLinear(_KernelLinear):
         """From a SharedTensor. ``sparse`` None: CSR when it has a mask, a dense code matrix otherwise."""
         if not isinstance(tensor, SharedTensor):
             raise ConfigError(f"CodebookLinear needs a SharedTensor; got {type(tensor).__name__}")
+        if tensor.outlier_mask is not None:
+            raise ConfigError("CodebookLinear cannot run a SharedTensor with dense-and-sparse outliers; "
+                              "use the dense runtime")
         shape = _check_2d(tensor.shape, "CodebookLinear")
         k = len(tensor.codebook)
         if k > 256:
