@@ -349,9 +349,11 @@ def compress_checkpoint(
     progress: bool = True,
     plots: str | os.PathLike | None = None,
     keep_work: bool = False,
+    seed: int | None = None,
 ) -> dict[str, Any]:
     """Run ``recipe`` on an nnshrink (zoo) checkpoint and write the archive; returns the
-    report. Retraining is nnshrink's own ``fit`` with the model's training defaults."""
+    report. Retraining is nnshrink's own ``fit`` with the model's training defaults;
+    ``seed`` (default: the training default's) seeds its shuffles and the k-means init."""
     from .batchnorm import calibration_batches
     from .checkpoint import load_checkpoint
     from .train import default_train_config
@@ -361,6 +363,8 @@ def compress_checkpoint(
         raise ConfigError(f"recipe {recipe.name!r} retrains, which needs --dataset NAME "
                           "(or pass --no-retrain to compress without retraining)")
     train_cfg = default_train_config(meta["model"])
+    if seed is not None:
+        train_cfg = train_cfg.replace(seed=seed)
     ctx = Context(trainer=fit_trainer(data, train_cfg, device=device, progress=progress)
                   if retrain and data is not None else None,
                   metric=top1_metric(data, device=device) if data is not None else None,

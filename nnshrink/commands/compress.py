@@ -33,6 +33,8 @@ def register(sub) -> None:
     p.add_argument("--epochs-scale", type=float, default=None, metavar="F",
                    help="multiply every retraining of the recipe (prune retrain_epochs / final_epochs, share "
                         "finetune_epochs) by F > 0: 0.5 for a quicker run, 2 for a longer one")
+    p.add_argument("--seed", type=int, default=None,
+                   help="seed of the retraining shuffles and the k-means init (default: the model's training seed)")
     add_json_arg(p)
     p.add_argument("--plots", default=None, metavar="PNG", help="plot the weight distributions to this PNG")
     p.add_argument("--resume", action="store_true", help="continue a killed run from its last finished stage")
@@ -152,11 +154,12 @@ def compress_own_model(args, out) -> dict:
         data = dataset_from_loaders(*loaders, args.data_factory)
     recipe = _override(load_recipe(args.recipe or "deep-compression"), args)
     retrain = data is not None and not args.no_retrain
-    ctx = Context(trainer=fit_trainer(data, TrainConfig(), device=args.device, progress=not args.quiet)
+    seed = args.seed if args.seed is not None else TrainConfig().seed
+    ctx = Context(trainer=fit_trainer(data, TrainConfig(seed=seed), device=args.device, progress=not args.quiet)
                   if retrain else None,
                   metric=top1_metric(data, device=args.device) if data is not None else None,
-                  device=args.device, progress=not args.quiet,
-                  calibration=calibration_batches(data.train_x) if data is not None else None)
+                  device=args.device, progress=not args.quiet, seed=seed,
+                  calibration=calibration_batches(data.train_x, seed=seed) if data is not None else None)
     if data is None:
         ctx.note("no --data-factory: compressed without retraining (--no-retrain)")
     cls = f"{type(model).__module__}.{type(model).__qualname__}"
@@ -210,7 +213,7 @@ def run(args) -> int:
         data = load_dataset(args.dataset, args.data_dir) if args.dataset else None
         report = compress_checkpoint(args.input, out, recipe, data=data, device=str(device),
                                      retrain=not args.no_retrain, resume=args.resume, progress=not args.quiet,
-                                     plots=plots, keep_work=args.keep_work)
+                                     plots=plots, keep_work=args.keep_work, seed=args.seed)
     flag_growth(report)
     if args.json:
         emit_json(report, args.json, force=args.force)
@@ -229,7 +232,7 @@ def _refuse_unused(args, plain: bool) -> None:
         unused = [flag for flag, value in (("--recipe", args.recipe), ("--dataset", args.dataset),
                                            ("--data-dir", args.data_dir), ("--device", args.device != "cpu"),
                                            ("--plots", args.plots), ("--resume", args.resume),
-                                           ("--keep-work", args.keep_work),
+                                           ("--keep-work", args.keep_work), ("--seed", args.seed is not None),
                                            ("--epochs-scale", args.epochs_scale is not None)) if value]
         if unused:
             raise ConfigError(f"{', '.join(unused)} given, but {args.input} is a plain tensor file: post-training "
