@@ -68,8 +68,8 @@ def _check(name: str, options: Sequence[Option]) -> None:
 def hull(options: Sequence[Option]) -> list[Option]:
     """The options worth taking, from the lowest cost (most bytes) to the fewest bytes,
     along the lower convex hull of (bytes, cost): each step saves bytes at a higher cost
-    per byte than the step before. Ties in cost keep the smaller option."""
-    start = min(options, key=lambda o: (o.cost, o.bytes))
+    per byte than the step before."""
+    start = min(options, key=lambda o: (o.cost, -o.bytes))
     best: dict[int, Option] = {}  # per size, the cheapest option; nothing larger than the start
     for o in options:
         if o.bytes <= start.bytes and (o.bytes not in best or o.cost < best[o.bytes].cost):
@@ -92,7 +92,9 @@ MAX_FRONT = 200_000
 def allocate(options: Mapping[str, Sequence[Option]], budget: int, fixed_bytes: int = 0, *,
              max_front: int = MAX_FRONT) -> Allocation:
     """The cheapest choice (one option per layer) whose bytes plus ``fixed_bytes`` are at
-    most ``budget``; a ConfigError naming the smallest reachable size if none fits."""
+    most ``budget``, and among equally cheap ones the largest (an option that saves bytes
+    at no measured cost still risks what the measurement does not see); a ConfigError
+    naming the smallest reachable size if none fits."""
     if not options:
         raise ConfigError("nothing to allocate: no layers with candidate options")
     if isinstance(budget, bool) or not isinstance(budget, int) or budget < 0:
@@ -123,12 +125,12 @@ def _pareto(options: Mapping[str, Sequence[Option]], budget: int, fixed_bytes: i
         cand = sorted(((b + o.bytes, c + o.cost, (link, o)) for b, c, link in front for o in options[name]
                        if b + o.bytes <= room), key=lambda t: (t[0], t[1]))
         front = []
-        for t in cand:  # bytes ascending: keep a point only if it is cheaper than every smaller one
-            if not front or t[1] < front[-1][1]:
+        for t in cand:  # bytes ascending: drop a point only if a smaller one is cheaper (ties stay:
+            if not front or t[1] <= front[-1][1]:  # among equal costs the larger total wins)
                 front.append(t)
         if len(front) > max_front:
             return None
-    link = min(front, key=lambda t: (t[1], t[0]))[2]
+    link = min(front, key=lambda t: (t[1], -t[0]))[2]
     picked = []
     while link is not None:
         link, o = link

@@ -240,6 +240,11 @@ def compress_model(model: nn.Module, recipe: Recipe, ctx: Context, *, metadata: 
     if snapshots is not None:
         snapshots["dense"] = _weights(model)
     top1_before = ctx.evaluate(model, "before compression")
+    allocation = None
+    if "prune" in recipe.stages and recipe.prune.target_ratio is not None:
+        from .prune.target_ratio import allocate_sparsity
+
+        recipe, allocation = allocate_sparsity(model, recipe, ctx, metadata)
     idx_bits = index_bits_for(model, recipe.encode) if has_targets(model) else {}
     records, rungs = [], []
     tensors: dict[str, CompressedTensor] | None = None
@@ -301,7 +306,7 @@ def compress_model(model: nn.Module, recipe: Recipe, ctx: Context, *, metadata: 
         "original_bytes": original_bytes, "compressed_bytes": len(blob), "ratio": original_bytes / len(blob),
         "top1_before": top1_before, "top1_after": top1_after,
         "top1_drop_points": None if top1_after is None or top1_before is None else 100 * (top1_before - top1_after),
-        "ladder": rungs, "stages": records, "layers": archive.layer_rows(), "warnings": list(ctx.notes),
+        "ladder": rungs, "stages": records, "allocation": allocation, "layers": archive.layer_rows(), "warnings": list(ctx.notes),
         "seconds": time.perf_counter() - t_start,
     }
     progress.done()

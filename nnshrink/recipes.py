@@ -17,6 +17,8 @@ first pattern that matches wins (``nnshrink.select.resolve``).
     retrain_epochs = 2
     [prune.layers]
     conv1 = 0.4
+    # or instead of the sparsities: target_ratio = 60 (per-layer sparsities chosen by
+    # measured sensitivity and encoded bytes; also allowed at the top level)
     [share]
     fc_bits = 5
     conv_bits = 8
@@ -237,6 +239,14 @@ def recipe_from_dict(data: dict[str, Any], name: str = "custom", defaults: str =
         raise ConfigError(f"recipe {name!r} needs `stages = [...]`, a non-empty list of stage names")
     _check_order(stages, name)
     tables = (*REGISTRY, ENCODE)
+    if "target_ratio" in data:  # top-level shorthand for [prune] target_ratio
+        if "prune" not in stages:
+            raise ConfigError(f"recipe {name!r}: target_ratio chooses prune sparsities, but stages {stages} "
+                              "have no 'prune'")
+        prune = data.get("prune", {})
+        if not isinstance(prune, dict) or "target_ratio" in prune:
+            raise ConfigError(f"recipe {name!r}: target_ratio given both at the top level and in [prune]")
+        data["prune"] = {**prune, "target_ratio": data.pop("target_ratio")}
     extra = sorted(set(data) - set(tables) - {"name", "description"})
     if extra:
         raise ConfigError(f"recipe {name!r}: unknown top-level key(s) {', '.join(map(repr, extra))}")

@@ -28,6 +28,9 @@ def register(sub) -> None:
     add_device_arg(p)
     p.add_argument("--no-retrain", action="store_true", help="compress without retraining or fine-tuning")
     p.add_argument("--sparsity", type=float, default=None, help="target sparsity per layer (overrides the recipe)")
+    p.add_argument("--target-ratio", type=float, default=None, metavar="R",
+                   help="choose per-layer sparsities by measured sensitivity and encoded size so the archive is "
+                        "about 1/R of the original (replaces the recipe's prune sparsities; needs a dataset)")
     p.add_argument("--bits", type=int, default=None,
                    help="codebook width: 2**bits shared values per shared tensor (overrides the recipe)")
     p.add_argument("--epochs-scale", type=float, default=None, metavar="F",
@@ -52,6 +55,11 @@ def _override(recipe, args):
 
     if args.sparsity is not None and "prune" in recipe.stages:
         recipe = recipe.with_configs(prune=replace(recipe.prune, method="sparsity", sparsity=args.sparsity, layers={}))
+    if args.target_ratio is not None:
+        if "prune" not in recipe.stages:
+            raise ConfigError(f"--target-ratio {args.target_ratio:g} given, but recipe {recipe.name!r} does not prune")
+        recipe = recipe.with_configs(prune=replace(recipe.prune, method="sparsity", target_ratio=args.target_ratio,
+                                                   layers={}))
     if args.bits is not None and "share" in recipe.stages:
         recipe = recipe.with_configs(share=replace(recipe.share, fc_bits=args.bits, conv_bits=args.bits, layers={}))
     if args.epochs_scale is not None:
@@ -185,6 +193,11 @@ def run(args) -> int:
     out, plots = check_outputs(args, args.output, args.plots)  # --resume does not imply --force
     if args.sparsity is not None:
         PruneConfig(sparsity=args.sparsity)  # validates with a clear message
+    if args.target_ratio is not None:
+        if args.sparsity is not None:
+            raise ConfigError(f"--target-ratio {args.target_ratio:g} chooses the sparsities; do not also give "
+                              f"--sparsity {args.sparsity:g}")
+        PruneConfig(target_ratio=args.target_ratio)
     if args.bits is not None:
         ShareConfig(fc_bits=args.bits, conv_bits=args.bits)
     if args.epochs_scale is not None:
@@ -233,6 +246,7 @@ def _refuse_unused(args, plain: bool) -> None:
                                            ("--data-dir", args.data_dir), ("--device", args.device != "cpu"),
                                            ("--plots", args.plots), ("--resume", args.resume),
                                            ("--keep-work", args.keep_work), ("--seed", args.seed is not None),
+                                           ("--target-ratio", args.target_ratio is not None),
                                            ("--epochs-scale", args.epochs_scale is not None)) if value]
         if unused:
             raise ConfigError(f"{', '.join(unused)} given, but {args.input} is a plain tensor file: post-training "
