@@ -14,6 +14,9 @@ top-1 (decode is bit-exact; top-1 is re-evaluated anyway), with no retraining.
 
     python benchmarks/deep_compression.py --seeds 3 --jobs 2 --json benchmarks/results/deep_compression_seeds.json
     python benchmarks/deep_compression.py --table benchmarks/results/deep_compression_seeds.json
+
+Two processes can split the work by model (``--models lenet300`` / ``--models lenet5``,
+each with its own --json) and ``--table A.json B.json`` prints them together.
 """
 
 from __future__ import annotations
@@ -159,10 +162,12 @@ def main() -> None:
     ap.add_argument("--reuse", action="store_true", help="reuse dense checkpoints in OUT-DIR/seedS/")
     ap.add_argument("--repack-from", default=None, metavar="RESULTS.json",
                     help="re-write and re-measure the archives of an earlier run instead of running")
-    ap.add_argument("--table", default=None, metavar="RESULTS.json", help="print the markdown tables of a run")
+    ap.add_argument("--table", nargs="+", default=None, metavar="RESULTS.json",
+                    help="print the markdown tables of one run or several (e.g. one per model)")
     args = ap.parse_args()
     if args.table:
-        print(table(json.loads(Path(args.table).read_text())))
+        runs = [json.loads(Path(p).read_text()) for p in args.table]
+        print(table({"models": {name: entry for run in runs for name, entry in run["models"].items()}}))
         return
     if args.repack_from:
         write_json(repack_results(Path(args.repack_from)), args.json)
