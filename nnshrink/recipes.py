@@ -267,9 +267,9 @@ BUILTIN: dict[str, dict[str, Any]] = {
 }
 # Tuned on Fashion-MNIST (benchmarks/deep_compression.py --seeds 3, BENCHMARKS.md): per-layer
 # sparsities from the pruning benchmarks, pushed past the stretch recipes that reached 61.6x /
-# 71.9x at no loss (benchmarks/recipes/*-stretch.toml), so that the worst of three training
-# seeds still clears 60x / 70x; retraining at half the training lr recovered more than the
-# paper's 1/10 in a few epochs per round.
+# 71.9x at no loss on one seed (benchmarks/recipes/*-stretch.toml), for margin over 60x / 70x
+# on the worst of three training seeds (measured per seed in BENCHMARKS.md); retraining at
+# half the training lr recovered more than the paper's 1/10 in a few epochs per round.
 MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
     "lenet300": {
         "prune": {"method": "sparsity", "layers": {"ip1": 0.96, "ip2": 0.93, "ip3": 0.75}, "rounds": 6,
