@@ -15,8 +15,8 @@ top-1 (decode is bit-exact; top-1 is re-evaluated anyway), with no retraining.
     python benchmarks/deep_compression.py --seeds 3 --jobs 2 --json benchmarks/results/deep_compression_seeds.json
     python benchmarks/deep_compression.py --table benchmarks/results/deep_compression_seeds.json
 
-Two processes can split the work by model (``--models lenet300`` / ``--models lenet5``,
-each with its own --json) and ``--table A.json B.json`` prints them together.
+Runs can be split by model or seed (``--models lenet5 --seed-list 1``, each with its own
+--json); ``--table A.json B.json ...`` prints their seeds together and summarizes them.
 """
 
 from __future__ import annotations
@@ -125,6 +125,16 @@ def repack_results(path: Path) -> dict:
     return results
 
 
+def merge(runs: list[dict]) -> dict:
+    """Several runs' seeds in one result (e.g. one run per model, or per seed), re-summarized."""
+    per_model: dict[str, list[dict]] = {}
+    for run in runs:
+        for name, entry in run["models"].items():
+            per_model.setdefault(name, []).extend(entry["per_seed"])
+    return {"models": {name: {"summary": summarize(name, seeds), "per_seed": seeds}
+                       for name, seeds in per_model.items()}}
+
+
 def table(results: dict) -> str:
     """The section's per-seed and summary tables (markdown) from a results JSON."""
     names = {"lenet300": "LeNet-300-100", "lenet5": "LeNet-5"}
@@ -166,8 +176,7 @@ def main() -> None:
                     help="print the markdown tables of one run or several (e.g. one per model)")
     args = ap.parse_args()
     if args.table:
-        runs = [json.loads(Path(p).read_text()) for p in args.table]
-        print(table({"models": {name: entry for run in runs for name, entry in run["models"].items()}}))
+        print(table(merge([json.loads(Path(p).read_text()) for p in args.table])))
         return
     if args.repack_from:
         write_json(repack_results(Path(args.repack_from)), args.json)
