@@ -62,7 +62,8 @@ def run_seed(name: str, seed: int, out: Path, recipe: str, reuse: bool) -> dict:
         "file_bytes": nsk.stat().st_size, "ratio": report["ratio"], "ladder": report["ladder"],
         "layers": report["layers"],
         "stages": [{k: s.get(k) for k in ("stage", "seconds", "top1")} for s in report["stages"]],
-        "train_s": train_s if trained else training.get("train_seconds"), "trained_now": trained, "compress_s": compress_s, "recipe": report["recipe"],
+        "train_s": train_s if trained else training.get("train_seconds"), "trained_now": trained,
+        "compress_s": compress_s, "recipe": report["recipe"],
         "train_epochs": len(training.get("epochs", [])), "dense_top1_at_training": training.get("top1")}
 
 

@@ -306,7 +306,8 @@ def compress_model(model: nn.Module, recipe: Recipe, ctx: Context, *, metadata: 
         "original_bytes": original_bytes, "compressed_bytes": len(blob), "ratio": original_bytes / len(blob),
         "top1_before": top1_before, "top1_after": top1_after,
         "top1_drop_points": None if top1_after is None or top1_before is None else 100 * (top1_before - top1_after),
-        "ladder": rungs, "stages": records, "allocation": allocation, "layers": archive.layer_rows(), "warnings": list(ctx.notes),
+        "ladder": rungs, "stages": records, "allocation": allocation, "layers": archive.layer_rows(),
+        "warnings": list(ctx.notes),
         "seconds": time.perf_counter() - t_start,
     }
     progress.done()

@@ -127,11 +127,12 @@ def allocate_sparsity(model: nn.Module, recipe, ctx, metadata: dict[str, Any]):
                           f"of reach even at {max(STEPS):g} sparsity everywhere: {exc}") from None
     chosen = alloc.settings()
     layers = {name: s for name, s in chosen.items() if s > 0}
-    dense = tuple(name for name, s in chosen.items() if s == 0 and name not in layers)
+    dense = tuple(name for name, s in chosen.items() if s == 0)
     if not layers:
         raise ConfigError(f"prune.target_ratio = {cfg.target_ratio:g}: the model fits {budget:,} bytes without "
                           "pruning; drop the prune stage or raise the target")
-    new = replace(cfg, method="sparsity", target_ratio=None, layers=layers, exclude=tuple(dict.fromkeys((*cfg.exclude, *dense))))
+    new = replace(cfg, method="sparsity", target_ratio=None, layers=layers,
+                  exclude=tuple(dict.fromkeys((*cfg.exclude, *dense))))
     record = {"target_ratio": cfg.target_ratio, "original_bytes": original, "fixed_bytes": fixed,
               "estimated_ratio": original / alloc.bytes, **alloc.as_dict(), "sweep": sweep}
     return recipe.with_configs(prune=new), record
