@@ -268,9 +268,9 @@ BUILTIN: dict[str, dict[str, Any]] = {
 # Tuned on Fashion-MNIST (benchmarks/deep_compression.py --seeds 3, BENCHMARKS.md): per-layer
 # sparsities from the pruning benchmarks, pushed past the stretch recipes that reached 61.6x /
 # 71.9x at no loss on one seed (benchmarks/recipes/*-stretch.toml), measured over three training
-# seeds (BENCHMARKS.md; LeNet-300-100's is benchmarks/recipes/lenet300-candidate-d.toml, the
-# best of four candidates, and still loses up to 0.38 points on one seed of three); retraining
-# at half the training lr recovered more than the paper's 1/10 in a few epochs per round.
+# seeds (BENCHMARKS.md; LeNet-300-100's is benchmarks/recipes/lenet300-candidate-d.toml: 60x on
+# every seed but up to 0.38 points lost on one of three, where candidate e holds 0.3 at 55.6x);
+# retraining at half the training lr recovered more than the paper's 1/10 in a few epochs.
 MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
     "lenet300": {
         "prune": {"method": "sparsity", "layers": {"ip1": 0.96, "ip2": 0.93, "ip3": 0.75}, "rounds": 6,
