@@ -257,6 +257,11 @@ def compress_model(model: nn.Module, recipe: Recipe, ctx: Context, *, metadata: 
     if snapshots is not None:
         snapshots["dense"] = _weights(model)
     top1_before = ctx.evaluate(model, "before compression")
+    allocation = None
+    if "prune" in recipe.stages and recipe.prune.target_ratio is not None:
+        from .prune.target_ratio import allocate_sparsity
+
+        recipe, allocation = allocate_sparsity(model, recipe, ctx, metadata)
     idx_bits = index_bits_for(model, recipe.encode) if has_targets(model) else {}
     records, rungs = [], []
     tensors: dict[str, CompressedTensor] | None = None
@@ -319,7 +324,8 @@ def compress_model(model: nn.Module, recipe: Recipe, ctx: Context, *, metadata: 
         "original_bytes": original_bytes, "compressed_bytes": len(blob), "ratio": original_bytes / len(blob),
         "top1_before": top1_before, "top1_after": top1_after, "top1_after_runtime": top1_runtime,
         "top1_drop_points": None if top1_after is None or top1_before is None else 100 * (top1_before - top1_after),
-        "ladder": rungs, "stages": records, "layers": archive.layer_rows(), "warnings": list(ctx.notes),
+        "ladder": rungs, "stages": records, "allocation": allocation, "layers": archive.layer_rows(),
+        "warnings": list(ctx.notes),
         "seconds": time.perf_counter() - t_start,
     }
     progress.done()
@@ -367,9 +373,11 @@ def compress_checkpoint(
     progress: bool = True,
     plots: str | os.PathLike | None = None,
     keep_work: bool = False,
+    seed: int | None = None,
 ) -> dict[str, Any]:
     """Run ``recipe`` on an nnshrink (zoo) checkpoint and write the archive; returns the
-    report. Retraining is nnshrink's own ``fit`` with the model's training defaults."""
+    report. Retraining is nnshrink's own ``fit`` with the model's training defaults;
+    ``seed`` (default: the training default's) seeds its shuffles and the k-means init."""
     from .batchnorm import calibration_batches
     from .checkpoint import load_checkpoint
     from .train import default_train_config
@@ -379,6 +387,8 @@ def compress_checkpoint(
         raise ConfigError(f"recipe {recipe.name!r} retrains, which needs --dataset NAME "
                           "(or pass --no-retrain to compress without retraining)")
     train_cfg = default_train_config(meta["model"])
+    if seed is not None:
+        train_cfg = train_cfg.replace(seed=seed)
     ctx = Context(trainer=fit_trainer(data, train_cfg, device=device, progress=progress)
                   if retrain and data is not None else None,
                   metric=top1_metric(data, device=device) if data is not None else None,

@@ -143,3 +143,25 @@ def test_compress_progress_and_epochs_scale(ckpt, tiny_idx_dir, tmp_path):
     assert "about" in lines[1] and lines[-1].startswith("compress: done, 3 stages in ")
     quiet = run("compress", ckpt, "-o", tmp_path / "q.nsk", "--no-retrain", "--quiet")
     assert "compress:" not in quiet.stderr
+
+
+@pytest.mark.parametrize("flags, msg", [
+    (["--target-ratio", "1"], "prune.target_ratio must be a finite number > 1; got 1.0"),
+    (["--target-ratio", "40", "--sparsity", "0.9"], "--target-ratio 40 chooses the sparsities; do not also give"),
+    (["--target-ratio", "40", "--no-retrain"], "needs a metric: give --dataset NAME"),
+    (["--target-ratio", "40", "--recipe", "share"], "recipe 'share' does not prune"),
+])
+def test_target_ratio_flag_is_validated(flags, msg, ckpt, tmp_path):
+    p = run("compress", ckpt, "-o", tmp_path / "x.nsk", *flags, ok=False)
+    assert p.returncode == 2 and "Traceback" not in p.stderr and msg in p.stderr
+    assert not (tmp_path / "x.nsk").exists()
+
+
+def test_seed_and_target_ratio_refused_for_plain_tensor_files(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    src = tmp_path / "t.safetensors"
+    save_file({"w": torch.ones(64, 64)}, src)
+    p = run("compress", src, "-o", tmp_path / "t.nsk", "--no-retrain", "--seed", "3", "--target-ratio", "9", ok=False)
+    assert p.returncode == 2 and "--seed, --target-ratio given" in p.stderr

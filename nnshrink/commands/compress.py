@@ -29,11 +29,16 @@ def register(sub) -> None:
     add_device_arg(p)
     p.add_argument("--no-retrain", action="store_true", help="compress without retraining or fine-tuning")
     p.add_argument("--sparsity", type=float, default=None, help="target sparsity per layer (overrides the recipe)")
+    p.add_argument("--target-ratio", type=float, default=None, metavar="R",
+                   help="choose per-layer sparsities by measured sensitivity and encoded size so the archive is "
+                        "about 1/R of the original (replaces the recipe's prune sparsities; needs a dataset)")
     p.add_argument("--bits", type=int, default=None,
                    help="codebook width: 2**bits shared values per shared tensor (overrides the recipe)")
     p.add_argument("--epochs-scale", type=float, default=None, metavar="F",
                    help="multiply every retraining of the recipe (prune retrain_epochs / final_epochs, share "
                         "finetune_epochs) by F > 0: 0.5 for a quicker run, 2 for a longer one")
+    p.add_argument("--seed", type=int, default=None,
+                   help="seed of the retraining shuffles and the k-means init (default: the model's training seed)")
     g = p.add_argument_group("post-training compression of a local Hugging Face model folder")
     g.add_argument("--hf-model", default=None, metavar="DIR",
                    help="folder with config.json, model.safetensors and a tokenizer (needs nnshrink[hf]); "
@@ -65,6 +70,11 @@ def _override(recipe, args):
 
     if args.sparsity is not None and "prune" in recipe.stages:
         recipe = recipe.with_configs(prune=replace(recipe.prune, method="sparsity", sparsity=args.sparsity, layers={}))
+    if args.target_ratio is not None:
+        if "prune" not in recipe.stages:
+            raise ConfigError(f"--target-ratio {args.target_ratio:g} given, but recipe {recipe.name!r} does not prune")
+        recipe = recipe.with_configs(prune=replace(recipe.prune, method="sparsity", target_ratio=args.target_ratio,
+                                                   layers={}))
     if args.bits is not None and "share" in recipe.stages:
         recipe = recipe.with_configs(share=replace(recipe.share, fc_bits=args.bits, conv_bits=args.bits, layers={}))
     if args.epochs_scale is not None:
@@ -167,11 +177,12 @@ def compress_own_model(args, out) -> dict:
         data = dataset_from_loaders(*loaders, args.data_factory)
     recipe = _override(load_recipe(args.recipe or "deep-compression"), args)
     retrain = data is not None and not args.no_retrain
-    ctx = Context(trainer=fit_trainer(data, TrainConfig(), device=args.device, progress=not args.quiet)
+    seed = args.seed if args.seed is not None else TrainConfig().seed
+    ctx = Context(trainer=fit_trainer(data, TrainConfig(seed=seed), device=args.device, progress=not args.quiet)
                   if retrain else None,
                   metric=top1_metric(data, device=args.device) if data is not None else None,
-                  device=args.device, progress=not args.quiet,
-                  calibration=calibration_batches(data.train_x) if data is not None else None)
+                  device=args.device, progress=not args.quiet, seed=seed,
+                  calibration=calibration_batches(data.train_x, seed=seed) if data is not None else None)
     if data is None:
         ctx.note("no --data-factory: compressed without retraining (--no-retrain)")
     cls = f"{type(model).__module__}.{type(model).__qualname__}"
@@ -205,6 +216,11 @@ def run(args) -> int:
         raise ConfigError("give INPUT (a checkpoint or safetensors file) or --hf-model DIR")
     if args.sparsity is not None:
         PruneConfig(sparsity=args.sparsity)  # validates with a clear message
+    if args.target_ratio is not None:
+        if args.sparsity is not None:
+            raise ConfigError(f"--target-ratio {args.target_ratio:g} chooses the sparsities; do not also give "
+                              f"--sparsity {args.sparsity:g}")
+        PruneConfig(target_ratio=args.target_ratio)
     if args.bits is not None:
         ShareConfig(fc_bits=args.bits, conv_bits=args.bits)
     if args.epochs_scale is not None:
@@ -233,7 +249,7 @@ def run(args) -> int:
         data = load_dataset(args.dataset, args.data_dir) if args.dataset else None
         report = compress_checkpoint(args.input, out, recipe, data=data, device=str(device),
                                      retrain=not args.no_retrain, resume=args.resume, progress=not args.quiet,
-                                     plots=plots, keep_work=args.keep_work)
+                                     plots=plots, keep_work=args.keep_work, seed=args.seed)
     flag_growth(report)
     if args.json:
         emit_json(report, args.json, force=args.force)
@@ -289,7 +305,8 @@ def _refuse_unused(args, plain: bool) -> None:
         unused = [flag for flag, value in (("--recipe", args.recipe), ("--dataset", args.dataset),
                                            ("--data-dir", args.data_dir), ("--device", args.device != "cpu"),
                                            ("--plots", args.plots), ("--resume", args.resume),
-                                           ("--keep-work", args.keep_work),
+                                           ("--keep-work", args.keep_work), ("--seed", args.seed is not None),
+                                           ("--target-ratio", args.target_ratio is not None),
                                            ("--epochs-scale", args.epochs_scale is not None)) if value]
         if unused:
             raise ConfigError(f"{', '.join(unused)} given, but {args.input} is a plain tensor file: post-training "

@@ -44,9 +44,13 @@ def check_steps(steps) -> list[float]:
 
 
 @torch.no_grad()
-def sensitivity_sweep(model: nn.Module, data: Dataset, *, steps=DEFAULT_STEPS, layers=None, exclude=None,
-                      device="cpu", progress: bool = False) -> SensitivityResult:
+def sensitivity_sweep(model: nn.Module, data: Dataset | None, *, steps=DEFAULT_STEPS, layers=None, exclude=None,
+                      device="cpu", progress: bool = False, metric=None, calibration=None) -> SensitivityResult:
     """Top-1 with each selected tensor alone pruned to each sparsity in ``steps``.
+
+    ``metric(model) -> float`` (higher is better) replaces top-1 on ``data``'s test split,
+    and ``calibration`` (``batchnorm.Batches``) the training batches, where the caller has
+    its own (the compress pipeline's ``Context``); ``data`` may then be None.
 
     ``layers`` / ``exclude``: patterns as in ``nnshrink.select``. Curves are keyed by
     module name for a module's ``weight``, else by tensor name (both work as patterns).
@@ -63,10 +67,17 @@ def sensitivity_sweep(model: nn.Module, data: Dataset, *, steps=DEFAULT_STEPS, l
     steps = check_steps(steps)
     chosen = compressible(model, layers, exclude)
     model.to(device)
+    if metric is None:
+        if data is None:
+            raise ConfigError("sensitivity needs a dataset or a metric")
+        metric = lambda m: evaluate(m, data, device=device)  # noqa: E731
     bn = batchnorm_layers(model)
-    calibration = calibration_batches(data.train_x) if bn else None
+    if bn and calibration is None and data is not None:
+        calibration = calibration_batches(data.train_x)
+    if not bn:
+        calibration = None
     bn_saved = {m: {k: v.clone() for k, v in m._buffers.items() if v is not None} for m in bn.values()}
-    result = SensitivityResult(evaluate(model, data, device=device), steps, bn_recalibrated=bool(bn))
+    result = SensitivityResult(metric(model), steps, bn_recalibrated=calibration is not None)
     bar = tqdm(total=len(chosen) * len(steps), desc="sensitivity", unit="point", file=sys.stderr,
                disable=not progress, leave=False)
     try:
@@ -83,7 +94,7 @@ def sensitivity_sweep(model: nn.Module, data: Dataset, *, steps=DEFAULT_STEPS, l
                 w.mul_(mask)
                 if calibration is not None:
                     recalibrate_bn(model, calibration, device=device)
-                curve.append(evaluate(model, data, device=device))
+                curve.append(metric(model))
                 w.copy_(saved)
                 bar.update()
             result.curves[name] = curve

@@ -10,6 +10,7 @@ connected layers prune hardest, convolutions least); per-layer patterns override
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,7 +32,10 @@ def _check(cond: bool, msg: str) -> None:
 @dataclass(frozen=True)
 class PruneConfig:
     """``sparsity`` None = ``GENERIC_SPARSITY`` by kind; ``layers`` = {pattern: sparsity
-    (or q for method std)}, a pattern being a tensor name, module name or kind name."""
+    (or q for method std)}, a pattern being a tensor name, module name or kind name.
+    ``target_ratio`` R: the per-layer sparsities are chosen instead, by measured
+    sensitivity and encoded size, so that the archive is about 1/R of the original
+    (``prune.target_ratio``); it needs a metric (a dataset) and no ``layers``."""
 
     method: str = "sparsity"
     sparsity: float | None = 0.9
@@ -43,6 +47,7 @@ class PruneConfig:
     final_epochs: float = -1.0  # retraining after the last round; -1 = retrain_epochs
     lr_factor: float = 0.1
     l2: float = 0.0
+    target_ratio: float | None = None
 
     def __post_init__(self):
         _check(self.method in METHODS, f"prune.method must be one of {', '.join(METHODS)}; got {self.method!r}")
@@ -61,6 +66,15 @@ class PruneConfig:
                f"prune.final_epochs must be >= 0 (or -1 for retrain_epochs); got {self.final_epochs}")
         _check(0 < self.lr_factor <= 1, f"prune.lr_factor must be in (0, 1]; got {self.lr_factor}")
         _check(self.l2 >= 0, f"prune.l2 must be >= 0; got {self.l2}")
+        if self.target_ratio is not None:
+            _check(not isinstance(self.target_ratio, bool) and isinstance(self.target_ratio, (int, float))
+                   and math.isfinite(self.target_ratio) and self.target_ratio > 1,
+                   f"prune.target_ratio must be a finite number > 1; got {self.target_ratio!r}")
+            _check(self.method == "sparsity",
+                   f"prune.target_ratio chooses per-layer sparsities, so prune.method must be 'sparsity'; "
+                   f"got {self.method!r}")
+            _check(not self.layers, f"prune.target_ratio chooses the per-layer sparsities itself; drop "
+                                    f"prune.layers ({', '.join(self.layers)})")
 
 
 def plan(model: nn.Module, cfg: PruneConfig) -> dict[str, Any]:
