@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import sys
 from pathlib import Path
@@ -64,32 +65,38 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _argv(tmp: Path, out: str) -> list[str]:
+def _argv(tmp: Path, out: str, *extra: str) -> list[str]:
     return ["compress", str(tmp / "base.safetensors"), "--model-factory", "ddp_factory:build", "--data-factory",
             "ddp_factory:loaders", "--recipe", str(tmp / "recipe.toml"), "-o", str(tmp / f"{out}.nsk"),
-            "--json", str(tmp / f"{out}.json"), "--quiet"]
+            "--json", str(tmp / f"{out}.json"), "--quiet", *extra]
 
 
-def _worker(rank: int, world: int, port: int, tmp: str) -> None:
+def _record_writes(tmp: str) -> list[str]:
+    """The paths under ``tmp`` this process opens for writing from now on (an audit hook)."""
+    writes: list[str] = []
+
+    def audit(event: str, args: tuple) -> None:
+        if event == "open" and isinstance(args[0], (str, bytes, os.PathLike)):
+            path, mode, flags = args
+            writing = (mode and any(c in mode for c in "wax+")) or (flags and flags & (os.O_WRONLY | os.O_RDWR))
+            if writing and os.fsdecode(path).startswith(tmp):
+                writes.append(os.fsdecode(path))
+
+    sys.addaudithook(audit)
+    return writes
+
+
+def _worker(rank: int, world: int, port: int, tmp: str, out: str, extra: tuple[str, ...]) -> None:
     tmp_path = Path(tmp)
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
     sys.path.insert(0, tmp)
     torch.set_num_threads(1)
-    writes: list[str] = []
-
-    def audit(event: str, args: tuple) -> None:  # every open for writing under the test folder
-        if event == "open" and isinstance(args[0], (str, bytes, os.PathLike)):
-            path, mode, flags = args
-            writing = (mode and any(c in mode for c in "wax+")) or (flags and flags & (os.O_WRONLY | os.O_RDWR))
-            if writing and str(os.fsdecode(path)).startswith(tmp):
-                writes.append(os.fsdecode(path))
-
-    sys.addaudithook(audit)
+    writes = _record_writes(tmp)
     from nnshrink.cli import main
 
-    rc = main(_argv(tmp_path, "ddp"))
-    (tmp_path / f"rank{rank}.json").write_text(json.dumps({"rc": rc, "writes": writes}))
+    rc = main(_argv(tmp_path, out, *extra))
+    (tmp_path / f"{out}-rank{rank}.json").write_text(json.dumps({"rc": rc, "writes": writes}))
 
 
 def _archive(path: Path):
@@ -107,6 +114,7 @@ def test_two_gloo_ranks_match_one_process(tmp_path, monkeypatch):
     (tmp_path / "ddp_factory.py").write_text(FACTORY)
     (tmp_path / "recipe.toml").write_text(RECIPE)
     monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "ddp_factory", raising=False)
     import ddp_factory
 
     model, (train, _) = ddp_factory.build(), ddp_factory.loaders()
@@ -119,14 +127,14 @@ def test_two_gloo_ranks_match_one_process(tmp_path, monkeypatch):
     save_file(model.state_dict(), str(tmp_path / "base.safetensors"))
     for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         monkeypatch.delenv(var, raising=False)
-    assert main(_argv(tmp_path, "single")) == 0
+    assert main(_argv(tmp_path, "single", "--keep-work")) == 0
 
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path), "ddp", ()), nprocs=2, join=True)
+    ranks = [json.loads((tmp_path / f"ddp-rank{r}.json").read_text()) for r in range(2)]
     assert [r["rc"] for r in ranks] == [0, 0]
     assert ranks[1]["writes"] == [], "only rank 0 may write files"
     assert ranks[0]["writes"] and (tmp_path / "ddp.nsk").is_file() and (tmp_path / "ddp.json").is_file()
-    assert not list(tmp_path.glob("*.work")), "the work folder is removed after a finished run"
+    assert not (tmp_path / "ddp.nsk.work").exists(), "the work folder is removed after a finished run"
 
     single, ddp = _archive(tmp_path / "single.nsk"), _archive(tmp_path / "ddp.nsk")
     shared = [n for n, t in single.items() if hasattr(t, "codebook")]
@@ -139,6 +147,23 @@ def test_two_gloo_ranks_match_one_process(tmp_path, monkeypatch):
     r1, r2 = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("single", "ddp"))
     assert r1["top1_after"] > 0.8  # the model learned the task: the comparison means something
     assert abs(r1["top1_after"] - r2["top1_after"]) <= 0.002
+
+    # --resume under torchrun: a run killed after pruning (its work folder holds the prune
+    # stage alone) is continued by 2 ranks, which read that stage and run the rest
+    work = tmp_path / "resumed.nsk.work"
+    shutil.copytree(tmp_path / "single.nsk.work", work)
+    for f in work.glob("2-share.*"):
+        f.unlink()
+    (work / "lock").unlink()
+    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path), "resumed", ("--resume",)), nprocs=2, join=True)
+    ranks = [json.loads((tmp_path / f"resumed-rank{r}.json").read_text()) for r in range(2)]
+    assert [r["rc"] for r in ranks] == [0, 0] and ranks[1]["writes"] == []
+    report = json.loads((tmp_path / "resumed.json").read_text())
+    assert [s.get("resumed", False) for s in report["stages"][:2]] == [True, False]
+    resumed = _archive(tmp_path / "resumed.nsk")
+    for name in shared:
+        np.testing.assert_array_equal(single[name].mask, resumed[name].mask)
+        np.testing.assert_allclose(single[name].codebook, resumed[name].codebook, rtol=1e-4, atol=1e-6)
 
 
 def _diverging_worker(rank: int, world: int, port: int) -> None:
@@ -179,3 +204,85 @@ def test_batch_that_does_not_divide_among_ranks_is_a_clear_error(monkeypatch):
     with pytest.raises(ConfigError, match="batch size 128 does not divide among 3 ranks"):
         distributed.split_batch(128)
     assert distributed.split_batch(129) == 43
+
+
+def _api_worker(rank: int, world: int, port: int, tmp: str) -> None:
+    """The library path: the user's own DDP loop as ``fine_tune`` (as README shows it)."""
+    import itertools
+
+    import torch.distributed as dist
+    from safetensors.torch import load_file
+    from torch.nn.parallel import DistributedDataParallel
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    import nnshrink
+    from nnshrink.recipes import recipe_from_dict
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    sys.path.insert(0, tmp)
+    torch.set_num_threads(1)
+    tmp_path = Path(tmp)
+    writes = _record_writes(tmp)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        import tomllib
+
+        import ddp_factory
+
+        model = ddp_factory.build()
+        model.load_state_dict(load_file(str(tmp_path / "base.safetensors")))
+        train, test = ddp_factory.loaders()
+        sampler = DistributedSampler(train.dataset, seed=0)
+        loader = DataLoader(train.dataset, batch_size=128 // world, sampler=sampler)
+        seen = itertools.count()
+
+        def fine_tune(m, epochs):
+            net = DistributedDataParallel(m)
+            opt = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=0.01)
+            net.train()
+            for _ in range(epochs):
+                sampler.set_epoch(next(seen))
+                for x, y in loader:
+                    opt.zero_grad()
+                    torch.nn.functional.cross_entropy(net(x), y).backward()
+                    opt.step()
+
+        @torch.no_grad()
+        def evaluate(m):
+            m.eval()
+            return sum(int((m(x).argmax(1) == y).sum()) for x, y in test) / len(test.dataset)
+
+        recipe = recipe_from_dict(tomllib.loads(RECIPE), "ddp")
+        result = nnshrink.compress(model, recipe, fine_tune=fine_tune, evaluate=evaluate, progress=False,
+                                   work_dir=tmp_path / "api.work")
+        size = result.save(tmp_path / "api.nsk")
+        digest = torch.tensor(list(__import__("hashlib").sha256(result.blob).digest()), dtype=torch.uint8)
+        got = [torch.empty_like(digest) for _ in range(world)]
+        dist.all_gather(got, digest)
+        same = all(torch.equal(g, got[0]) for g in got)
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+    (tmp_path / f"api-rank{rank}.json").write_text(json.dumps(
+        {"size": size, "same_archive": same, "writes": writes, "top1": result.report["top1_after"]}))
+
+
+@pytest.mark.slow
+def test_api_with_the_users_ddp_loop(tmp_path, monkeypatch):
+    """compress() on 2 gloo ranks with a DistributedSampler + DDP fine_tune: both ranks end
+    with the same archive (masks and codebooks are checked after every stage on the way),
+    only rank 0 writes it and the work folder."""
+    from safetensors.torch import save_file
+
+    (tmp_path / "ddp_factory.py").write_text(FACTORY)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "ddp_factory", raising=False)
+    import ddp_factory
+
+    save_file(ddp_factory.build().state_dict(), str(tmp_path / "base.safetensors"))
+    mp.spawn(_api_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    ranks = [json.loads((tmp_path / f"api-rank{r}.json").read_text()) for r in range(2)]
+    assert all(r["same_archive"] for r in ranks)
+    assert ranks[0]["size"] == ranks[1]["size"] == (tmp_path / "api.nsk").stat().st_size
+    assert ranks[0]["writes"] and ranks[1]["writes"] == []
+    assert not (tmp_path / "api.work").exists()
