@@ -135,6 +135,7 @@ def test_distill_weight_out_of_range_is_a_clear_error():
         train(torch.nn.Linear(4, 2), loader, 1, lr=0.01, teacher=torch.nn.Linear(4, 2), distill=1.5)
 
 
+@pytest.mark.slow  # two full runs of the example (~35 s)
 def test_compression_seed_is_deterministic_and_distillation_runs(tiny_idx_dir, tmp_path):
     """The same --seed gives the same archive, byte for byte, whether the float model was
     trained in this run or taken from the cache; the example's distillation and
