@@ -28,7 +28,9 @@ Measured on the way (benchmarks/own_models.py, all at 26-28x): with the first 32
 block at 30% and one epoch after every round at a quarter of the lr, the archive lost 2.2
 points; three epochs after the last round at half the lr, 0.81; the 128-channel convs at
 6-8% with five epochs after the last round and two of fine-tuning, 0.72 (pruned: 91.94%
-from 92.67%); this recipe, 0.57 at 27.2x: short of the 0.5-point target; the first block
+from 92.67%); this recipe, 0.57 at 27.2x: short of the 0.5-point target (rerun as
+``python -m examples.resnet_bn --seed 0``: the same 0.57 at 27.2x; ``--seed 1``: 0.75 at
+27.2x, so the spread between compression seeds is about 0.2 points); the first block
 at 50% instead of 40%, 0.51 at 26.8x. With that 50% and two additions the example can
 switch on (``Example.distill = 0.7``: every fine-tuning mixes 0.7 x the float model's
 soft targets at temperature 4 into the loss, ``common.distill_loss``; and
