@@ -37,7 +37,12 @@ soft targets at temperature 4 into the loss, ``common.distill_loss``; and
 ``Example.calibrate``: 100 batches of training images as ``calibrate=``, so nnshrink
 re-estimates the BatchNorm statistics after every prune and share step), 0.74 at 26.7x
 (benchmarks/results/own_models-resnet-distill.json; pruned 92.08%, after sharing
-91.94%): no better, within the +-0.2-point noise between runs, so both stay off.
+91.94%): no better. Tuning runs of the example's ``common.run`` on this recipe at seed 0
+(not yet through benchmarks/own_models.py): distillation alone (``distill=0.7``, no
+calibration), 0.31 at 27.2x (pruned 92.14%, after sharing 92.36%); labels alone with
+eight epochs after the last round instead of five, 0.65 at 27.1x. Distillation is
+therefore the lead for the target, but both stay off here until the benchmark has
+measured it (and a second seed).
 
 Not used: the ``fold`` stage. It multiplies each BatchNorm's per-channel scale into the
 conv before sharing, so one 16-entry codebook must serve channels of different scales,
