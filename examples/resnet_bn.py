@@ -22,7 +22,8 @@ themselves, stored as float16 (``half_dense``). That leaves roughly 4 bits of we
 40-70%, the classifier 20%, and every layer shares 4-bit centroids (the stem, 144
 weights, keeps 5 bits). Three prune rounds of rising sparsity: one epoch of retraining
 after each of the first two, five after the last, then two epochs of centroid
-fine-tuning, all with the example's own loop at half the training lr, on labels alone.
+fine-tuning, all with the example's own loop at half the training lr, distilling
+from the float model (below).
 
 Measured on the way (benchmarks/own_models.py, all at 26-28x): with the first 32-channel
 block at 30% and one epoch after every round at a quarter of the lr, the archive lost 2.2
@@ -37,12 +38,10 @@ soft targets at temperature 4 into the loss, ``common.distill_loss``; and
 ``Example.calibrate``: 100 batches of training images as ``calibrate=``, so nnshrink
 re-estimates the BatchNorm statistics after every prune and share step), 0.74 at 26.7x
 (benchmarks/results/own_models-resnet-distill.json; pruned 92.08%, after sharing
-91.94%): no better. Tuning runs of the example's ``common.run`` on this recipe at seed 0
-(not yet through benchmarks/own_models.py): distillation alone (``distill=0.7``, no
-calibration), 0.31 at 27.2x (pruned 92.14%, after sharing 92.36%); labels alone with
-eight epochs after the last round instead of five, 0.65 at 27.1x. Distillation is
-therefore the lead for the target, but both stay off here until the benchmark has
-measured it (and a second seed).
+91.94%): no better. Distillation alone on this recipe (``distill=0.7``, no calibration,
+what ``EXAMPLE`` uses): 0.31 points at 27.2x (benchmarks/own_models.py; pruned 92.14%,
+after sharing 92.36%); labels alone with eight epochs after the last round instead of
+five, 0.65 at 27.1x (a tuning run). The seed-1 figure above is without distillation.
 
 Not used: the ``fold`` stage. It multiplies each BatchNorm's per-channel scale into the
 conv before sharing, so one 16-entry codebook must serve channels of different scales,
@@ -117,7 +116,8 @@ finetune_epochs = 2
 half_dense = true
 """
 
-EXAMPLE = Example("resnet_bn", build, epochs=8, lr=2e-3, weight_decay=0.01, finetune_lr=1e-3, recipe=RECIPE)
+EXAMPLE = Example("resnet_bn", build, epochs=8, lr=2e-3, weight_decay=0.01, finetune_lr=1e-3, recipe=RECIPE,
+                  distill=0.7)
 
 
 def loaders():
