@@ -10,6 +10,7 @@ a freshly built model with ``nnshrink.load`` and evaluates that.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import os
@@ -23,6 +24,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from nnshrink.batchnorm import calibration_batches
 from nnshrink.data import load_dataset
 from nnshrink.errors import ConfigError
 
@@ -46,11 +48,25 @@ def loaders(data_dir: str | os.PathLike | None = None, subset: int | None = None
             DataLoader(test, batch_size=1000))
 
 
+def distill_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Hinton's soft-target loss: KL(teacher || student) at ``temperature``, scaled by T^2
+    so its gradients keep the size of the hard-label loss's whatever T is."""
+    t = temperature
+    return nn.functional.kl_div(nn.functional.log_softmax(logits / t, 1), nn.functional.log_softmax(teacher_logits / t, 1),
+                                reduction="batchmean", log_target=True) * t * t
+
+
 def train(model: nn.Module, loader: DataLoader, epochs: float, *, lr: float, weight_decay: float = 0.0,
-          label_smoothing: float = 0.0, params: Callable[[nn.Module], list] | None = None) -> None:
+          label_smoothing: float = 0.0, params: Callable[[nn.Module], list] | None = None,
+          teacher: nn.Module | None = None, distill: float = 0.0, temperature: float = 4.0) -> None:
     """AdamW with a cosine schedule over ``epochs`` (fractions allowed: whole batches).
 
-    A fresh optimizer per call: each call is one training or fine-tuning phase."""
+    A fresh optimizer per call: each call is one training or fine-tuning phase. With a
+    ``teacher`` (the float model, in eval mode), the loss mixes in ``distill`` parts of
+    its soft targets (``distill_loss``): a pruned net recovers more from the float net's
+    full output distribution than from the hard labels alone."""
+    if teacher is not None and not 0 < distill <= 1:
+        raise ConfigError(f"distill must be in (0, 1] with a teacher; got {distill}")
     if epochs <= 0:
         return
     steps = max(1, round(epochs * len(loader)))
@@ -59,11 +75,19 @@ def train(model: nn.Module, loader: DataLoader, epochs: float, *, lr: float, wei
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
     loss_fn = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
     model.train()
+    if teacher is not None:
+        teacher.eval()
     step = 0
     while step < steps:
         for x, y in loader:
             opt.zero_grad(set_to_none=True)
-            loss_fn(model(x), y).backward()
+            logits = model(x)
+            loss = loss_fn(logits, y)
+            if teacher is not None:
+                with torch.no_grad():
+                    soft = teacher(x)
+                loss = (1 - distill) * loss + distill * distill_loss(logits, soft, temperature)
+            loss.backward()
             opt.step()
             sched.step()
             step += 1
@@ -121,6 +145,8 @@ class Example:
     weight_decay: float
     finetune_lr: float
     recipe: str  # TOML text
+    distill: float = 0.0  # fine-tuning: weight of the float model's soft targets (0: labels only)
+    calibrate: bool = False  # pass training batches as ``calibrate=`` (BatchNorm statistics)
 
 
 def parse_args(ex: Example, argv: list[str] | None) -> argparse.Namespace:
@@ -132,6 +158,8 @@ def parse_args(ex: Example, argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--data-dir", default=None, help="folder of the four IDX files (default: Fashion-MNIST)")
     p.add_argument("--retrain", action="store_true", help="train the float model even when it is cached")
     p.add_argument("--threads", type=int, default=1, help="torch threads")
+    p.add_argument("--seed", type=int, default=0,
+                   help="compression seed: k-means and the fine-tuning's shuffles (the float model keeps seed 0)")
     return p.parse_args(argv)
 
 
@@ -164,12 +192,19 @@ def run(ex: Example, argv: list[str] | None = None) -> dict:
     params = sum(p.numel() for p in model.parameters())
     top1_float = evaluate(model, data[1])
 
-    def fine_tune(m: nn.Module, epochs: int) -> None:  # the same loop, gentler: a fraction of the lr
-        train(m, data[0], epochs, lr=ex.finetune_lr)
+    teacher = copy.deepcopy(model).eval() if ex.distill else None  # compress works in place
 
+    def fine_tune(m: nn.Module, epochs: int) -> None:  # the same loop, gentler: a fraction of the lr
+        train(m, data[0], epochs, lr=ex.finetune_lr, teacher=teacher, distill=ex.distill)
+
+    # the same compression whether the float model was trained now or taken from the cache
+    torch.manual_seed(args.seed)
+    data[0].generator.manual_seed(args.seed)
+    calibrate = calibration_batches(data[0].dataset.tensors[0], seed=args.seed) if ex.calibrate else None
     recipe = recipe_from_dict(tomllib.loads(ex.recipe), ex.name)
     t0 = time.perf_counter()
-    result = nnshrink.compress(model, recipe, fine_tune=fine_tune, evaluate=lambda m: evaluate(m, data[1]))
+    result = nnshrink.compress(model, recipe, fine_tune=fine_tune, evaluate=lambda m: evaluate(m, data[1]),
+                               calibrate=calibrate, seed=args.seed)
     archive = args.out / f"{ex.name}.nsk"
     written = result.save(archive)
     compress_s = time.perf_counter() - t0
@@ -182,7 +217,7 @@ def run(ex: Example, argv: list[str] | None = None) -> dict:
     report = result.report
     summary = {
         "example": ex.name, "params": params,
-        "epochs": args.epochs, "subset": args.subset, "train_seconds": train_info["seconds"],
+        "epochs": args.epochs, "subset": args.subset, "seed": args.seed, "train_seconds": train_info["seconds"],
         "train_cached": train_info["cached"], "compress_seconds": compress_s,
         "original_bytes": report["original_bytes"], "archive_bytes": written,
         "ratio": report["original_bytes"] / written, "report_ratio": report["ratio"],

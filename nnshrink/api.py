@@ -36,11 +36,16 @@ class Result:
     blob: bytes
 
     def save(self, path: str | os.PathLike) -> int:
-        """Write the archive atomically (a killed process leaves no half file); bytes written."""
+        """Write the archive atomically (a killed process leaves no half file); its size in
+        bytes. Under torchrun only rank 0 writes (every rank holds the same archive) and
+        the others return the size without touching ``path``."""
+        from .distributed import is_writer
+
         path = Path(path)
         if not path.parent.is_dir():
             raise ConfigError(f"folder {str(path.parent)!r} does not exist (for {str(path)!r})")
-        atomic_write_bytes(path, self.blob)
+        if is_writer():
+            atomic_write_bytes(path, self.blob)
         return len(self.blob)
 
 
@@ -86,7 +91,16 @@ def compress(
     and a run with the same (uncompressed) weights and recipe continues from the last one
     (e.g. after ``fine_tune`` raised); it is removed when the run succeeds. ``seed`` seeds
     k-means; ``progress`` shows nnshrink's own progress bars.
+
+    Under torchrun (``torch.distributed`` initialised by the caller) every rank calls
+    ``compress`` on the same model. ``fine_tune`` must then train through
+    DistributedDataParallel, wrapping the model anew in each call (stages change which
+    parameters train), with a ``DistributedSampler`` (``set_epoch`` every epoch), so every
+    rank takes the same optimizer steps. Masks and codebooks are taken from rank 0 and
+    compared across ranks after every stage (a mismatch is a StageError); only rank 0
+    writes (``work_dir``, ``Result.save``).
     """
+    from .distributed import is_writer
     from .pipeline import archive_metadata, check_recipe, compress_model, hold_work, state_digest
     from .stages import Context, user_trainer
     from .train import resolve_device
@@ -101,7 +115,7 @@ def compress(
     model.to(resolve_device(device))
     cls = f"{type(model).__module__}.{type(model).__qualname__}"
     ctx = Context(trainer=user_trainer(fine_tune) if fine_tune is not None else None, metric=evaluate,
-                  device=device, progress=progress, seed=seed, calibration=calibrate)
+                  device=device, progress=progress and is_writer(), seed=seed, calibration=calibrate)
     metadata = archive_metadata(None, {}, {"class": cls, "recipe": recipe.name})
     if work_dir is None:
         done = compress_model(model, recipe, ctx, metadata=metadata)

@@ -131,12 +131,37 @@ class WorkFolder:
         atomic_write_bytes(record_path, json.dumps(record).encode())
 
 
+class ReadOnlyWorkFolder(WorkFolder):
+    """The work folder as a rank other than 0 sees it under torchrun: it reads finished
+    stages (``--resume``) and writes nothing (rank 0 writes the same stage files)."""
+
+    def save(self, i: int, stage: str, blob: bytes, record: dict) -> None:
+        return None
+
+
 @contextlib.contextmanager
 def hold_work(path: str | os.PathLike, run_id: dict, *, resume: bool, keep: bool = False,
               output: str | os.PathLike | None = None) -> Iterator[WorkFolder]:
-    """The work folder of one run, locked for the run's duration (``workdir.work_folder``)."""
-    with work_folder(path, run_id, resume=resume, keep=keep, output=output) as folder:
-        yield WorkFolder(folder)
+    """The work folder of one run, locked for the run's duration (``workdir.work_folder``).
+
+    Under torchrun only rank 0 locks, resets and writes it; the other ranks wait until it
+    holds the folder (or failed to: then they fail too) and read it without writing."""
+    from .distributed import agree, is_writer
+
+    if is_writer():
+        with contextlib.ExitStack() as stack:
+            try:
+                folder = stack.enter_context(work_folder(path, run_id, resume=resume, keep=keep, output=output))
+            except BaseException:
+                agree(False, "taking the work folder")
+                raise
+            agree(True, "taking the work folder")
+            yield WorkFolder(folder)
+            agree(True, "the run")  # rank 0 removes the folder only after every rank finished with it
+    else:
+        agree(True, "taking the work folder")
+        yield ReadOnlyWorkFolder(path)
+        agree(True, "the run")
 
 
 @torch.no_grad()
@@ -243,6 +268,7 @@ def compress_model(model: nn.Module, recipe: Recipe, ctx: Context, *, metadata: 
     """Run ``recipe`` on ``model`` in place (compression stays installed in it); returns
     the archive bytes, encodings and report. ``snapshots``, when a dict, receives the
     compressible weights after each stage (for plots)."""
+    from .distributed import check_same
     from .format import parse_archive
     from .loading import load_into
     from .select import compressible
@@ -287,6 +313,7 @@ def compress_model(model: nn.Module, recipe: Recipe, ctx: Context, *, metadata: 
             blob = serialize_archive(tensors, metadata, idx_bits, False)
             if work is not None:
                 work.save(i, name, blob, record)
+        check_same(model, f"after stage {name!r}")
         progress.finished(i, resumed=done is not None)
         records.append(record)
         rungs.append({"rung": stage.rung(tensors), "bytes": len(blob), "top1": record["top1"]})
@@ -337,6 +364,8 @@ def compress_to_file(model: nn.Module, output: str | os.PathLike, recipe: Recipe
                      plots: str | os.PathLike | None = None, keep_work: bool = False) -> dict[str, Any]:
     """``compress_model`` with the work folder ``OUTPUT.work/`` and the archive written
     atomically to ``output``; returns the report (with ``output`` and optional ``plot``)."""
+    from .distributed import is_writer
+
     output = Path(output)
     if plots:
         check_output_file(plots, force=True)  # a bad plot path fails now, not after the long work
@@ -346,9 +375,10 @@ def compress_to_file(model: nn.Module, output: str | os.PathLike, recipe: Recipe
     snapshots: dict | None = {} if plots else None
     with hold_work(work_path(output), run_id, resume=resume, keep=keep_work, output=output) as work:
         done = compress_model(model, recipe, ctx, metadata=metadata, work=work, snapshots=snapshots)
-        atomic_write_bytes(output, done.blob)
+        if is_writer():
+            atomic_write_bytes(output, done.blob)
     report = {"output": str(output), **done.report}
-    if plots:
+    if plots and is_writer():
         from .report import plot_weights
 
         plot_weights(plots, snapshots["dense"], snapshots.get("prune"), snapshots.get("share"),

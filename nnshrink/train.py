@@ -5,7 +5,9 @@ Stages customise it through hooks rather than copies of the loop:
 ``param_filter`` picks what the optimizer trains, ``regularizer(model)`` adds a penalty
 (L1 / L2 for pruning), and ``after_step(model)`` runs after every optimizer step (re-apply
 masks, clip binary weights, refresh shared weights). Under ``torch.distributed`` the loop
-shards batches by rank and wraps the model in DistributedDataParallel itself.
+wraps the model in DistributedDataParallel itself and splits each global batch of
+``batch_size`` among the ranks (each rank a disjoint slice of the same shuffled order),
+so N processes take the same optimizer steps as one process would.
 """
 
 from __future__ import annotations
@@ -16,12 +18,12 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterable
 
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .data import Dataset, iterate_batches
+from .distributed import split_batch, world as world_
 from .errors import ConfigError, DataError
 
 SCHEDULES = ("cosine", "step", "constant")
@@ -122,12 +124,6 @@ def check_fits(model: nn.Module, data: Dataset, *, device: str | torch.device = 
                             f"but the model has {classes} classes (labels 0..{classes - 1})")
 
 
-def _world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 def _lr_at(cfg: TrainConfig, step: int, total: int) -> float:
     if cfg.schedule == "constant" or total <= 1:
         return cfg.lr
@@ -164,7 +160,7 @@ def fit(
 ) -> TrainResult:
     """Train ``model`` in place on ``data.train_*``; returns per-epoch loss and accuracy."""
     device = resolve_device(device)
-    rank, world = _world()
+    rank, world = world_()
     torch.manual_seed(cfg.seed)
     model.to(device)
     check_fits(model, data, device=device, splits=("train", "test") if eval_each_epoch else ("train",))
@@ -180,8 +176,9 @@ def fit(
     if world > 1:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     hooks = list(after_step)
+    batch = split_batch(cfg.batch_size)  # the global batch, shared among the ranks
     n_train = len(data.train_x) // world
-    steps_per_epoch = math.ceil(n_train / cfg.batch_size)
+    steps_per_epoch = math.ceil(n_train / batch)
     total = max(1, int(round(cfg.epochs * steps_per_epoch)))
     if cfg.max_steps is not None:
         total = min(total, cfg.max_steps)
@@ -192,7 +189,7 @@ def fit(
     while step < total:
         net.train()
         t0, seen, correct, loss_sum = time.perf_counter(), 0, 0, 0.0
-        for xb, yb in iterate_batches(data.train_x, data.train_y, cfg.batch_size, shuffle=True,
+        for xb, yb in iterate_batches(data.train_x, data.train_y, batch, shuffle=True,
                                       seed=cfg.seed, epoch=epoch, rank=rank, world_size=world):
             if step >= total:
                 break

@@ -97,3 +97,66 @@ def test_cli_compresses_the_example_with_its_factories(tiny_idx_dir, tmp_path):
     assert weights["blocks.2.conv2.weight"]["nonzero"] == 147456 - round(sparsity * 147456)
     loaded = nnshrink.load(out, model=resnet_bn.build())
     assert int(loaded.blocks[2].conv2.weight.count_nonzero()) == weights["blocks.2.conv2.weight"]["nonzero"]
+
+
+def test_distill_loss_is_the_tempered_kl_divergence():
+    """Against the textbook formula written out: T^2 * sum p_t (log p_t - log p_s), batch mean."""
+    from examples.common import distill_loss
+
+    g = torch.Generator().manual_seed(0)
+    s, t = torch.randn(16, 10, generator=g), torch.randn(16, 10, generator=g)
+    for temp in (1.0, 4.0):
+        pt = (t / temp).softmax(1)
+        want = temp ** 2 * (pt * (pt.log() - (s / temp).log_softmax(1))).sum(1).mean()
+        torch.testing.assert_close(distill_loss(s, t, temp), want)
+    assert float(distill_loss(t, t, 4.0)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_distilled_fine_tuning_pulls_the_student_towards_the_teacher():
+    """With distill=1 the labels are ignored: a student trained on random labels still ends
+    up closer to its teacher's outputs than it started."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from examples.common import distill_loss, train
+
+    torch.manual_seed(0)
+    x = torch.randn(256, 8)
+    teacher = torch.nn.Linear(8, 4)
+    student = torch.nn.Linear(8, 4)
+    loader = DataLoader(TensorDataset(x, torch.randint(0, 4, (256,))), batch_size=32, shuffle=False)
+    with torch.no_grad():
+        before = float(distill_loss(student(x), teacher(x), 4.0))
+    train(student, loader, 5, lr=0.05, teacher=teacher, distill=1.0)
+    with torch.no_grad():
+        assert float(distill_loss(student(x), teacher(x), 4.0)) < 0.2 * before
+
+
+def test_distill_weight_out_of_range_is_a_clear_error():
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from examples.common import train
+    from nnshrink.errors import ConfigError
+
+    loader = DataLoader(TensorDataset(torch.randn(8, 4), torch.zeros(8, dtype=torch.long)), batch_size=4)
+    with pytest.raises(ConfigError, match="distill must be in \\(0, 1\\] with a teacher; got 1.5"):
+        train(torch.nn.Linear(4, 2), loader, 1, lr=0.01, teacher=torch.nn.Linear(4, 2), distill=1.5)
+
+
+@pytest.mark.slow  # two full runs of the example (~35 s)
+def test_compression_seed_is_deterministic_and_distillation_runs(tiny_idx_dir, tmp_path):
+    """The same --seed gives the same archive, byte for byte, whether the float model was
+    trained in this run or taken from the cache; the example's distillation and
+    calibration options run end to end."""
+    import dataclasses
+
+    from examples import common, resnet_bn
+
+    ex = dataclasses.replace(resnet_bn.EXAMPLE, distill=0.5, calibrate=True)
+    argv = [*TINY, "--data-dir", str(tiny_idx_dir), "--out", str(tmp_path)]
+    first = common.run(ex, argv)
+    blob = (tmp_path / "resnet_bn.nsk").read_bytes()
+    second = common.run(ex, argv)
+    assert not first["train_cached"] and second["train_cached"]
+    assert (tmp_path / "resnet_bn.nsk").read_bytes() == blob
+    prune = json.loads((tmp_path / "report.json").read_text())["stages"][0]
+    assert prune["stage"] == "prune" and prune["details"]["rounds"][-1]["bn_recalibrated"]  # calibrate= was used

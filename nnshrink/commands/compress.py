@@ -152,6 +152,7 @@ def compress_own_model(args, out) -> dict:
 
     from ..batchnorm import calibration_batches
     from ..checkpoint import load_tensors
+    from ..distributed import is_writer
     from ..errors import ConfigError
     from ..loading import load_into
     from ..pipeline import archive_metadata, compress_to_file
@@ -178,10 +179,11 @@ def compress_own_model(args, out) -> dict:
     recipe = _override(load_recipe(args.recipe or "deep-compression"), args)
     retrain = data is not None and not args.no_retrain
     seed = args.seed if args.seed is not None else TrainConfig().seed
-    ctx = Context(trainer=fit_trainer(data, TrainConfig(seed=seed), device=args.device, progress=not args.quiet)
+    progress = not args.quiet and is_writer()
+    ctx = Context(trainer=fit_trainer(data, TrainConfig(seed=seed), device=args.device, progress=progress)
                   if retrain else None,
                   metric=top1_metric(data, device=args.device) if data is not None else None,
-                  device=args.device, progress=not args.quiet, seed=seed,
+                  device=args.device, progress=progress, seed=seed,
                   calibration=calibration_batches(data.train_x, seed=seed) if data is not None else None)
     if data is None:
         ctx.note("no --data-factory: compressed without retraining (--no-retrain)")
@@ -198,10 +200,9 @@ def run(args) -> int:
     import sys
 
     from ..checkpoint import is_nnshrink_checkpoint
+    from ..distributed import is_writer, join_from_env
     from ..errors import ConfigError
-    from ..pipeline import compress_checkpoint
-    from ..post_training import compress_tensors
-    from ..recipes import PruneConfig, ShareConfig, check_epochs_scale, load_recipe
+    from ..recipes import PruneConfig, ShareConfig, check_epochs_scale
     from ..report import flag_growth
     from ..train import resolve_device
 
@@ -233,23 +234,13 @@ def run(args) -> int:
                           "cannot be retrained; pass --no-retrain for post-training compression")
     _refuse_unused(args, plain)
     device = resolve_device(args.device)
-    if args.model_factory:
-        report = compress_own_model(args, out)
-    elif plain:
-        from ..workdir import work_dir
-
-        with work_dir(out, {"post-training": str(args.input)}):  # the lock: one run writes ``out`` at a time
-            report = compress_tensors(args.input, out, sparsity=args.sparsity or 0.0, bits=args.bits)
-    else:
-        from ..checkpoint import read_metadata
-        from ..data import load_dataset
-
-        model_name = read_metadata(args.input).get("nnshrink.model")
-        recipe = _override(load_recipe(args.recipe or "deep-compression", model_name), args)
-        data = load_dataset(args.dataset, args.data_dir) if args.dataset else None
-        report = compress_checkpoint(args.input, out, recipe, data=data, device=str(device),
-                                     retrain=not args.no_retrain, resume=args.resume, progress=not args.quiet,
-                                     plots=plots, keep_work=args.keep_work, seed=args.seed)
+    with join_from_env(str(device)) as distributed:  # under torchrun: every rank runs, rank 0 writes
+        if plain and distributed:
+            raise ConfigError("post-training compression (--no-retrain on a plain tensor file) runs in one "
+                              "process; start it without torchrun")
+        report = _compress(args, out, plain, plots, device)
+        if not is_writer():
+            return 0
     flag_growth(report)
     if args.json:
         emit_json(report, args.json, force=args.force)
@@ -295,6 +286,31 @@ def _run_hf(args, out) -> int:
     for line in report.get("warnings") or []:
         print(f"warning: {line}", file=sys.stderr)
     return 0
+
+
+def _compress(args, out, plain: bool, plots, device) -> dict:
+    """The report of the run INPUT asks for: own model, plain tensor file or zoo checkpoint."""
+    from ..distributed import is_writer
+    from ..pipeline import compress_checkpoint
+    from ..post_training import compress_tensors
+    from ..recipes import load_recipe
+
+    if args.model_factory:
+        return compress_own_model(args, out)
+    if plain:
+        from ..workdir import work_dir
+
+        with work_dir(out, {"post-training": str(args.input)}):  # the lock: one run writes ``out`` at a time
+            return compress_tensors(args.input, out, sparsity=args.sparsity or 0.0, bits=args.bits)
+    from ..checkpoint import read_metadata
+    from ..data import load_dataset
+
+    model_name = read_metadata(args.input).get("nnshrink.model")
+    recipe = _override(load_recipe(args.recipe or "deep-compression", model_name), args)
+    data = load_dataset(args.dataset, args.data_dir) if args.dataset else None
+    return compress_checkpoint(args.input, out, recipe, data=data, device=str(device),
+                               retrain=not args.no_retrain, resume=args.resume,
+                               progress=not args.quiet and is_writer(), plots=plots, keep_work=args.keep_work, seed=args.seed)
 
 
 def _refuse_unused(args, plain: bool) -> None:

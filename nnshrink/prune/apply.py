@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Mapping
 
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 
+from ..distributed import broadcast_
 from ..errors import ConfigError
 from ..select import compressible, get_param, owner, resolve
 from .criteria import Criterion, make_criterion
@@ -53,13 +53,9 @@ def prune_model(model: nn.Module, criterion=None, *, include=None, exclude=None,
         w = get_param(model, t).detach()
         m = module_masks(owner(model, t)).get(t.param_name)
         groups.setdefault(crit, {})[t.name] = (w, torch.ones_like(w, dtype=torch.bool) if m is None else m)
-    distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
     for crit, group in groups.items():
         for name, mask in crit.select(group).items():
-            if distributed:  # every rank takes rank 0's mask, so DDP replicas never diverge
-                flat = mask.to(torch.uint8).contiguous()
-                dist.broadcast(flat, src=0)
-                mask = flat.to(torch.bool)
+            mask = broadcast_(mask.clone())  # under torchrun every rank takes rank 0's mask: replicas never diverge
             t = targets[name]
             set_mask(owner(model, t), mask, t.param_name)
     track(model)

@@ -39,6 +39,7 @@ import torch.nn as nn
 from torch.nn.utils import parametrize
 
 from ..compressed import SharedTensor
+from ..distributed import broadcast_
 from ..errors import ConfigError
 from ..prune.masks import module_masks
 from ..select import DEFAULT_BITS, DEFAULT_INDEX_BITS, Target, compressible, owner, resolve
@@ -255,7 +256,7 @@ def _share_tensor(module: nn.Module, t: Target, bits: int, init: str, seed: int,
         raise ConfigError(f"{t.name!r} has a torch parametrization; remove it before sharing")
     if p_name in shared_params(module):
         _strip_param(module, p_name)
-    w = module._parameters[p_name].detach()
+    w = broadcast_(module._parameters[p_name].detach())  # under torchrun: rank 0's weights, so one codebook
     if not torch.isfinite(w).all():
         raise ConfigError(f"{t.name!r} has NaN or inf weights; cannot share them")
     kept = _kept_mask(t, module, w)
