@@ -301,7 +301,7 @@ def test_cli_model_factory(tmp_path, monkeypatch, capsys):
 
 def readme_blocks():
     text = (ROOT / "README.md").read_text()
-    section = text[text.index("### Python API"):text.index("## Layout")]
+    section = text[text.index("### Python API"):text.index("### Several processes")]  # the DDP block is a fragment
     return [b.split("\n", 1)[1] for b in section.split("```")[1::2] if b.startswith("python")]
 
 

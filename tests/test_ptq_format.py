@@ -21,13 +21,15 @@ def tiny():
                         outl, np.array([2.0], np.float16))
 
 
+# The header edits below need a plain JSON header, so these archives are written in format 1
+# (the outlier record is the same in both versions; format 2 only packs the header).
 def _split(data: bytes):
     hlen = struct.unpack_from("<I", data, 8)[0]
     return json.loads(data[16:16 + hlen]), data[16 + hlen:]
 
 
 def test_golden_bytes_of_an_outlier_record():
-    data = serialize({"w": tiny()}, META, huffman=False)
+    data = serialize({"w": tiny()}, META, huffman=False, version=1)
     header, body = _split(data)
     rec = header["records"][0]
     assert rec["outliers"] == 1 and rec["outlier_gap_bits"] == 8 and rec["outlier_gap_count"] == 1
@@ -50,7 +52,9 @@ def test_round_trip_sparse_shared_with_outliers():
     t = SharedTensor(shape, np.array([-1, 0.25, 2], np.float32), rng.integers(0, 3, int(mask.sum())), 2, mask,
                      outl, rng.standard_normal(int(outl.sum())).astype(np.float16))
     for huffman in (False, True):
-        arch = parse_archive(serialize({"w": t}, META, huffman=huffman))
+        for version in (1, 2):
+            arch = parse_archive(serialize({"w": t}, META, huffman=huffman, version=version))
+            np.testing.assert_array_equal(arch.dense_arrays()["w"], t.to_dense())
         np.testing.assert_array_equal(arch.dense_arrays()["w"], t.to_dense())
         np.testing.assert_array_equal(arch.tensors["w"].outlier_mask, outl)
 
@@ -84,11 +88,11 @@ def _patch_body(data: bytes, offset: int, byte: int) -> bytes:
 ])
 def test_outlier_header_attacks(edit, error, words):
     with pytest.raises(error, match=words):
-        parse_archive(_edit(serialize({"w": tiny()}, META, huffman=False), **edit))
+        parse_archive(_edit(serialize({"w": tiny()}, META, huffman=False, version=1), **edit))
 
 
 def test_outlier_keys_without_outliers_are_refused():
-    header, body = _split(serialize({"w": tiny()}, META, huffman=False))
+    header, body = _split(serialize({"w": tiny()}, META, huffman=False, version=1))
     del header["records"][0]["outliers"]
     hb = json.dumps(header).encode()
     with pytest.raises(RecordError, match="unknown keys"):
@@ -96,7 +100,7 @@ def test_outlier_keys_without_outliers_are_refused():
 
 
 def test_outlier_stream_attacks():
-    data = serialize({"w": tiny()}, META, huffman=False)
+    data = serialize({"w": tiny()}, META, huffman=False, version=1)
     with pytest.raises(StreamError, match="outlier_gap stream"):
         parse_archive(_patch_body(data, 11, 9))  # gap 9 runs past the end of an 8-element tensor
     with pytest.raises(StreamError, match="outlier_gap stream"):

@@ -184,3 +184,25 @@ def test_load_and_swap_agree_on_the_runtime_names():
     from nnshrink.runtime import swap
 
     assert loading.RUNTIMES == swap.RUNTIMES
+
+
+def test_outlier_layers_stay_dense_under_auto_and_are_refused_by_compressed():
+    """A shared weight with dense-and-sparse outliers has no kernel that adds them: auto keeps
+    torch (with the decoded weight, outliers included), compressed names the layer."""
+    import numpy as np
+    import torch.nn as nn
+
+    from nnshrink.compressed import SharedTensor
+    from nnshrink.errors import ConfigError
+    from nnshrink.runtime.swap import accelerate
+
+    rng = np.random.default_rng(0)
+    outl = np.zeros((64, 128), bool)
+    outl[3, 5] = True
+    t = SharedTensor((64, 128), np.array([-0.1, 0.0, 0.1], np.float32), rng.integers(0, 3, 64 * 128), 2, None,
+                     outl, np.array([4.0], np.float16))
+    model = nn.Sequential(nn.Linear(128, 64))
+    fast = accelerate(model, {"0.weight": t}, runtime="auto")
+    assert type(fast[0]) is nn.Linear and "outliers" in fast.nnshrink_runtime["0"]
+    with pytest.raises(ConfigError, match="'0' has no compressed kernel: dense-and-sparse outliers"):
+        accelerate(model, {"0.weight": t}, runtime="compressed")

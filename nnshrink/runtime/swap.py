@@ -86,6 +86,8 @@ def _kind(mod: nn.Module) -> str | None:
 def _unsupported(kind: str | None, mod: nn.Module, t) -> str | None:
     if kind is None:
         return f"no compressed kernel for {type(mod).__name__}"
+    if isinstance(t, SharedTensor) and getattr(t, "outlier_mask", None) is not None:
+        return "dense-and-sparse outliers (no kernel adds them yet)"
     if kind == "conv2d":
         return conv_unsupported(mod)
     if kind == "embedding":
