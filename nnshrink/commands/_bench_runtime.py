@@ -90,6 +90,8 @@ def bench_archive(path: str, batches: list[int], threads: list[int], repeats: in
 
 
 def print_report(rep: dict, out=None) -> None:
+    from .bench import write_legend
+
     out = sys.stdout if out is None else out
     out.write(f"{rep['source']} ({rep['model']}, {rep['archive_bytes']} bytes), median of {rep['repeats']} "
               "interleaved repeats (thread CPU time at 1 thread, wall time above)\n")
@@ -102,9 +104,4 @@ def print_report(rep: dict, out=None) -> None:
     for row in rep["rows"]:
         sp = "  ".join(f"{k} x{v:.2f}" for k, v in row["speedup_vs_dense"].items())
         out.write(f"{row['threads']:>7} {row['batch']:>5} {row['median_us']['dense']:>10.1f}   {sp}\n")
-    width = max(map(len, rep["columns"]))
-    out.write("columns:\n")
-    for k, text in rep["columns"].items():
-        out.write(f"  {k:<{width}}  {text}\n")
-    for k, why in rep["skipped"].items():
-        out.write(f"  {k:<{width}}  skipped ({why})\n")
+    write_legend(out, rep["columns"], rep["skipped"])

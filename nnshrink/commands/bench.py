@@ -303,9 +303,14 @@ def _print(report) -> None:
     for row in report["layers"] + report["model"]:
         sp = "  ".join(f"{k} x{v:.2f}" for k, v in row["speedup_vs_dense"].items())
         out.write(f"{row['name']:<12} {row['batch']:>5} {row['median_us']['dense']:>10.1f}   {sp}\n")
-    width = max(map(len, report["columns"]))
+    write_legend(out, report["columns"], report["skipped"])
+
+
+def write_legend(out, columns: dict[str, str], skipped: dict[str, str]) -> None:
+    """What each speed-up column is, and which were skipped and why (both bench tables)."""
+    width = max(map(len, columns))
     out.write("columns:\n")
-    for k, text in report["columns"].items():
+    for k, text in columns.items():
         out.write(f"  {k:<{width}}  {text}\n")
-    for k, why in report["skipped"].items():
+    for k, why in skipped.items():
         out.write(f"  {k:<{width}}  skipped ({why})\n")
