@@ -114,6 +114,9 @@ def join_from_env(device: str = "cpu") -> Iterator[bool]:
         raise ConfigError("WORLD_SIZE > 1 (torchrun), but this torch build has no torch.distributed")
     timeout = _timeout()
     cuda = str(device).startswith("cuda")
+    if cuda and torch.device(device).index is not None:
+        raise ConfigError(f"--device {device} names one GPU, but under torchrun each of the {_env_int('WORLD_SIZE')} "
+                          "processes takes the GPU its LOCAL_RANK names; pass --device cuda")
     if cuda:
         torch.cuda.set_device(_env_int("LOCAL_RANK") if "LOCAL_RANK" in os.environ else 0)
     dist.init_process_group("nccl" if cuda else "gloo", **({"timeout": timeout} if timeout else {}))
@@ -197,10 +200,7 @@ def check_same(model: nn.Module, where: str) -> None:
     if not is_distributed():
         return
     rank, n = world()
-    mine = torch.tensor(list(digest(compression_state(model))), dtype=torch.uint8)
-    device = next((b.device for b in model.buffers()), torch.device("cpu"))
-    if dist.get_backend() == "nccl":
-        mine = mine.to(device)
+    mine = torch.tensor(list(digest(compression_state(model))), dtype=torch.uint8, device=_comm_device())
     got = [torch.empty_like(mine) for _ in range(n)]
     dist.all_gather(got, mine)
     bad = [r for r in range(n) if not torch.equal(got[r], got[0])]
@@ -210,14 +210,20 @@ def check_same(model: nn.Module, where: str) -> None:
                          "loop wrap the model in DistributedDataParallel?)")
 
 
+def _comm_device() -> torch.device:
+    """Where the backend wants the tensors of a collective: this rank's GPU for nccl
+    (the one ``join_from_env`` or the caller selected), else CPU."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def agree(ok: bool, what: str) -> None:
     """Every rank learns whether all ranks got past a step (one all-reduce); ranks that
     were fine raise too, instead of waiting forever for a rank that failed."""
     if not is_distributed():
         return
-    flag = torch.tensor([1 if ok else 0], dtype=torch.int32)
-    if dist.get_backend() == "nccl":
-        flag = flag.cuda()
+    flag = torch.tensor([1 if ok else 0], dtype=torch.int32, device=_comm_device())
     dist.all_reduce(flag, op=dist.ReduceOp.MIN)
     if ok and int(flag.item()) == 0:
         raise StageError(f"{what} failed on another rank (its own error is in its output)")

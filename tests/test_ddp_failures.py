@@ -247,3 +247,16 @@ def test_the_trainer_refuses_a_batch_the_ranks_cannot_share_when_built(monkeypat
     with pytest.raises(ConfigError, match="batch size 128 does not divide among 3 ranks"):
         fit_trainer(None, TrainConfig(batch_size=128))
     fit_trainer(None, TrainConfig(batch_size=129))
+
+
+def test_one_named_gpu_for_every_rank_is_refused(monkeypatch):
+    """Under torchrun each rank takes its LOCAL_RANK's GPU; --device cuda:1 would put
+    every rank on the same card (refused before any process group or GPU is touched)."""
+    from nnshrink.distributed import join_from_env
+    from nnshrink.errors import ConfigError
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match=r"--device cuda:1 names one GPU, but under torchrun each of the 2 "
+                                          r"processes takes the GPU its LOCAL_RANK names; pass --device cuda"):
+        with join_from_env("cuda:1"):
+            pass
