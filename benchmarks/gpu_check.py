@@ -311,8 +311,8 @@ def main(argv: list[str] | None = None) -> int:
         from nnshrink.io_utils import atomic_write_bytes
 
         atomic_write_bytes(args.json, (json.dumps(result, indent=2) + "\n").encode())
-    print(f"gpu_check: {'all steps passed' if result['ok'] else 'FAILED: ' + ', '.join(r['step'] for r in rows if not r['ok'])}"
-          f" on {result['device_name']} in {result['total_s']:.0f} s", file=sys.stderr)
+    verdict = "all steps passed" if result["ok"] else "FAILED: " + ", ".join(r["step"] for r in rows if not r["ok"])
+    print(f"gpu_check: {verdict} on {result['device_name']} in {result['total_s']:.0f} s", file=sys.stderr)
     return 0 if result["ok"] else 1
 
 
