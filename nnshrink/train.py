@@ -230,8 +230,10 @@ def fit(
 @torch.no_grad()
 def evaluate(model: nn.Module, data: Dataset, *, device: str | torch.device = "cpu",
              batch_size: int = 1000, split: str = "test") -> float:
-    """Top-1 accuracy (a fraction) of ``model`` on a split of ``data``."""
+    """Top-1 accuracy (a fraction) of ``model`` on a split of ``data``; like ``fit``, it
+    moves ``model`` to ``device`` first (a checkpoint loads on CPU)."""
     device = resolve_device(device)
+    model.to(device)
     check_fits(model, data, device=device, splits=(split,))
     x, y = (data.test_x, data.test_y) if split == "test" else (data.train_x, data.train_y)
     was_training = model.training
