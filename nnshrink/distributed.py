@@ -14,10 +14,12 @@ Without torch.distributed initialised every helper here is a no-op for a single 
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import hashlib
 import os
 import re
+import sys
 from datetime import timedelta
 from typing import Iterator
 
@@ -123,8 +125,23 @@ def join_from_env(device: str = "cpu") -> Iterator[bool]:
     try:
         with _peers_lost_is_an_error():
             yield True
+    except StageError as exc:
+        if lost_peer(exc) is not None:
+            atexit.register(_leave_without_teardown)
+        raise
     finally:
         dist.destroy_process_group()
+
+
+def _leave_without_teardown() -> None:
+    """At interpreter exit after a lost peer: flush and leave with the command's error
+    status (2) without the rest of the teardown, in which torch can abort the process
+    ("terminate called without an active exception": a backend thread still waits on
+    the dead peer). Everything the command writes is written or removed by then."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(2)
 
 
 @contextlib.contextmanager
@@ -137,8 +154,8 @@ def _peers_lost_is_an_error() -> Iterator[None]:
             raise
         rank, n = world()
         raise StageError(f"rank {rank} of {n} lost contact with another rank ({_reason(cause)}): a process of "
-                         "this run died or stopped answering (its own output says why); nothing was written for "
-                         "the archive, and the finished stages are kept for --resume") from exc
+                         "this run died or stopped answering (its own output says why); no archive is ever left "
+                         "half written, and the finished stages are kept for --resume") from exc
 
 
 def split_batch(batch_size: int) -> int:
