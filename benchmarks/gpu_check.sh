@@ -14,10 +14,10 @@
 # On a CPU, `python benchmarks/gpu_check.py --device cpu --quick --json OUT.json` checks the
 # script itself in seconds (tests/test_gpu_check.py does).
 set -euo pipefail
+json=$(realpath -m "${1:-${OUT:-.}/gpu_check.json}")  # relative to where it is called from
+shift || true
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 [ -x "$PY" ] || PY=python3
-json=${1:-${OUT:-.}/gpu_check.json}
-shift || true
 echo "gpu_check: $("$PY" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, "available", torch.cuda.is_available())')" >&2
 exec "$PY" benchmarks/gpu_check.py --device cuda --json "$json" "$@"
