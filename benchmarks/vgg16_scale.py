@@ -33,15 +33,15 @@ from benchmarks._util import machine, write_json  # noqa: E402
 TARGET_S, TARGET_RSS_X = 90.0, 3.0
 
 
-def make_input(path: Path) -> None:
-    """VGG-16 with random weights (seed 0), written as plain safetensors."""
+def make_input(path: Path, model: str = "vgg16") -> None:
+    """VGG-16 (or the zoo ``model``) with random weights (seed 0), written as plain safetensors."""
     import torch
     from safetensors.torch import save_file
 
     from nnshrink.models import build_model
 
     torch.manual_seed(0)
-    state = {k: v.contiguous() for k, v in build_model("vgg16").state_dict().items()}
+    state = {k: v.contiguous() for k, v in build_model(model).state_dict().items()}
     save_file(state, str(path))
 
 
@@ -66,13 +66,14 @@ def main(argv=None) -> dict:
     ap.add_argument("--sparsity", default="0.9")
     ap.add_argument("--bits", default="5")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--model", default="vgg16", help="zoo model (a small one checks the script quickly)")
     args = ap.parse_args(argv)
     os.environ.setdefault("NNSHRINK_THREADS", "1")
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    src, nsk, dense = work / "vgg16.safetensors", work / "vgg16.nsk", work / "vgg16.dense.safetensors"
+    src, nsk, dense = (work / f"{args.model}{ext}" for ext in (".safetensors", ".nsk", ".dense.safetensors"))
     if not src.exists():
-        make_input(src)
+        make_input(src, args.model)
     compress = run_measured(["compress", src, "--no-retrain", "--sparsity", args.sparsity, "--bits", args.bits,
                              "-o", nsk, "--force", "--quiet"])
     decompress = run_measured(["decompress", nsk, "-o", dense, "--force"])

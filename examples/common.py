@@ -77,9 +77,11 @@ def train(model: nn.Module, loader: DataLoader, epochs: float, *, lr: float, wei
     model.train()
     if teacher is not None:
         teacher.eval()
+    device = next(model.parameters()).device  # batches come from the loader on CPU
     step = 0
     while step < steps:
         for x, y in loader:
+            x, y = x.to(device), y.to(device)
             opt.zero_grad(set_to_none=True)
             logits = model(x)
             loss = loss_fn(logits, y)
@@ -100,9 +102,10 @@ def train(model: nn.Module, loader: DataLoader, epochs: float, *, lr: float, wei
 def evaluate(model: nn.Module, loader: DataLoader) -> float:
     """Top-1 accuracy (a fraction) over ``loader``; leaves the model in eval mode."""
     model.eval()
+    device = next(model.parameters()).device
     correct = total = 0
     for x, y in loader:
-        correct += int((model(x).argmax(1) == y).sum())
+        correct += int((model(x.to(device)).argmax(1) == y.to(device)).sum())
         total += len(y)
     return correct / max(total, 1)
 
@@ -128,7 +131,7 @@ def load_or_train(build: Callable[[], nn.Module], path: Path, fit: Callable[[nn.
     seconds = time.perf_counter() - t0
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp),
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp),
               metadata={**key, "train_seconds": repr(seconds)})
     tmp.replace(path)
     return model.eval(), False, seconds
@@ -158,6 +161,7 @@ def parse_args(ex: Example, argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--data-dir", default=None, help="folder of the four IDX files (default: Fashion-MNIST)")
     p.add_argument("--retrain", action="store_true", help="train the float model even when it is cached")
     p.add_argument("--threads", type=int, default=1, help="torch threads")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]: training, fine-tuning and evaluation")
     p.add_argument("--seed", type=int, default=0,
                    help="compression seed: k-means and the fine-tuning's shuffles (the float model keeps seed 0)")
     return p.parse_args(argv)
@@ -171,8 +175,8 @@ def trained(ex: Example, args: argparse.Namespace, data: Loaders) -> tuple[nn.Mo
     if args.retrain:
         path.unlink(missing_ok=True)
     torch.manual_seed(0)
-    model, cached, seconds = load_or_train(ex.build, path, lambda m: train(m, data[0], args.epochs, lr=ex.lr,
-                                                                    weight_decay=ex.weight_decay), key)
+    model, cached, seconds = load_or_train(ex.build, path, lambda m: train(m.to(args.device), data[0], args.epochs,
+                                                                    lr=ex.lr, weight_decay=ex.weight_decay), key)
     return model, {"cached": cached, "seconds": seconds}
 
 
@@ -184,11 +188,15 @@ def run(ex: Example, argv: list[str] | None = None) -> dict:
     import nnshrink
     from nnshrink.recipes import recipe_from_dict
 
+    from nnshrink.train import resolve_device
+
     args = parse_args(ex, argv)
+    args.device = resolve_device(args.device)  # no GPU: one clear error before any work
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     data = loaders(args.data_dir, args.subset)
     model, train_info = trained(ex, args, data)
+    model.to(args.device)  # a cached model loads on CPU
     params = sum(p.numel() for p in model.parameters())
     top1_float = evaluate(model, data[1])
 
@@ -204,14 +212,14 @@ def run(ex: Example, argv: list[str] | None = None) -> dict:
     recipe = recipe_from_dict(tomllib.loads(ex.recipe), ex.name)
     t0 = time.perf_counter()
     result = nnshrink.compress(model, recipe, fine_tune=fine_tune, evaluate=lambda m: evaluate(m, data[1]),
-                               calibrate=calibrate, seed=args.seed)
+                               calibrate=calibrate, seed=args.seed, device=str(args.device))
     archive = args.out / f"{ex.name}.nsk"
     written = result.save(archive)
     compress_s = time.perf_counter() - t0
 
-    loaded = nnshrink.load(archive, model=ex.build()).eval()
+    loaded = nnshrink.load(archive, model=ex.build()).to(args.device).eval()
     top1_loaded = evaluate(loaded, data[1])
-    probe = next(iter(data[1]))[0][:64]
+    probe = next(iter(data[1]))[0][:64].to(args.device)
     with torch.no_grad():
         max_diff = float((loaded(probe) - result.model.eval()(probe)).abs().max())
     report = result.report

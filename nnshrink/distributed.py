@@ -14,9 +14,13 @@ Without torch.distributed initialised every helper here is a no-op for a single 
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import hashlib
 import os
+import re
+import sys
+from datetime import timedelta
 from typing import Iterator
 
 import torch
@@ -50,27 +54,108 @@ def _env_int(name: str) -> int:
         raise ConfigError(f"environment variable {name} must be an integer (torchrun sets it); got {value!r}") from None
 
 
+TIMEOUT_ENV = "NNSHRINK_DIST_TIMEOUT"
+
+
+def _timeout() -> timedelta | None:
+    """How long a rank waits for the others in one collective (``NNSHRINK_DIST_TIMEOUT``
+    seconds; unset: torch's default). A rank that stops answering is then an error here."""
+    text = os.environ.get(TIMEOUT_ENV)
+    if text is None:
+        return None
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = float("nan")
+    if not 0 < seconds < float("inf"):
+        raise ConfigError(f"{TIMEOUT_ENV} must be a number of seconds > 0; got {text!r}")
+    return timedelta(seconds=seconds)
+
+
+# What the backends say when a peer is gone; errors raised inside DDP's backward reach
+# Python as plain RuntimeErrors, so the type alone does not tell.
+_PEER_LOST = re.compile(r"gloo|nccl|ProcessGroup|Connection (closed|reset) by peer|timed out", re.IGNORECASE)
+
+
+def lost_peer(exc: BaseException) -> BaseException | None:
+    """The torch.distributed error (a peer that died, closed its connection or timed out)
+    behind ``exc``, following its causes; None when there is none."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, dist.DistError) or (isinstance(exc, RuntimeError) and _PEER_LOST.search(str(exc))):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _reason(exc: BaseException) -> str:
+    """The first sentence of a torch.distributed message, without its source-file prefix."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    text = re.sub(r"^\[[^\]]*\]\s*", "", text)
+    return text.split(". ")[0].rstrip(".")
+
+
 @contextlib.contextmanager
 def join_from_env(device: str = "cpu") -> Iterator[bool]:
     """Join the process group torchrun's environment describes (WORLD_SIZE > 1) for the
     duration of a command, and leave it after; yields whether this process is distributed.
-    A group the caller already initialised is used as it is and left alone."""
+    A group the caller already initialised is used as it is and left alone.
+
+    A rank that loses another one (it died, or stopped answering for longer than
+    ``NNSHRINK_DIST_TIMEOUT``) raises a StageError saying so, instead of the backend's
+    message; the work folder keeps the finished stages for ``--resume``."""
     if dist.is_available() and dist.is_initialized():
-        yield is_distributed()
+        with _peers_lost_is_an_error():
+            yield is_distributed()
         return
     if "WORLD_SIZE" not in os.environ or _env_int("WORLD_SIZE") <= 1:
         yield False
         return
     if not dist.is_available():
         raise ConfigError("WORLD_SIZE > 1 (torchrun), but this torch build has no torch.distributed")
+    timeout = _timeout()
     cuda = str(device).startswith("cuda")
+    if cuda and torch.device(device).index is not None:
+        raise ConfigError(f"--device {device} names one GPU, but under torchrun each of the {_env_int('WORLD_SIZE')} "
+                          "processes takes the GPU its LOCAL_RANK names; pass --device cuda")
     if cuda:
         torch.cuda.set_device(_env_int("LOCAL_RANK") if "LOCAL_RANK" in os.environ else 0)
-    dist.init_process_group("nccl" if cuda else "gloo")
+    dist.init_process_group("nccl" if cuda else "gloo", **({"timeout": timeout} if timeout else {}))
     try:
-        yield True
+        with _peers_lost_is_an_error():
+            yield True
+    except StageError as exc:
+        if lost_peer(exc) is not None:
+            atexit.register(_leave_without_teardown)
+        raise
     finally:
         dist.destroy_process_group()
+
+
+def _leave_without_teardown() -> None:
+    """At interpreter exit after a lost peer: flush and leave with the command's error
+    status (2) without the rest of the teardown, in which torch can abort the process
+    ("terminate called without an active exception": a backend thread still waits on
+    the dead peer). Everything the command writes is written or removed by then."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(2)
+
+
+@contextlib.contextmanager
+def _peers_lost_is_an_error() -> Iterator[None]:
+    try:
+        yield
+    except Exception as exc:
+        cause = lost_peer(exc)
+        if cause is None:
+            raise
+        rank, n = world()
+        raise StageError(f"rank {rank} of {n} lost contact with another rank ({_reason(cause)}): a process of "
+                         "this run died or stopped answering (its own output says why); no archive is ever left "
+                         "half written, and the finished stages are kept for --resume") from exc
 
 
 def split_batch(batch_size: int) -> int:
@@ -132,10 +217,7 @@ def check_same(model: nn.Module, where: str) -> None:
     if not is_distributed():
         return
     rank, n = world()
-    mine = torch.tensor(list(digest(compression_state(model))), dtype=torch.uint8)
-    device = next((b.device for b in model.buffers()), torch.device("cpu"))
-    if dist.get_backend() == "nccl":
-        mine = mine.to(device)
+    mine = torch.tensor(list(digest(compression_state(model))), dtype=torch.uint8, device=_comm_device())
     got = [torch.empty_like(mine) for _ in range(n)]
     dist.all_gather(got, mine)
     bad = [r for r in range(n) if not torch.equal(got[r], got[0])]
@@ -145,14 +227,20 @@ def check_same(model: nn.Module, where: str) -> None:
                          "loop wrap the model in DistributedDataParallel?)")
 
 
+def _comm_device() -> torch.device:
+    """Where the backend wants the tensors of a collective: this rank's GPU for nccl
+    (the one ``join_from_env`` or the caller selected), else CPU."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def agree(ok: bool, what: str) -> None:
     """Every rank learns whether all ranks got past a step (one all-reduce); ranks that
     were fine raise too, instead of waiting forever for a rank that failed."""
     if not is_distributed():
         return
-    flag = torch.tensor([1 if ok else 0], dtype=torch.int32)
-    if dist.get_backend() == "nccl":
-        flag = flag.cuda()
+    flag = torch.tensor([1 if ok else 0], dtype=torch.int32, device=_comm_device())
     dist.all_reduce(flag, op=dist.ReduceOp.MIN)
     if ok and int(flag.item()) == 0:
         raise StageError(f"{what} failed on another rank (its own error is in its output)")

@@ -173,8 +173,11 @@ def fit(
     else:
         opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     net = model
-    if world > 1:
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if world > 1:  # on CUDA: this rank's GPU (``cuda`` alone means the one torchrun's LOCAL_RANK selected)
+        gpu = None
+        if device.type == "cuda":
+            gpu = [device.index if device.index is not None else torch.cuda.current_device()]
+        net = nn.parallel.DistributedDataParallel(model, device_ids=gpu)
     hooks = list(after_step)
     batch = split_batch(cfg.batch_size)  # the global batch, shared among the ranks
     n_train = len(data.train_x) // world
@@ -227,8 +230,10 @@ def fit(
 @torch.no_grad()
 def evaluate(model: nn.Module, data: Dataset, *, device: str | torch.device = "cpu",
              batch_size: int = 1000, split: str = "test") -> float:
-    """Top-1 accuracy (a fraction) of ``model`` on a split of ``data``."""
+    """Top-1 accuracy (a fraction) of ``model`` on a split of ``data``; like ``fit``, it
+    moves ``model`` to ``device`` first (a checkpoint loads on CPU)."""
     device = resolve_device(device)
+    model.to(device)
     check_fits(model, data, device=device, splits=(split,))
     x, y = (data.test_x, data.test_y) if split == "test" else (data.train_x, data.train_y)
     was_training = model.training

@@ -61,3 +61,18 @@ def test_cuda_absent_is_clear_error():
         resolve_device("cuda")
     with pytest.raises(ConfigError, match="unknown device"):
         resolve_device("gpu7")
+
+
+def test_evaluate_moves_the_model_to_the_device(tiny_dataset):
+    """A checkpoint loads on CPU; ``evaluate(..., device=D)`` (the first thing a compress
+    run does) must run it on D, as ``fit`` does, not feed D's inputs to a CPU model."""
+    import torch.nn as nn
+
+    from nnshrink.train import evaluate
+
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
+    moved = []
+    real_to = model.to
+    model.to = lambda *a, **k: moved.append(a or tuple(k.values())) or real_to(*a, **k)
+    evaluate(model, tiny_dataset, device="cpu")
+    assert moved and str(moved[0][0]) == "cpu"

@@ -103,7 +103,7 @@ def factorized_weights(module: nn.Module, kind: str, rank: int) -> int:
 def _energy_rank(s: torch.Tensor, energy: float) -> int:
     power = s.pow(2)
     cum = torch.cumsum(power, 0) / power.sum().clamp_min(1e-300)
-    return int(torch.searchsorted(cum, torch.tensor(energy - 1e-12, dtype=cum.dtype)).item()) + 1
+    return int(torch.searchsorted(cum, torch.tensor(energy - 1e-12, dtype=cum.dtype, device=cum.device)).item()) + 1
 
 
 def _budget_rank(module: nn.Module, kind: str, ratio: float) -> int:

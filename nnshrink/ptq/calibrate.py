@@ -92,7 +92,7 @@ def collect(model: nn.Module, calibrate, *, forward: Callable | None = None, wei
         if isinstance(mod, nn.Linear) or (isinstance(mod, nn.Conv2d) and mod.groups == 1):
             def hook(m, inputs, _out, pname=pname):
                 rows = layer_input_rows(m, inputs[0].detach()).to(torch.float64)
-                h = rows.T @ rows
+                h = (rows.T @ rows).cpu()  # computed where the model runs, kept on CPU
                 cal.hessian[pname] = cal.hessian[pname] + h if pname in cal.hessian else h
                 cal.rows[pname] = cal.rows.get(pname, 0) + rows.shape[0]
             hooks.append(mod.register_forward_hook(hook))
@@ -115,12 +115,12 @@ def collect(model: nn.Module, calibrate, *, forward: Callable | None = None, wei
             if not out.is_floating_point():
                 raise ConfigError(f"the model's calibration output must be floating point; got {out.dtype}")
             cal.output_energy += float((out.detach().to(torch.float64) ** 2).sum())
-            r = torch.randn(out.shape, generator=gen, dtype=out.dtype)
+            r = torch.randn(out.shape, generator=gen, dtype=out.dtype).to(out.device)  # same draws on any device
             (out * r).sum().backward()
             for n in weights:
                 g = params[n].grad
                 if g is not None:
-                    cal.fisher[n] += g.detach().to(torch.float64) ** 2
+                    cal.fisher[n] += (g.detach().to(torch.float64) ** 2).cpu()
             cal.samples += 1
     finally:
         for h in hooks:

@@ -23,6 +23,10 @@ compressible tensors frozen). The gradient of a centroid is the SUM of the gradi
 the weights sharing it (paper Eq. 3), which ``_Gather.backward`` computes with one
 ``index_add``. ``strip`` bakes the shared values back into a plain model.
 
+Devices: the codebook and index live on the weight's device, and so does fine-tuning;
+only the clustering itself runs on CPU (``kmeans_1d_full`` is a numba kernel), on a copy
+of the surviving values.
+
 Learning rate: because a centroid's gradient is a SUM over up to thousands of weights, SGD
 needs a much smaller lr than training did (Fashion-MNIST LeNet-300-100 at 6 bits, 150
 steps: SGD momentum 0.9 at lr 5e-3 diverges to 10% top-1, at 5e-4 it holds); Adam at
@@ -264,6 +268,8 @@ def _share_tensor(module: nn.Module, t: Target, bits: int, init: str, seed: int,
     if n_kept == 0:
         raise ConfigError(f"{t.name!r} has no surviving (nonzero) weights; nothing to share "
                           "(leave it out with targets=...)")
+    # k-means is a CPU kernel (numba): the surviving values go to CPU, and the labels and
+    # centroids come back to the weight's device (CUDA weights stay on CUDA)
     vals = w[kept].to("cpu", torch.float32).numpy()
     res = kmeans_1d_full(vals, 2 ** bits, init=init, seed=seed, max_iter=max_iter)
     k = res.k_used

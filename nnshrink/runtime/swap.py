@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 
 from ..compressed import BinaryTensor, CompressedTensor, SharedTensor, SparseTensor
-from ..errors import ConfigError
+from ..errors import ConfigError, DeviceError
 from .conv import KernelConv2d, conv_unsupported
 from .embedding import CodebookEmbedding, embedding_unsupported
 from .layers import CodebookLinear, SparseLinear
@@ -127,6 +127,15 @@ def accelerate(model: nn.Module, tensors: dict[str, CompressedTensor], *, runtim
     choices: dict[str, str] = {}
     if runtime == "dense":
         model.nnshrink_runtime = choices
+        return model.eval()
+    off_cpu = next((t.device for t in (*model.parameters(), *model.buffers()) if t.device.type != "cpu"), None)
+    if off_cpu is not None:  # the kernels are CPU code: on an accelerator every layer stays dense
+        why = f"the compressed kernels run on CPU only; the model is on {off_cpu}"
+        if runtime == "compressed":
+            raise DeviceError(f"runtime 'compressed': {why} (move it to CPU, or use runtime 'auto' or 'dense')")
+        model.nnshrink_runtime = {(n[:-len(".weight")] if n != "weight" else "(model)"): f"dense ({why})"
+                                  for n, t in tensors.items() if n.endswith("weight")
+                                  and isinstance(t, (SparseTensor, SharedTensor, BinaryTensor))}
         return model.eval()
     model = _pack_binary(model, tensors, choices)
     kept_dense = {f"{parent}.{child}" if parent else child

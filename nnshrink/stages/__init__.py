@@ -92,8 +92,12 @@ def user_trainer(fine_tune: Callable[[nn.Module, int], None]) -> Trainer:
 
 def fit_trainer(data, train_cfg, *, device: str = "cpu", progress: bool = True) -> Trainer:
     """nnshrink's own ``fit`` on ``data`` as a Trainer: lr scaled by the stage's
-    ``lr_factor``, its ``l2`` / ``weight_decay`` / ``param_filter``, seed + round."""
+    ``lr_factor``, its ``l2`` / ``weight_decay`` / ``param_filter``, seed + round.
+    Under torchrun a batch size the ranks cannot share is refused here, before any work."""
+    from ..distributed import split_batch
     from ..train import fit
+
+    split_batch(train_cfg.batch_size)
 
     def train(model: nn.Module, epochs: float, hints: dict) -> None:
         changes = {k: hints[k] for k in ("l2", "weight_decay") if k in hints}
