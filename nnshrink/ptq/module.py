@@ -125,6 +125,10 @@ def calibrate_model(model: nn.Module, calibrate, settings: PostTraining, *, forw
     from .calibrate import collect
     from .compress import _compressible, _owner_map
 
+    if isinstance(calibrate, torch.Tensor) or not (callable(calibrate) or hasattr(calibrate, "__iter__")):
+        raise ConfigError(f"calibrate= must be an iterable of batches or a callable returning one; got "
+                          f"{type(calibrate).__name__} (a list of tensors, a DataLoader, a generator)")
+
     state = {n: t.detach() for n, t in model.state_dict().items()}
     weights = _owner_map(model, _compressible(state, settings.min_numel))
     if not weights:
