@@ -32,8 +32,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks._util import machine, nnshrink, write_json  # noqa: E402
 
-COMMAND = ("python benchmarks/post_training_cnn.py --json benchmarks/results/post_training_cnn.json "
-           "--section benchmarks/sections/26-post-training-cnn.md")
 MODELS = ("lenet5", "resnet_bn")
 SETTINGS = (("4 bits", dict(bits=4)), ("3 bits", dict(bits=3)),
             ("3 bits, 1% outliers", dict(bits=3, outliers=0.01)), ("2 bits, 1% outliers", dict(bits=2, outliers=0.01)))
@@ -116,10 +114,11 @@ def run_model(name: str, model, data, tmp: Path) -> tuple[list[dict], dict]:
 
 
 def section(result: dict, note: str) -> str:
+    """The section's markdown: the command as run, each model's facts, one table."""
     m = result["machine"]
     facts = result["models"]
     lines = ["## Post-training compression of CNNs: LeNet-5 and the ResNet-BN example, no retraining (issue 14)", "",
-             f"    {COMMAND}", ""]
+             f"    {result['command']}", ""]
     for name, f in facts.items():
         lines.append(f"- {name}: {f['trained']}; float top-1 {100 * f['top1_float']:.2f}%, {f['params']:,} "
                      f"parameters, {f['float_bytes']:,} bytes of state.")
@@ -165,7 +164,9 @@ def main(argv=None) -> int:
             got, fact = run_model(name, model, data, Path(tmp))
             rows += got
             facts[name] = {**fact, "trained": trained}
-    result = {"command": COMMAND, "machine": machine(), "epochs": args.epochs, "resnet_epochs": args.resnet_epochs,
+    argv = sys.argv[1:] if argv is None else argv
+    command = " ".join(["python benchmarks/post_training_cnn.py", *argv])  # as run
+    result = {"command": command, "machine": machine(), "epochs": args.epochs, "resnet_epochs": args.resnet_epochs,
               "calibration_images": CALIBRATION_IMAGES, "min_numel": MIN_NUMEL, "models": facts,
               "note": args.note, "rows": rows}
     if args.section:
