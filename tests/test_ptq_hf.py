@@ -98,6 +98,7 @@ def test_hf_without_calibration_is_labelled_data_free(run, bert_dir, tmp_path):
     (["--hf-model", "BERT", "--max-error", "0.01"], "needs calibration"),
     (["--hf-model", "BERT", "--calibration", "EMPTY"], "holds no text"),
     (["--hf-model", "BERT", "--outliers", "0.7"], "outlier fraction"),
+    (["--hf-model", "BERT", "--data-factory", "x:y"], "--data-factory given with --hf-model"),
 ])
 def test_hf_bad_input_is_one_line(run, bert_dir, texts, tmp_path, args, words):
     empty = tmp_path / "empty.txt"

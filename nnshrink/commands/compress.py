@@ -10,8 +10,10 @@ POST_TRAINING = "post-training"  # ptq.module.POST_TRAINING, without importing t
 def register(sub) -> None:
     p = sub.add_parser("compress", help="prune / share / encode a checkpoint into a .nsk archive",
                        description="Compress an nnshrink checkpoint with a recipe, a state_dict of your own "
-                       "model (--model-factory), or any safetensors file post-training (--no-retrain). "
-                       "Post-training is lossless unless --sparsity or --bits is "
+                       "model (--model-factory; --recipe post-training or the post-training flags below compress it "
+                       "with calibration batches and no training loop), a local Hugging Face folder (--hf-model), "
+                       "or any safetensors file post-training (--no-retrain). "
+                       "A plain safetensors file is stored losslessly unless --sparsity or --bits is "
                        "given: every tensor keeps its dtype, shape and bits (0-d, float64, float16, bfloat16, "
                        "integers). --sparsity / --bits turn float tensors of >= 1024 values into float32 "
                        "approximations; smaller and integer tensors stay exact.")
@@ -382,7 +384,10 @@ def _run_hf(args, out) -> int:
 
     unused = [flag for flag, value in (("INPUT", args.input), ("--recipe", args.recipe), ("--dataset", args.dataset),
                                        ("--model-factory", args.model_factory), ("--resume", args.resume),
-                                       ("--epochs-scale", args.epochs_scale is not None), ("--plots", args.plots))
+                                       ("--epochs-scale", args.epochs_scale is not None), ("--plots", args.plots),
+                                       ("--data-factory", args.data_factory), ("--data-dir", args.data_dir),
+                                       ("--target-ratio", args.target_ratio is not None),
+                                       ("--keep-work", args.keep_work), ("--device", args.device != "cpu"))
               if value]
     if unused:
         raise ConfigError(f"{', '.join(unused)} given with --hf-model: post-training compression of a model "
