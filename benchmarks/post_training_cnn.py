@@ -12,7 +12,9 @@ kept in ``--resnet-out``/base.safetensors, so ``python -m examples.resnet_bn`` a
 script share it). Each float model is then compressed at several settings through the
 public API, ``nnshrink.compress(model, PostTraining(...), calibrate=...)``: calibrated
 (512 training images, seed 0: Fisher-weighted k-means, GPTQ-compensated conv / fc
-layers) and data-free, beside the per-tensor path that existed before
+layers; for a model with BatchNorm also with ``recalibrate_bn=True``, the BN statistics
+re-estimated on the same images after sharing) and data-free, at fixed bits and at a
+bits-per-weight budget (per-layer bits chosen by measured error), beside the per-tensor path that existed before
 (``compress --no-retrain --bits B``). Top-1 on the 10,000 test images of the model
 loaded from the written .nsk file with ``nnshrink.load``; ratio = float32 bytes of the
 state over the file size; seconds = wall time of one compression (calibration included).
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import shlex
 import sys
 import tempfile
 import time
@@ -34,7 +37,8 @@ from benchmarks._util import machine, nnshrink, write_json  # noqa: E402
 
 MODELS = ("lenet5", "resnet_bn")
 SETTINGS = (("4 bits", dict(bits=4)), ("3 bits", dict(bits=3)),
-            ("3 bits, 1% outliers", dict(bits=3, outliers=0.01)), ("2 bits, 1% outliers", dict(bits=2, outliers=0.01)))
+            ("3 bits, 1% outliers", dict(bits=3, outliers=0.01)), ("2 bits, 1% outliers", dict(bits=2, outliers=0.01)),
+            ("target 3 bits per weight", dict(target_bpw=3.0)), ("target 2.5 bits per weight", dict(target_bpw=2.5)))
 CALIBRATION_IMAGES, CALIBRATION_BATCH = 512, 64
 MIN_NUMEL = 256  # LeNet-5's and the ResNet's small convs are shared too (the 144-weight stem stays exact)
 
@@ -77,6 +81,7 @@ def run_model(name: str, model, data, tmp: Path) -> tuple[list[dict], dict]:
     from safetensors.torch import save_file
 
     from nnshrink import PostTraining
+    from nnshrink.batchnorm import batchnorm_layers
     from nnshrink.post_training import compress_tensors
     from nnshrink.train import evaluate
 
@@ -102,12 +107,16 @@ def run_model(name: str, model, data, tmp: Path) -> tuple[list[dict], dict]:
         t0 = time.perf_counter()
         compress_tensors(plain_in, out, sparsity=0.0, bits=bits)
         measure("nnshrink per-tensor (before)", f"{bits} bits", out, time.perf_counter() - t0)
-    for tool, cal in (("nnshrink data-free", None), ("nnshrink calibrated", calib)):
+    tools = [("nnshrink data-free", None, {}), ("nnshrink calibrated", calib, {})]
+    if batchnorm_layers(model):
+        tools.append(("nnshrink calibrated, BN re-estimated", calib, {"recalibrate_bn": True}))
+    for tool, cal, extra in tools:
         for setting, kw in SETTINGS:
             out = tmp / f"{name}-ptq.nsk"
             work = copy.deepcopy(model)  # compress fills the model with the decoded weights
             t0 = time.perf_counter()
-            result = nsk.compress(work, PostTraining(min_numel=MIN_NUMEL, **kw), calibrate=cal, progress=False)
+            result = nsk.compress(work, PostTraining(min_numel=MIN_NUMEL, **kw, **extra), calibrate=cal,
+                                  progress=False)
             result.save(out)
             measure(tool, setting, out, time.perf_counter() - t0)
     return rows, {"top1_float": base, "float_bytes": float_bytes, "params": sum(p.numel() for p in model.parameters())}
@@ -165,7 +174,7 @@ def main(argv=None) -> int:
             rows += got
             facts[name] = {**fact, "trained": trained}
     argv = sys.argv[1:] if argv is None else argv
-    command = " ".join(["python benchmarks/post_training_cnn.py", *argv])  # as run
+    command = shlex.join(["python", "benchmarks/post_training_cnn.py", *argv])  # as run
     result = {"command": command, "machine": machine(), "epochs": args.epochs, "resnet_epochs": args.resnet_epochs,
               "calibration_images": CALIBRATION_IMAGES, "min_numel": MIN_NUMEL, "models": facts,
               "note": args.note, "rows": rows}

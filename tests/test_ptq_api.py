@@ -115,6 +115,37 @@ def test_the_recipe_name_and_the_budgets():
     assert all(r["sparsity"] == pytest.approx(0.5, abs=0.01) for r in pruned.report["layers"] if "bits" in r)
 
 
+def test_recalibrated_batchnorm_statistics_are_stored(tmp_path):
+    from nnshrink.batchnorm import recalibrate_bn
+
+    def float_net():  # statistics of the data it runs on, as a trained net has
+        m = net()
+        recalibrate_bn(m, batches())
+        return m.eval()
+
+    x = inputs(64, 7)
+    ref = float_net()(x).detach()
+    plain = nnshrink.compress(float_net(), PostTraining(bits=2, min_numel=256), calibrate=batches(), progress=False)
+    res = nnshrink.compress(float_net(), PostTraining(bits=2, min_numel=256, recalibrate_bn=True),
+                            calibrate=batches(), progress=False)
+    assert res.report["post_training"]["bn_recalibrated"] == 4
+    res.save(tmp_path / "bn.nsk")
+    loaded = nnshrink.load(tmp_path / "bn.nsk", model=Net()).eval()
+    for key in ("bn2.running_mean", "bn2.running_var"):
+        stored, original = loaded.state_dict()[key], float_net().state_dict()[key]
+        assert torch.equal(stored, res.model.state_dict()[key]) and not torch.allclose(stored, original)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), res.model.eval()(x))
+    recalibrate_bn(plain.model, batches())  # the same weights: the stored statistics are those of the shared net
+    for key in ("bn1.running_mean", "bn2.running_mean", "bn2.running_var"):
+        torch.testing.assert_close(loaded.state_dict()[key], plain.model.state_dict()[key])
+    assert rel_error(loaded, ref, x) < 0.5
+    with pytest.raises(ConfigError, match="recalibrate_bn needs calibration data"):
+        nnshrink.compress(net(), PostTraining(recalibrate_bn=True), progress=False)
+    with pytest.raises(ConfigError, match="one-shot iterator"):
+        nnshrink.compress(net(), PostTraining(recalibrate_bn=True), calibrate=iter(batches()), progress=False)
+
+
 @pytest.mark.parametrize("make, words", [
     (lambda: PostTraining(bits=3, target_bpw=3), "give one of bits, target_bpw and max_error; got bits and target_bpw"),
     (lambda: PostTraining(target_bpw=0), "target_bpw must be a number in (0, 32]; got 0"),
@@ -277,7 +308,8 @@ def test_cli_own_model_post_training(cli, tmp_path):
     (("--calibration-factory", "mynets_ptq:calib", "--target-bpw", 0.5),
      "--target-bpw 0.5 cannot be met: the smallest reachable is about"),
     (("--calibration-factory", "mynets_ptq:calib", "--bits", 3, "--max-error", 0.1), "give one of --bits"),
-    (("--max-error", 0.1), "--max-error 0.1 needs calibration data"),
+    (("--max-error", 0.1), "--max-error needs calibration data"),
+    (("--recalibrate-bn",), "--recalibrate-bn needs calibration data"),
     (("--recipe", "prune", "--target-bpw", 3), "given with --recipe prune"),
     (("--outliers", 0.01, "--epochs-scale", 2), "--epochs-scale given, but post-training"),
     (("--calibration-factory", "nomod:fn"), "cannot import 'nomod'"),

@@ -61,6 +61,9 @@ def register(sub) -> None:
     g.add_argument("--max-error", type=float, default=None, metavar="E",
                    help="instead of a budget: the fewest bytes whose estimated relative output error on the "
                         "calibration data (sum of squared changes over sum of squares) stays <= E")
+    g.add_argument("--recalibrate-bn", action="store_true",
+                   help="with --model-factory: after sharing, re-estimate the BatchNorm statistics on the "
+                        "calibration batches and store those")
     g.add_argument("--outliers", type=float, default=0.0, metavar="F",
                    help="fraction of each shared tensor kept exactly (float16) beside its codebook")
     add_json_arg(p)
@@ -289,7 +292,7 @@ def post_training_flags(args) -> list[str]:
     """The flags that only post-training compression takes (they select it for --model-factory)."""
     return [f for f, v in (("--calibration-factory", args.calibration_factory),
                            ("--target-bpw", args.target_bpw is not None), ("--max-error", args.max_error is not None),
-                           ("--outliers", args.outliers)) if v]
+                           ("--outliers", args.outliers), ("--recalibrate-bn", args.recalibrate_bn)) if v]
 
 
 def _one_budget(args) -> None:
@@ -327,7 +330,8 @@ def _run_own_post_training(args, out) -> int:
         raise ConfigError("give INPUT: the state_dict (safetensors) of the model --model-factory builds")
     _one_budget(args)
     settings = PostTraining(bits=args.bits, target_bpw=args.target_bpw, max_error=args.max_error,
-                            outliers=args.outliers, sparsity=args.sparsity or 0.0, force=args.force)
+                            outliers=args.outliers, sparsity=args.sparsity or 0.0, force=args.force,
+                            recalibrate_bn=args.recalibrate_bn)
     model = own_model(args)
     data = own_data(args)
     seed = args.seed if args.seed is not None else TrainConfig().seed
@@ -337,9 +341,9 @@ def _run_own_post_training(args, out) -> int:
                                   args.calibration_factory, "--calibration-factory")
     elif data is not None:
         calibrate = calibration_batches(data.train_x, seed=seed)
-    if settings.max_error is not None and calibrate is None:
-        raise ConfigError(f"--max-error {settings.max_error:g} needs calibration data: give --calibration-factory "
-                          "or --data-factory")
+    for flag, asked in (("--max-error", settings.max_error is not None), ("--recalibrate-bn", args.recalibrate_bn)):
+        if asked and calibrate is None:
+            raise ConfigError(f"{flag} needs calibration data: give --calibration-factory or --data-factory")
     cls = f"{type(model).__module__}.{type(model).__qualname__}"
     with work_dir(out, {"post-training": str(args.input)}):  # the lock: one run writes ``out`` at a time
         blob, _, report = compress_module(
@@ -387,7 +391,8 @@ def _run_hf(args, out) -> int:
                                        ("--epochs-scale", args.epochs_scale is not None), ("--plots", args.plots),
                                        ("--data-factory", args.data_factory), ("--data-dir", args.data_dir),
                                        ("--target-ratio", args.target_ratio is not None),
-                                       ("--keep-work", args.keep_work), ("--device", args.device != "cpu"))
+                                       ("--keep-work", args.keep_work), ("--device", args.device != "cpu"),
+                                       ("--recalibrate-bn", args.recalibrate_bn))
               if value]
     if unused:
         raise ConfigError(f"{', '.join(unused)} given with --hf-model: post-training compression of a model "

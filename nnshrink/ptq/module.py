@@ -53,7 +53,10 @@ class PostTraining:
     fraction pruned (error-compensated where calibration inputs reach the layer).
     ``force``: an unreachable budget writes the closest reachable with a warning instead
     of failing. ``min_numel``: float tensors with >= 2 dims and at least this many values
-    are shared; the rest are stored exactly.
+    are shared; the rest are stored exactly. ``recalibrate_bn``: after sharing, re-estimate
+    every BatchNorm's running statistics on the calibration batches (read a second time)
+    and store those: the shared weights move each channel's mean and variance, and stale
+    statistics add that shift on top of the weight error.
     """
 
     bits: int | None = None
@@ -63,6 +66,7 @@ class PostTraining:
     sparsity: float = 0.0
     force: bool = False
     min_numel: int = 1024
+    recalibrate_bn: bool = False
 
     def __post_init__(self):
         from .layer import LayerSetting
@@ -76,8 +80,9 @@ class PostTraining:
             _number(self.max_error, "max_error", 0, float("inf"))
         if not isinstance(self.min_numel, int) or isinstance(self.min_numel, bool) or self.min_numel < 1:
             raise ConfigError(f"min_numel must be an int >= 1; got {self.min_numel!r}")
-        if not isinstance(self.force, bool):
-            raise ConfigError(f"force must be true or false; got {self.force!r}")
+        for flag in ("force", "recalibrate_bn"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ConfigError(f"{flag} must be true or false; got {getattr(self, flag)!r}")
         LayerSetting(self.bits if self.bits is not None else DEFAULT_BITS, self.outliers, self.sparsity)
 
     @property
@@ -180,6 +185,12 @@ def compress_module(model: nn.Module, settings: PostTraining, *, calibrate=None,
         raise ConfigError(f"settings must be a PostTraining; got {type(settings).__name__}")
     if settings.max_error is not None and calibrate is None:
         raise ConfigError("max_error needs calibration data (the error is measured on it); give calibration batches")
+    if settings.recalibrate_bn:
+        if calibrate is None:
+            raise ConfigError("recalibrate_bn needs calibration data (the statistics are measured on it)")
+        from ..batchnorm import check_batches
+
+        check_batches(calibrate, "calibrate")  # read twice: not a one-shot generator
     t0 = time.perf_counter()
     original = state_bytes(model.state_dict())
     top1_before = evaluate(model) if evaluate is not None else None
@@ -198,9 +209,14 @@ def compress_module(model: nn.Module, settings: PostTraining, *, calibrate=None,
     meta = res.metadata
     meta["info"].update({**(metadata or {}), "recipe": POST_TRAINING, "nnshrink_version": __version__})
     meta["nnshrink_version"] = __version__
-    blob = serialize(res.tensors, meta)
+    tensors = dict(res.tensors)
+    blob = serialize(tensors, meta)
     archive = parse_archive(blob, "<compressed>")
     load_into(model, archive.dense_state(), "the archive")  # result.model is what nnshrink.load gives back
+    if settings.recalibrate_bn:
+        meta["info"]["post_training"]["bn_recalibrated"] = _recalibrate_bn(model, calibrate, tensors)
+        blob = serialize(tensors, meta)
+        archive = parse_archive(blob, "<compressed>")
     top1_after = evaluate(model) if evaluate is not None else None
     numel = sum(t.numel() for t in model.state_dict().values())
     warnings = list(res.warnings) + ([] if res.calibrated else [data_free_warning(missing_data)])
@@ -213,7 +229,23 @@ def compress_module(model: nn.Module, settings: PostTraining, *, calibrate=None,
         "post_training": meta["info"]["post_training"], "layers": merged_rows(archive, res.rows),
         "warnings": warnings, "seconds": {"calibrate": t_cal, "compress": res.seconds["total"], "total": time.perf_counter() - t0},
     }
-    return blob, dict(res.tensors), report
+    return blob, tensors, report
+
+
+def _recalibrate_bn(model: nn.Module, calibrate, tensors: dict) -> int:
+    """Re-estimate the BatchNorm statistics of the decoded ``model`` and put them in
+    ``tensors`` (exact records); the number of batches used."""
+    from ..batchnorm import batchnorm_layers, recalibrate_bn
+    from ..compressed import DenseTensor
+    from ..post_training import exact_array
+
+    used = recalibrate_bn(model, calibrate)
+    for prefix, bn in batchnorm_layers(model).items():
+        for key, buf in bn.named_buffers(recurse=False):
+            name = f"{prefix}.{key}" if prefix else key
+            if name in tensors:
+                tensors[name] = DenseTensor(exact_array(name, buf))
+    return used
 
 
 def check_calibrate(calibrate) -> Any:
