@@ -70,8 +70,8 @@ def test_round_trip_loads_into_a_fresh_model_and_reports(tmp_path):
         scores.append(m)
         return 0.5
 
-    res = nnshrink.compress(model, PostTraining(bits=3, outliers=0.01, min_numel=256), calibrate=batches(), evaluate=evaluate,
-                            progress=False)
+    res = nnshrink.compress(model, PostTraining(bits=3, outliers=0.01, min_numel=256), calibrate=batches(),
+                            evaluate=evaluate, progress=False)
     written = res.save(tmp_path / "m.nsk")
     rep = res.report
     assert written == len(res.blob) == rep["compressed_bytes"] == (tmp_path / "m.nsk").stat().st_size

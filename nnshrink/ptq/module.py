@@ -227,7 +227,8 @@ def compress_module(model: nn.Module, settings: PostTraining, *, calibrate=None,
         "top1_before": top1_before, "top1_after": top1_after,
         "top1_drop_points": None if top1_after is None else 100 * (top1_before - top1_after),
         "post_training": meta["info"]["post_training"], "layers": merged_rows(archive, res.rows),
-        "warnings": warnings, "seconds": {"calibrate": t_cal, "compress": res.seconds["total"], "total": time.perf_counter() - t0},
+        "warnings": warnings,
+        "seconds": {"calibrate": t_cal, "compress": res.seconds["total"], "total": time.perf_counter() - t0},
     }
     return blob, tensors, report
 
