@@ -177,6 +177,8 @@ def test_post_training_refuses_what_it_would_ignore():
         nnshrink.compress(net(), "prune", forward=lambda m, b: m(b), progress=False)
     with pytest.raises(ConfigError, match="calibrate= must be an iterable of batches"):
         nnshrink.compress(net(), "post-training", calibrate=torch.zeros(4, 1, 8, 8), progress=False)
+    with pytest.raises(ConfigError, match="calibrate= function must return an iterable of batches; got Tensor"):
+        nnshrink.compress(net(), "post-training", calibrate=lambda: torch.zeros(4, 1, 8, 8), progress=False)
 
 
 def test_calibration_data_that_does_not_fit_names_the_shapes():

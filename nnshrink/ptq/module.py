@@ -119,6 +119,8 @@ class _Counted:
         from tqdm.auto import tqdm
 
         batches = self.source() if callable(self.source) else self.source
+        if isinstance(batches, torch.Tensor) or not hasattr(batches, "__iter__"):
+            raise ConfigError(f"calibrate= function must return an iterable of batches; got {type(batches).__name__}")
         total = len(batches) if hasattr(batches, "__len__") else None
         yield from tqdm(batches, desc=self.desc, total=total, unit="batch", file=sys.stderr,
                         disable=not self.enabled, leave=False)
