@@ -298,6 +298,10 @@ def test_cli_own_model_post_training(cli, tmp_path):
     rep = json.loads(out)
     assert rep["calibration"] == "mynets_ptq:calib" and rep["top1_after"] is None
     assert [r["sparsity"] for r in rep["layers"] if "bits" in r] == [pytest.approx(0.5, abs=0.01)] * 2
+    rc, out, err = cli(*OWN, "--calibration-factory", "mynets_ptq:calib", "--recalibrate-bn", "-o", "d.nsk",
+                       "--json", "-", "--quiet")
+    assert rc == 0, err
+    assert json.loads(out)["post_training"]["bn_recalibrated"] == 0  # the flag arrives; this model has no BatchNorm
     rc, out, err = cli(*OWN, "--recipe", "post-training", "-o", "c.nsk", "--json", "-", "--quiet")
     assert rc == 0, err
     assert "no --calibration-factory or --data-factory: data-free fallback" in err
