@@ -287,7 +287,7 @@ def test_cli_own_model_post_training(cli, tmp_path):
     assert rc == 0, err
     rep = json.loads((tmp_path / "a.json").read_text())
     assert rep["compressed_bytes"] == (tmp_path / "a.nsk").stat().st_size and rep["bits_per_weight"] <= 4
-    assert rep["post_training"]["calibrated"] and rep["calibration"] == "--data-factory training batches"
+    assert rep["post_training"]["calibrated"] and rep["calibration"] == "training batches of the data"
     assert rep["top1_before"] is not None and rep["top1_after"] is not None and not rep["warnings"]
     assert rep["recipe"]["outliers"] == 0.01 and "bits per weight" in out
     model = nnshrink.load(tmp_path / "a.nsk", model=cli.build())
@@ -347,3 +347,26 @@ def test_cli_force_writes_an_unreachable_budget_with_a_warning(cli, tmp_path):
 def test_cli_post_training_flags_need_a_model(cli, args, words):
     rc, _, err = cli(*args)
     assert rc == 2 and words in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_cli_post_training_of_an_nnshrink_checkpoint(tmp_path, tiny_idx_dir, monkeypatch, capsys):
+    from nnshrink.checkpoint import save_checkpoint
+    from nnshrink.cli import main
+    from nnshrink.models import build_model, resolve_config
+
+    torch.manual_seed(0)
+    save_checkpoint(build_model("lenet300"), tmp_path / "base.safetensors", "lenet300", resolve_config("lenet300"))
+    monkeypatch.chdir(tmp_path)
+    data = ("--dataset", "idx", "--data-dir", str(tiny_idx_dir))
+    assert main(["compress", "base.safetensors", "--recipe", "post-training", *data, "--bits", "3", "-o", "z.nsk",
+                 "--json", "-", "--quiet"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["model"] == "lenet300" and rep["post_training"]["calibrated"] and rep["top1_after"] is not None
+    assert rep["compressed_bytes"] == (tmp_path / "z.nsk").stat().st_size
+    model = nnshrink.load(tmp_path / "z.nsk")  # the zoo model, rebuilt from the archive's metadata
+    assert type(model).__name__ == type(build_model("lenet300")).__name__
+    assert main(["eval", "z.nsk", *data, "--runtime", "dense", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["top1"] == pytest.approx(rep["top1_after"])
+    assert main(["compress", "base.safetensors", "--recipe", "post-training", "--max-error", "0.1", "-o", "y.nsk",
+                 "--quiet"]) == 2
+    assert "--max-error needs calibration data: give --dataset" in capsys.readouterr().err

@@ -243,12 +243,16 @@ def run(args) -> int:
         raise ConfigError("--calibration FILE given without --hf-model DIR (texts are for a Hugging Face model "
                           "folder; your own model takes --calibration-factory PKG.MOD:FN)")
     ptq_flags = post_training_flags(args)
-    if args.hf_model is None and not args.model_factory and (ptq_flags or args.recipe == POST_TRAINING):
+    if args.hf_model is None and not args.model_factory and (ptq_flags or args.recipe == POST_TRAINING) \
+            and not (args.input and is_nnshrink_checkpoint(args.input)):
         raise ConfigError(f"{', '.join(ptq_flags) or '--recipe ' + POST_TRAINING} given without --model-factory "
-                          "PKG.MOD:FN or --hf-model DIR (the model post-training compression runs)")
+                          "PKG.MOD:FN, an nnshrink checkpoint or --hf-model DIR (the model post-training "
+                          "compression runs)")
     if args.hf_model is not None:
         return _run_hf(args, out)
     if ptq_flags or args.recipe == POST_TRAINING:
+        if args.input is None:
+            raise ConfigError("give INPUT: a state_dict of the model --model-factory builds, or an nnshrink checkpoint")
         return _run_own_post_training(args, out)
     if args.input is None:
         raise ConfigError("give INPUT (a checkpoint or safetensors file) or --hf-model DIR")
@@ -303,9 +307,9 @@ def _one_budget(args) -> None:
 
 
 def _run_own_post_training(args, out) -> int:
-    """``--model-factory`` with post-training flags or ``--recipe post-training``: the
-    state_dict INPUT compressed without a training loop, as ``nnshrink.compress(model,
-    PostTraining(...), calibrate=...)`` does."""
+    """``--recipe post-training`` or the post-training flags, on a state_dict of your model
+    (``--model-factory``) or an nnshrink checkpoint: INPUT compressed without a training
+    loop, as ``nnshrink.compress(model, PostTraining(...), calibrate=...)`` does."""
     from ..batchnorm import calibration_batches
     from ..errors import ConfigError
     from ..io_utils import atomic_write_bytes
@@ -317,23 +321,33 @@ def _run_own_post_training(args, out) -> int:
     if args.recipe not in (None, POST_TRAINING):
         raise ConfigError(f"{', '.join(post_training_flags(args))} given with --recipe {args.recipe}: these flags are "
                           f"for post-training compression (--recipe {POST_TRAINING})")
-    unused = [flag for flag, value in (("--dataset", args.dataset), ("--data-dir", args.data_dir),
+    unused = [flag for flag, value in (("--dataset", args.dataset and args.model_factory),
+                                       ("--data-dir", args.data_dir and not args.dataset),
                                        ("--device", args.device != "cpu"), ("--plots", args.plots),
                                        ("--resume", args.resume), ("--keep-work", args.keep_work),
                                        ("--target-ratio", args.target_ratio is not None),
                                        ("--epochs-scale", args.epochs_scale is not None)) if value]
     if unused:
-        raise ConfigError(f"{', '.join(unused)} given, but post-training compression of your own model retrains "
-                          "nothing and runs on the CPU; it takes --calibration-factory / --data-factory, --bits or "
-                          "--target-bpw or --max-error, --outliers, --sparsity, --seed")
+        raise ConfigError(f"{', '.join(unused)} given, but post-training compression retrains nothing and runs on "
+                          "the CPU; it takes --calibration-factory / --data-factory (your model) or --dataset (an "
+                          "nnshrink checkpoint), --bits or --target-bpw or --max-error, --outliers, --sparsity, "
+                          "--recalibrate-bn, --seed")
     if args.input is None:
         raise ConfigError("give INPUT: the state_dict (safetensors) of the model --model-factory builds")
     _one_budget(args)
     settings = PostTraining(bits=args.bits, target_bpw=args.target_bpw, max_error=args.max_error,
                             outliers=args.outliers, sparsity=args.sparsity or 0.0, force=args.force,
                             recalibrate_bn=args.recalibrate_bn)
-    model = own_model(args)
-    data = own_data(args)
+    zoo = None
+    if args.model_factory:
+        model, data = own_model(args), own_data(args)
+    else:  # an nnshrink checkpoint: its zoo model, its dataset
+        from ..checkpoint import load_checkpoint
+        from ..data import load_dataset
+
+        model, meta = load_checkpoint(args.input)
+        zoo = (meta["model"], meta["config"])
+        data = load_dataset(args.dataset, args.data_dir) if args.dataset else None
     seed = args.seed if args.seed is not None else TrainConfig().seed
     calibrate = None
     if args.calibration_factory:
@@ -341,18 +355,19 @@ def _run_own_post_training(args, out) -> int:
                                   args.calibration_factory, "--calibration-factory")
     elif data is not None:
         calibrate = calibration_batches(data.train_x, seed=seed)
+    source = "--calibration-factory or --data-factory" if args.model_factory else "--dataset"
     for flag, asked in (("--max-error", settings.max_error is not None), ("--recalibrate-bn", args.recalibrate_bn)):
         if asked and calibrate is None:
-            raise ConfigError(f"{flag} needs calibration data: give --calibration-factory or --data-factory")
+            raise ConfigError(f"{flag} needs calibration data: give {source}")
     cls = f"{type(model).__module__}.{type(model).__qualname__}"
     with work_dir(out, {"post-training": str(args.input)}):  # the lock: one run writes ``out`` at a time
         blob, _, report = compress_module(
             model, settings, calibrate=calibrate, evaluate=top1_metric(data) if data is not None else None,
-            metadata={"class": cls, "dataset": args.data_factory, "source": str(args.input)}, seed=seed,
-            progress=not args.quiet, missing_data="--calibration-factory or --data-factory")
+            metadata={"class": cls, "dataset": args.data_factory or args.dataset, "source": str(args.input)},
+            seed=seed, progress=not args.quiet, missing_data=source, zoo=zoo)
         atomic_write_bytes(out, blob)
-    report = {"input": str(args.input), "output": str(out), "dataset": args.data_factory,
-              "calibration": args.calibration_factory or (args.data_factory and "--data-factory training batches"),
+    report = {"input": str(args.input), "output": str(out), "dataset": args.data_factory or args.dataset,
+              "calibration": args.calibration_factory or (data is not None and "training batches of the data"),
               **report}
     _emit_post_training(args, report, out)
     return 0

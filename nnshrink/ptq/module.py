@@ -172,12 +172,15 @@ def merged_rows(archive, rows: list[dict]) -> list[dict]:
 
 def compress_module(model: nn.Module, settings: PostTraining, *, calibrate=None, forward: Callable | None = None,
                     evaluate: Callable[[nn.Module], float] | None = None, metadata: dict[str, Any] | None = None,
-                    seed: int = 0, progress: bool = True, missing_data: str = "calibrate=") -> tuple[bytes, dict, dict]:
+                    seed: int = 0, progress: bool = True, missing_data: str = "calibrate=",
+                    zoo: tuple[str, dict] | None = None) -> tuple[bytes, dict, dict]:
     """Compress ``model`` post-training and load the decoded weights back into it.
 
     Returns (archive bytes, encodings, report). ``metadata`` is merged into the archive's
     ``info`` (e.g. the model's class). ``missing_data`` names the absent input in the
-    data-free warning (``calibrate=`` in the API, a flag in the CLI)."""
+    data-free warning (``calibrate=`` in the API, a flag in the CLI). ``zoo``: (model name,
+    config) of an nnshrink zoo model, written into the archive so ``nnshrink eval`` and
+    ``nnshrink.load(path)`` rebuild it."""
     from .. import __version__
     from ..format import parse_archive, serialize
     from ..loading import load_into
@@ -211,6 +214,8 @@ def compress_module(model: nn.Module, settings: PostTraining, *, calibrate=None,
     meta = res.metadata
     meta["info"].update({**(metadata or {}), "recipe": POST_TRAINING, "nnshrink_version": __version__})
     meta["nnshrink_version"] = __version__
+    if zoo is not None:
+        meta["model"], meta["config"] = zoo
     tensors = dict(res.tensors)
     blob = serialize(tensors, meta)
     archive = parse_archive(blob, "<compressed>")
@@ -223,7 +228,7 @@ def compress_module(model: nn.Module, settings: PostTraining, *, calibrate=None,
     numel = sum(t.numel() for t in model.state_dict().values())
     warnings = list(res.warnings) + ([] if res.calibrated else [data_free_warning(missing_data)])
     report = {
-        "model": (metadata or {}).get("class"), "recipe": settings.as_dict(), "setting": settings.budget,
+        "model": zoo[0] if zoo is not None else (metadata or {}).get("class"), "recipe": settings.as_dict(), "setting": settings.budget,
         "original_bytes": original, "compressed_bytes": len(blob), "ratio": original / len(blob),
         "bits_per_weight": 8 * len(blob) / numel,
         "top1_before": top1_before, "top1_after": top1_after,
