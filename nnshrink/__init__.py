@@ -2,6 +2,7 @@
 
     result = nnshrink.compress(model, "deep-compression", fine_tune=fn, evaluate=fn)
     result.save("m.nsk"); model = nnshrink.load("m.nsk", model=MyNet())
+    result = nnshrink.compress(model, nnshrink.PostTraining(target_bpw=3.5), calibrate=batches)  # no training loop
     tensors = nnshrink.export(model); blob = nnshrink.serialize(tensors, metadata)
     with nnshrink.open_archive("m.nsk") as a: a.keys(), a.get(name)
     nnshrink.export_onnx("m.nsk", "m.onnx", codebook=True, model=MyNet())   # ONNX, shared weights as uint8 + codebook
@@ -12,7 +13,7 @@ The names below load on first use, so ``import nnshrink`` (and the CLI) stays fa
 __version__ = "0.1.0"
 
 _PUBLIC = {
-    "compress": "api", "export": "api", "Result": "api",
+    "compress": "api", "export": "api", "Result": "api", "PostTraining": "ptq.module",
     "load": "loading", "export_onnx": "onnx_export",
     "Recipe": "recipes", "load_recipe": "recipes",
     "serialize": "format", "write_archive": "format", "open_archive": "format", "read_archive": "format",

@@ -5,6 +5,11 @@ save the archive, load it back into the user's module.
     result.model, result.report, result.save("m.nsk")
     model = nnshrink.load("m.nsk", model=MyNet())
 
+Without a training loop (post-training: calibration batches only):
+
+    result = nnshrink.compress(model, "post-training", calibrate=batches)          # 4 bits
+    result = nnshrink.compress(model, PostTraining(target_bpw=3.5, outliers=0.01), calibrate=batches)
+
 The pipeline, report and archive are the ones the CLI uses for nnshrink's own models.
 """
 
@@ -21,6 +26,7 @@ from .batchnorm import check_batches
 from .compressed import CompressedTensor
 from .errors import ConfigError
 from .io_utils import atomic_write_bytes
+from .ptq.module import PostTraining, settings_from
 from .recipes import Recipe, load_recipe
 
 
@@ -54,7 +60,8 @@ def _recipe(recipe: str | os.PathLike | Recipe) -> Recipe:
         return recipe
     if isinstance(recipe, (str, os.PathLike)):
         return load_recipe(str(recipe))  # built-ins take the generic defaults: nnshrink does not know the model
-    raise ConfigError(f"recipe must be a built-in name, a .toml path or a Recipe; got {type(recipe).__name__}")
+    raise ConfigError(f"recipe must be a built-in name, a .toml path, a Recipe or a PostTraining; "
+                      f"got {type(recipe).__name__}")
 
 
 def _callable(fn, name: str) -> None:
@@ -64,7 +71,7 @@ def _callable(fn, name: str) -> None:
 
 def compress(
     model: nn.Module,
-    recipe: str | os.PathLike | Recipe = "deep-compression",
+    recipe: str | os.PathLike | Recipe | PostTraining = "deep-compression",
     *,
     fine_tune: Callable[[nn.Module, int], None] | None = None,
     evaluate: Callable[[nn.Module], float] | None = None,
@@ -73,6 +80,8 @@ def compress(
     progress: bool = True,
     work_dir: str | os.PathLike | None = None,
     seed: int = 0,
+    epochs_scale: float | None = None,
+    forward: Callable[[nn.Module, Any], Any] | None = None,
 ) -> Result:
     """Compress ``model`` in place with ``recipe`` and return a Result.
 
@@ -90,7 +99,25 @@ def compress(
     ``work_dir``: a folder for the run's stage files; each finished stage is kept there,
     and a run with the same (uncompressed) weights and recipe continues from the last one
     (e.g. after ``fine_tune`` raised); it is removed when the run succeeds. ``seed`` seeds
-    k-means; ``progress`` shows nnshrink's own progress bars.
+    k-means; ``progress`` shows nnshrink's own progress bars. ``epochs_scale`` multiplies
+    every retraining of the recipe (prune rounds, final epochs, centroid fine-tuning) by a
+    factor > 0, as the CLI's ``--epochs-scale``: 0.5 for a quicker run.
+
+    Post-training (no training loop): ``recipe="post-training"`` (4 bits) or a
+    ``PostTraining(bits= | target_bpw= | max_error=, outliers=, sparsity=, force=)``. It is
+    a recipe rather than keyword arguments of ``compress`` because it replaces the stage
+    pipeline (prune / share / encode with retraining) by one calibrated pass, so settings
+    such as ``bits`` would mean something else for the other recipes; a frozen config
+    object is validated when built, like torchao's ``quantize_(model, config)``.
+    ``calibrate`` is then read ONCE into per-weight sensitivities (the Fisher diagonal of
+    the output) and per-layer input statistics (for GPTQ / SparseGPT error compensation);
+    batches that do not fit the model are a ConfigError naming their shapes. Without
+    ``calibrate`` the data-free fallback runs (plain k-means, nothing compensated) and the
+    report's ``warnings`` say so. ``forward(model, batch) -> tensor`` picks the output the
+    sensitivities are taken of (default: ``model(batch)``, ``model(batch[0])`` for
+    ``(x, y)`` pairs, ``model(**batch)`` for dicts). The model is filled with the decoded
+    weights, so ``result.model`` behaves as ``nnshrink.load(path, model=MyNet())`` will;
+    ``fine_tune``, ``work_dir`` and ``epochs_scale`` do not apply and are refused.
 
     Under torchrun (``torch.distributed`` initialised by the caller) every rank calls
     ``compress`` on the same model. ``fine_tune`` must then train through
@@ -109,9 +136,24 @@ def compress(
         raise ConfigError(f"model must be an nn.Module; got {type(model).__name__}")
     _callable(fine_tune, "fine_tune")
     _callable(evaluate, "evaluate")
-    if calibrate is not None:
+    _callable(forward, "forward")
+    settings = settings_from(recipe)
+    if calibrate is not None and settings is None:  # post-training reads it once: a generator will do
         calibrate = check_batches(calibrate, "calibrate")
+    if settings is not None:
+        return _post_training(model, settings, evaluate=evaluate, calibrate=calibrate, forward=forward,
+                              device=device, progress=progress, seed=seed,
+                              unused={"fine_tune": fine_tune, "work_dir": work_dir, "epochs_scale": epochs_scale})
+    if forward is not None:
+        raise ConfigError("forward= applies to post-training compression only (recipe='post-training')")
     recipe = _recipe(recipe)
+    if epochs_scale is not None:
+        from .recipes import check_epochs_scale
+
+        check_epochs_scale(epochs_scale, "epochs_scale")
+        if not recipe.retrains:
+            raise ConfigError(f"epochs_scale={epochs_scale:g} given, but recipe {recipe.name!r} retrains nothing")
+        recipe = recipe.scaled(epochs_scale)
     model.to(resolve_device(device))
     cls = f"{type(model).__module__}.{type(model).__qualname__}"
     ctx = Context(trainer=user_trainer(fine_tune) if fine_tune is not None else None, metric=evaluate,
@@ -127,6 +169,25 @@ def compress(
         with hold_work(work_dir, run_id, resume=True) as work:
             done = compress_model(model, recipe, ctx, metadata=metadata, work=work)
     return Result(model, done.report, done.tensors, done.blob)
+
+
+def _post_training(model: nn.Module, settings: PostTraining, *, evaluate, calibrate, forward, device: str,
+                   progress: bool, seed: int, unused: dict[str, Any]) -> Result:
+    """``compress`` with a PostTraining recipe (its docstring says what differs)."""
+    from .ptq.module import compress_module
+
+    given = [name for name, value in unused.items() if value is not None]
+    if given:
+        raise ConfigError(f"{', '.join(given)} given, but post-training compression does not retrain; "
+                          "leave it out or use a retraining recipe such as 'deep-compression'")
+    if str(device) != "cpu":
+        raise ConfigError(f"post-training compression runs on the CPU; got device={device!r}")
+    model.to("cpu")
+    cls = f"{type(model).__module__}.{type(model).__qualname__}"
+    blob, tensors, report = compress_module(model, settings, calibrate=calibrate, forward=forward,
+                                            evaluate=evaluate, metadata={"class": cls}, seed=seed,
+                                            progress=progress)
+    return Result(model, report, tensors, blob)
 
 
 def export(model: nn.Module) -> dict[str, CompressedTensor]:

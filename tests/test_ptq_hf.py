@@ -92,17 +92,22 @@ def test_hf_without_calibration_is_labelled_data_free(run, bert_dir, tmp_path):
 @pytest.mark.parametrize("args, words", [
     (["--calibration", "FILE"], "without --hf-model"),
     (["--hf-model", "NOWEIGHTS"], "has no model.safetensors"),
+    (["--hf-model", "BINONLY"], "found pytorch_model.bin; only a single safetensors file is read"),
     (["--hf-model", "BERT", "--target-bpw", "0.3"], "cannot be met"),
     (["--hf-model", "BERT", "--bits", "3", "--target-bpw", "3"], "one of --bits"),
     (["--hf-model", "BERT", "--max-error", "0.01"], "needs calibration"),
     (["--hf-model", "BERT", "--calibration", "EMPTY"], "holds no text"),
     (["--hf-model", "BERT", "--outliers", "0.7"], "outlier fraction"),
+    (["--hf-model", "BERT", "--data-factory", "x:y"], "--data-factory given with --hf-model"),
 ])
 def test_hf_bad_input_is_one_line(run, bert_dir, texts, tmp_path, args, words):
     empty = tmp_path / "empty.txt"
     empty.write_text("\n\n")
     (tmp_path / "noweights").mkdir()
-    subst = {"FILE": texts, "NOWEIGHTS": tmp_path / "noweights", "BERT": bert_dir, "EMPTY": empty}
+    (tmp_path / "binonly").mkdir()
+    (tmp_path / "binonly" / "pytorch_model.bin").write_bytes(b"not read")
+    subst = {"FILE": texts, "NOWEIGHTS": tmp_path / "noweights", "BINONLY": tmp_path / "binonly", "BERT": bert_dir,
+             "EMPTY": empty}
     proc = run("compress", *[subst.get(a, a) for a in args], "-o", tmp_path / "x.nsk", ok=False)
     assert proc.returncode == 2 and words in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "x.nsk").exists()

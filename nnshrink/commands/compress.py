@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from ._common import add_data_args, add_device_arg, add_force_arg, add_json_arg, check_outputs, emit_json
 
+POST_TRAINING = "post-training"  # ptq.module.POST_TRAINING, without importing torch for --help
+
 
 def register(sub) -> None:
     p = sub.add_parser("compress", help="prune / share / encode a checkpoint into a .nsk archive",
                        description="Compress an nnshrink checkpoint with a recipe, a state_dict of your own "
-                       "model (--model-factory), or any safetensors file post-training (--no-retrain). "
-                       "Post-training is lossless unless --sparsity or --bits is "
+                       "model (--model-factory; --recipe post-training or the post-training flags below compress it "
+                       "with calibration batches and no training loop), a local Hugging Face folder (--hf-model), "
+                       "or any safetensors file post-training (--no-retrain). "
+                       "A plain safetensors file is stored losslessly unless --sparsity or --bits is "
                        "given: every tensor keeps its dtype, shape and bits (0-d, float64, float16, bfloat16, "
                        "integers). --sparsity / --bits turn float tensors of >= 1024 values into float32 "
                        "approximations; smaller and integer tensors stay exact.")
@@ -18,7 +22,8 @@ def register(sub) -> None:
                    "or any safetensors file (post-training, --no-retrain); none with --hf-model")
     p.add_argument("-o", "--output", required=True, help="archive path (.nsk)")
     p.add_argument("--recipe", default=None,
-                   help="deep-compression (default), prune, share, binary, or a recipe FILE.toml")
+                   help="deep-compression (default), prune, share, binary, a recipe FILE.toml, or post-training "
+                        "(with --model-factory: no training loop, calibration batches only)")
     add_data_args(p)
     p.add_argument("--model-factory", default=None, metavar="PKG.MOD:FN",
                    help="your code that builds the model INPUT holds: FN() -> nn.Module (imported from the "
@@ -39,18 +44,26 @@ def register(sub) -> None:
                         "finetune_epochs) by F > 0: 0.5 for a quicker run, 2 for a longer one")
     p.add_argument("--seed", type=int, default=None,
                    help="seed of the retraining shuffles and the k-means init (default: the model's training seed)")
-    g = p.add_argument_group("post-training compression of a local Hugging Face model folder")
+    g = p.add_argument_group("post-training compression (no retraining) of your own model (--model-factory) or "
+                             "a local Hugging Face model folder (--hf-model)")
     g.add_argument("--hf-model", default=None, metavar="DIR",
                    help="folder with config.json, model.safetensors and a tokenizer (needs nnshrink[hf]); "
                         "the archive keeps the weight file's names, so decompress gives a loadable model.safetensors")
     g.add_argument("--calibration", default=None, metavar="FILE",
-                   help="one text per line: sensitivities and layer inputs for weighted sharing and error "
-                        "compensation (without it: the data-free fallback)")
+                   help="with --hf-model: one text per line: sensitivities and layer inputs for weighted sharing "
+                        "and error compensation (without it: the data-free fallback)")
+    g.add_argument("--calibration-factory", default=None, metavar="PKG.MOD:FN",
+                   help="with --model-factory: FN() -> batches of typical inputs (a list or DataLoader of tensors "
+                        "or (inputs, labels) pairs) to calibrate on; without it, the first training batches of "
+                        "--data-factory, else the data-free fallback")
     g.add_argument("--target-bpw", type=float, default=None, metavar="B",
                    help="choose per-layer bits so the file holds B bits per weight (all overhead included)")
     g.add_argument("--max-error", type=float, default=None, metavar="E",
                    help="instead of a budget: the fewest bytes whose estimated relative output error on the "
-                        "calibration texts (sum of squared changes over sum of squares) stays <= E")
+                        "calibration data (sum of squared changes over sum of squares) stays <= E")
+    g.add_argument("--recalibrate-bn", action="store_true",
+                   help="with --model-factory: after sharing, re-estimate the BatchNorm statistics on the "
+                        "calibration batches and store those")
     g.add_argument("--outliers", type=float, default=0.0, metavar="F",
                    help="fraction of each shared tensor kept exactly (float16) beside its codebook")
     add_json_arg(p)
@@ -146,6 +159,35 @@ def dataset_from_loaders(train, test, name: str):
     return Dataset(name, tr_x, tr_y, te_x, te_y)
 
 
+def own_model(args):
+    """The module ``--model-factory`` builds, filled from INPUT (shapes checked)."""
+    import torch.nn as nn
+
+    from ..checkpoint import load_tensors
+    from ..errors import ConfigError
+    from ..loading import load_into
+
+    model = _call_factory(import_factory(args.model_factory, "--model-factory"), args.model_factory,
+                          "--model-factory")
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"--model-factory {args.model_factory!r} must return an nn.Module; "
+                          f"got {type(model).__name__}")
+    return load_into(model, load_tensors(args.input), str(args.input))
+
+
+def own_data(args):
+    """``--data-factory``'s two loaders as a Dataset, or None without it."""
+    from ..errors import ConfigError
+
+    if not args.data_factory:
+        return None
+    loaders = _call_factory(import_factory(args.data_factory, "--data-factory"), args.data_factory, "--data-factory")
+    if not isinstance(loaders, (tuple, list)) or len(loaders) != 2:
+        raise ConfigError(f"--data-factory {args.data_factory!r} must return (train_loader, test_loader); "
+                          f"got {type(loaders).__name__}")
+    return dataset_from_loaders(*loaders, args.data_factory)
+
+
 def compress_own_model(args, out) -> dict:
     """INPUT is a plain state_dict of the module ``--model-factory`` builds."""
     import torch.nn as nn
@@ -162,20 +204,8 @@ def compress_own_model(args, out) -> dict:
 
     if args.dataset:
         raise ConfigError("--dataset does not apply to --model-factory models; give --data-factory PKG.MOD:FN")
-    model = _call_factory(import_factory(args.model_factory, "--model-factory"), args.model_factory,
-                          "--model-factory")
-    if not isinstance(model, nn.Module):
-        raise ConfigError(f"--model-factory {args.model_factory!r} must return an nn.Module; "
-                          f"got {type(model).__name__}")
-    load_into(model, load_tensors(args.input), str(args.input))
-    data = None
-    if args.data_factory:
-        loaders = _call_factory(import_factory(args.data_factory, "--data-factory"), args.data_factory,
-                                "--data-factory")
-        if not isinstance(loaders, (tuple, list)) or len(loaders) != 2:
-            raise ConfigError(f"--data-factory {args.data_factory!r} must return (train_loader, test_loader); "
-                              f"got {type(loaders).__name__}")
-        data = dataset_from_loaders(*loaders, args.data_factory)
+    model = own_model(args)
+    data = own_data(args)
     recipe = _override(load_recipe(args.recipe or "deep-compression"), args)
     retrain = data is not None and not args.no_retrain
     seed = args.seed if args.seed is not None else TrainConfig().seed
@@ -207,12 +237,23 @@ def run(args) -> int:
     from ..train import resolve_device
 
     out, plots = check_outputs(args, args.output, args.plots)  # --resume does not imply --force
-    ptq_flags = [f for f, v in (("--calibration", args.calibration), ("--target-bpw", args.target_bpw is not None),
-                                ("--max-error", args.max_error is not None), ("--outliers", args.outliers)) if v]
-    if args.hf_model is None and ptq_flags:
-        raise ConfigError(f"{', '.join(ptq_flags)} given without --hf-model DIR")
+    if args.calibration_factory and not args.model_factory:
+        raise ConfigError("--calibration-factory needs --model-factory (the model the batches are for)")
+    if args.calibration and args.hf_model is None:
+        raise ConfigError("--calibration FILE given without --hf-model DIR (texts are for a Hugging Face model "
+                          "folder; your own model takes --calibration-factory PKG.MOD:FN)")
+    ptq_flags = post_training_flags(args)
+    if args.hf_model is None and not args.model_factory and (ptq_flags or args.recipe == POST_TRAINING) \
+            and not (args.input and is_nnshrink_checkpoint(args.input)):
+        raise ConfigError(f"{', '.join(ptq_flags) or '--recipe ' + POST_TRAINING} given without --model-factory "
+                          "PKG.MOD:FN, an nnshrink checkpoint or --hf-model DIR (the model post-training "
+                          "compression runs)")
     if args.hf_model is not None:
         return _run_hf(args, out)
+    if ptq_flags or args.recipe == POST_TRAINING:
+        if args.input is None:
+            raise ConfigError("give INPUT: a state_dict of the model --model-factory builds, or an nnshrink checkpoint")
+        return _run_own_post_training(args, out)
     if args.input is None:
         raise ConfigError("give INPUT (a checkpoint or safetensors file) or --hf-model DIR")
     if args.sparsity is not None:
@@ -251,6 +292,108 @@ def run(args) -> int:
     return 0
 
 
+def post_training_flags(args) -> list[str]:
+    """The flags that only post-training compression takes (they select it for --model-factory)."""
+    return [f for f, v in (("--calibration-factory", args.calibration_factory),
+                           ("--target-bpw", args.target_bpw is not None), ("--max-error", args.max_error is not None),
+                           ("--outliers", args.outliers), ("--recalibrate-bn", args.recalibrate_bn)) if v]
+
+
+def _one_budget(args) -> None:
+    from ..errors import ConfigError
+
+    if sum(v is not None for v in (args.bits, args.target_bpw, args.max_error)) > 1:
+        raise ConfigError("give one of --bits, --target-bpw and --max-error")
+
+
+def _run_own_post_training(args, out) -> int:
+    """``--recipe post-training`` or the post-training flags, on a state_dict of your model
+    (``--model-factory``) or an nnshrink checkpoint: INPUT compressed without a training
+    loop, as ``nnshrink.compress(model, PostTraining(...), calibrate=...)`` does."""
+    from ..batchnorm import calibration_batches
+    from ..errors import ConfigError
+    from ..io_utils import atomic_write_bytes
+    from ..ptq.module import PostTraining, compress_module
+    from ..stages import top1_metric
+    from ..train import TrainConfig
+    from ..workdir import work_dir
+
+    if args.recipe not in (None, POST_TRAINING):
+        raise ConfigError(f"{', '.join(post_training_flags(args))} given with --recipe {args.recipe}: these flags are "
+                          f"for post-training compression (--recipe {POST_TRAINING})")
+    unused = [flag for flag, value in (("--dataset", args.dataset and args.model_factory),
+                                       ("--data-dir", args.data_dir and not args.dataset),
+                                       ("--device", args.device != "cpu"), ("--plots", args.plots),
+                                       ("--resume", args.resume), ("--keep-work", args.keep_work),
+                                       ("--target-ratio", args.target_ratio is not None),
+                                       ("--epochs-scale", args.epochs_scale is not None)) if value]
+    if unused:
+        raise ConfigError(f"{', '.join(unused)} given, but post-training compression retrains nothing and runs on "
+                          "the CPU; it takes --calibration-factory / --data-factory (your model) or --dataset (an "
+                          "nnshrink checkpoint), --bits or --target-bpw or --max-error, --outliers, --sparsity, "
+                          "--recalibrate-bn, --seed")
+    if args.input is None:
+        raise ConfigError("give INPUT: the state_dict (safetensors) of the model --model-factory builds")
+    _one_budget(args)
+    settings = PostTraining(bits=args.bits, target_bpw=args.target_bpw, max_error=args.max_error,
+                            outliers=args.outliers, sparsity=args.sparsity or 0.0, force=args.force,
+                            recalibrate_bn=args.recalibrate_bn)
+    zoo = None
+    if args.model_factory:
+        model, data = own_model(args), own_data(args)
+    else:  # an nnshrink checkpoint: its zoo model, its dataset
+        from ..checkpoint import load_checkpoint
+        from ..data import load_dataset
+
+        model, meta = load_checkpoint(args.input)
+        zoo = (meta["model"], meta["config"])
+        data = load_dataset(args.dataset, args.data_dir) if args.dataset else None
+    seed = args.seed if args.seed is not None else TrainConfig().seed
+    calibrate = None
+    if args.calibration_factory:
+        calibrate = _call_factory(import_factory(args.calibration_factory, "--calibration-factory"),
+                                  args.calibration_factory, "--calibration-factory")
+    elif data is not None:
+        calibrate = calibration_batches(data.train_x, seed=seed)
+    source = "--calibration-factory or --data-factory" if args.model_factory else "--dataset"
+    for flag, asked in (("--max-error", settings.max_error is not None), ("--recalibrate-bn", args.recalibrate_bn)):
+        if asked and calibrate is None:
+            raise ConfigError(f"{flag} needs calibration data: give {source}")
+    cls = f"{type(model).__module__}.{type(model).__qualname__}"
+    with work_dir(out, {"post-training": str(args.input)}):  # the lock: one run writes ``out`` at a time
+        blob, _, report = compress_module(
+            model, settings, calibrate=calibrate, evaluate=top1_metric(data) if data is not None else None,
+            metadata={"class": cls, "dataset": args.data_factory or args.dataset, "source": str(args.input)},
+            seed=seed, progress=not args.quiet, missing_data=source, zoo=zoo)
+        atomic_write_bytes(out, blob)
+    report = {"input": str(args.input), "output": str(out), "dataset": args.data_factory or args.dataset,
+              "calibration": args.calibration_factory or (data is not None and "training batches of the data"),
+              **report}
+    _emit_post_training(args, report, out)
+    return 0
+
+
+def _emit_post_training(args, report: dict, out) -> None:
+    """--json, the per-layer lines and the summary, warnings on stderr."""
+    import sys
+
+    if args.json:
+        emit_json(report, args.json, force=args.force)
+    if args.json != "-":
+        for r in report["layers"]:
+            if "bits" in r:
+                print(f"{r['name']:<50} {str(tuple(r['shape'])):<14} {r['bits']} bits  outliers {r['outliers']:>6}  "
+                      f"sparsity {r['sparsity']:.2f}  est. error {r['estimated_error']:.3g}")
+        top = ""
+        if report.get("top1_after") is not None:
+            top = f", top-1 {report['top1_before']:.4f} -> {report['top1_after']:.4f}"
+        print(f"\n{out}: {report['original_bytes']:,} -> {report['compressed_bytes']:,} bytes "
+              f"({report['ratio']:.2f}x, {report['bits_per_weight']:.3f} bits per weight{top}); "
+              f"{report['post_training']['method']}")
+    for line in report.get("warnings") or []:
+        print(f"warning: {line}", file=sys.stderr)
+
+
 def _run_hf(args, out) -> int:
     import sys
 
@@ -260,31 +403,23 @@ def _run_hf(args, out) -> int:
 
     unused = [flag for flag, value in (("INPUT", args.input), ("--recipe", args.recipe), ("--dataset", args.dataset),
                                        ("--model-factory", args.model_factory), ("--resume", args.resume),
-                                       ("--epochs-scale", args.epochs_scale is not None), ("--plots", args.plots))
+                                       ("--epochs-scale", args.epochs_scale is not None), ("--plots", args.plots),
+                                       ("--data-factory", args.data_factory), ("--data-dir", args.data_dir),
+                                       ("--target-ratio", args.target_ratio is not None),
+                                       ("--keep-work", args.keep_work), ("--device", args.device != "cpu"),
+                                       ("--recalibrate-bn", args.recalibrate_bn))
               if value]
     if unused:
         raise ConfigError(f"{', '.join(unused)} given with --hf-model: post-training compression of a model "
                           "folder takes --calibration, --bits or --target-bpw, --outliers and --sparsity")
-    if sum(v is not None for v in (args.bits, args.target_bpw, args.max_error)) > 1:
-        raise ConfigError("give one of --bits, --target-bpw and --max-error")
+    _one_budget(args)
     say = None if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     with work_dir(out, {"post-training": str(args.hf_model)}):
         report = compress_hf_folder(args.hf_model, out, calibration=args.calibration,
                                     bits=args.bits or 4, target_bpw=args.target_bpw, max_error=args.max_error,
                                     outliers=args.outliers,
                                     sparsity=args.sparsity or 0.0, force=args.force, progress=say)
-    if args.json:
-        emit_json(report, args.json, force=args.force)
-    if args.json != "-":
-        for r in report["layers"]:
-            if "bits" in r:
-                print(f"{r['name']:<50} {str(tuple(r['shape'])):<14} {r['bits']} bits  outliers {r['outliers']:>6}  "
-                      f"sparsity {r['sparsity']:.2f}  est. error {r['estimated_error']:.3g}")
-        print(f"\n{out}: {report['original_bytes']:,} -> {report['compressed_bytes']:,} bytes "
-              f"({report['ratio']:.2f}x, {report['bits_per_weight']:.3f} bits per weight); "
-              f"{report['post_training']['method']}")
-    for line in report.get("warnings") or []:
-        print(f"warning: {line}", file=sys.stderr)
+    _emit_post_training(args, report, out)
     return 0
 
 

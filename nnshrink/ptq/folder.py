@@ -19,9 +19,7 @@ from ..format import read_archive, write_archive
 from ..sizes import tensor_bytes
 from . import hf
 from .compress import compress_model
-
-DATA_FREE_WARNING = ("no --calibration: data-free fallback (plain k-means on the weights, no sensitivities, "
-                     "no error compensation); give a file of typical inputs for the calibrated methods")
+from .module import data_free_warning, merged_rows
 
 
 def compress_hf_folder(folder: str | os.PathLike, output: str | os.PathLike, *, calibration=None,
@@ -43,11 +41,9 @@ def compress_hf_folder(folder: str | os.PathLike, output: str | os.PathLike, *, 
     size = output.stat().st_size
     numel = sum(t.numel() for t in file_tensors.values())
     original = sum(tensor_bytes(t) for t in file_tensors.values())
-    rows = {r["name"]: r for r in read_archive(output).layer_rows()}
-    for r in result.rows:
-        rows[r["name"]].update(r)
-    warnings = list(result.warnings) + ([] if result.calibrated else [DATA_FREE_WARNING])
+    warnings = list(result.warnings) + ([] if result.calibrated else [data_free_warning("--calibration")])
     return {"input": str(folder), "output": str(output), "model": None, "original_bytes": original,
             "compressed_bytes": size, "ratio": original / size, "bits_per_weight": 8 * size / numel,
             "top1_before": None, "top1_after": None, "post_training": meta["info"]["post_training"],
-            "seconds": result.seconds, "warnings": warnings, "layers": list(rows.values())}
+            "seconds": result.seconds, "warnings": warnings,
+            "layers": merged_rows(read_archive(output), result.rows)}
