@@ -19,6 +19,8 @@ first pattern that matches wins (``nnshrink.select.resolve``).
     conv1 = 0.4
     # or instead of the sparsities: target_ratio = 60 (per-layer sparsities chosen by
     # measured sensitivity and encoded bytes; also allowed at the top level)
+    distill = 0.7              # retrain 0.7 parts on the dense net's soft targets (and
+    distill_temperature = 4.0  # [share] too when given at the top level: nnshrink.distill)
     [share]
     fc_bits = 5
     conv_bits = 8
@@ -123,6 +125,11 @@ class Recipe:
             else:
                 out[stage] = float(sum(v for v in _epoch_fields(cfg).values() if v > 0))
         return out
+
+    @property
+    def distills(self) -> bool:
+        """Whether any stage's retraining learns from the dense net (``distill`` > 0)."""
+        return any(getattr(getattr(self, s), "distill", 0) > 0 for s in self.compression_stages)
 
     @property
     def compression_stages(self) -> tuple[str, ...]:
@@ -231,6 +238,29 @@ def _check_order(stages: list[str], name: str) -> None:
                           f"do not combine it with {others}")
 
 
+DISTILL_KEYS = ("distill", "distill_temperature")
+
+
+def _spread_distill(data: dict[str, Any], stages: list[str], name: str) -> None:
+    """The top-level ``distill`` / ``distill_temperature`` shorthand: the same value in every
+    listed stage that retrains with it (prune, share), unless that stage's table sets it."""
+    given = {k: data.pop(k) for k in DISTILL_KEYS if k in data}
+    if not given:
+        return
+    takers = [s for s in stages if s != ENCODE and "distill" in {f.name for f in fields(config_type(s))}]
+    if not takers:
+        raise ConfigError(f"recipe {name!r}: distill applies to retraining stages (prune, share), but stages "
+                          f"{stages} have none")
+    for stage in takers:
+        table = data.get(stage, {})
+        if not isinstance(table, dict):
+            continue  # _stage_config names the bad table
+        clash = sorted(set(given) & set(table))
+        if clash:
+            raise ConfigError(f"recipe {name!r}: {', '.join(clash)} given both at the top level and in [{stage}]")
+        data[stage] = {**given, **table}
+
+
 def recipe_from_dict(data: dict[str, Any], name: str = "custom", defaults: str = "recipe") -> Recipe:
     """Build and validate a recipe from its TOML-shaped dict."""
     data = dict(data)
@@ -247,6 +277,7 @@ def recipe_from_dict(data: dict[str, Any], name: str = "custom", defaults: str =
         if not isinstance(prune, dict) or "target_ratio" in prune:
             raise ConfigError(f"recipe {name!r}: target_ratio given both at the top level and in [prune]")
         data["prune"] = {**prune, "target_ratio": data.pop("target_ratio")}
+    _spread_distill(data, stages, name)
     extra = sorted(set(data) - set(tables) - {"name", "description"})
     if extra:
         raise ConfigError(f"recipe {name!r}: unknown top-level key(s) {', '.join(map(repr, extra))}")

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch.nn as nn
 
+from ..distill import check_distill
 from ..errors import ConfigError
 from . import Context, Stage, register
 
@@ -35,7 +36,9 @@ class PruneConfig:
     (or q for method std)}, a pattern being a tensor name, module name or kind name.
     ``target_ratio`` R: the per-layer sparsities are chosen instead, by measured
     sensitivity and encoded size, so that the archive is about 1/R of the original
-    (``prune.target_ratio``); it needs a metric (a dataset) and no ``layers``."""
+    (``prune.target_ratio``); it needs a metric (a dataset) and no ``layers``.
+    ``distill`` w > 0: the retraining learns w parts from the dense net's soft targets at
+    ``distill_temperature`` (``nnshrink.distill``), 1 - w from the labels."""
 
     method: str = "sparsity"
     sparsity: float | None = 0.9
@@ -48,6 +51,8 @@ class PruneConfig:
     lr_factor: float = 0.1
     l2: float = 0.0
     target_ratio: float | None = None
+    distill: float = 0.0
+    distill_temperature: float = 4.0
 
     def __post_init__(self):
         _check(self.method in METHODS, f"prune.method must be one of {', '.join(METHODS)}; got {self.method!r}")
@@ -66,6 +71,7 @@ class PruneConfig:
                f"prune.final_epochs must be >= 0 (or -1 for retrain_epochs); got {self.final_epochs}")
         _check(0 < self.lr_factor <= 1, f"prune.lr_factor must be in (0, 1]; got {self.lr_factor}")
         _check(self.l2 >= 0, f"prune.l2 must be >= 0; got {self.l2}")
+        check_distill("prune", self.distill, self.distill_temperature)
         if self.target_ratio is not None:
             _check(not isinstance(self.target_ratio, bool) and isinstance(self.target_ratio, (int, float))
                    and math.isfinite(self.target_ratio) and self.target_ratio > 1,
@@ -120,6 +126,7 @@ def apply(model: nn.Module, cfg: PruneConfig, ctx: Context) -> dict:
         # fresh BatchNorm statistics for the retraining to start from, or for the metric
         bn = [ctx.recalibrate(model, "prune", f"pruning round {i + 1}", by_training=retrains and epochs > 0)]
         if retrains and ctx.retrain(model, epochs, "prune", round=i, lr_factor=cfg.lr_factor, l2=cfg.l2,
+                                    distill=cfg.distill, temperature=cfg.distill_temperature,
                                     desc=f"prune round {i + 1}/{len(steps)}") and last:
             bn.append(ctx.recalibrate(model, "prune", f"retraining round {i + 1}", by_training=True))
         rounds.append({"round": i + 1, "epochs": epochs if retrains else 0, "seconds": time.perf_counter() - t0,
