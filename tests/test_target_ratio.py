@@ -112,3 +112,40 @@ def test_top_level_needs_prune_and_lands_in_prune():
         recipe_from_dict({"stages": ["share", "encode"], "target_ratio": 30})
     assert recipe_from_dict({"stages": ["prune", "encode"], "target_ratio": 30}).prune.target_ratio == 30
     assert PruneConfig(target_ratio=30).target_ratio == 30
+
+
+def test_measured_options_reach_only_upward_and_follow_the_weights(model):
+    from nnshrink.prune import prune_model
+    from nnshrink.prune.target_ratio import measured_options
+
+    recipe = recipe_from_dict(RECIPE)
+    meta = pipeline.archive_metadata(None, {}, {})
+    costs = {n: {0.0: 0.0, **{s: s / 10 for s in STEPS}} for n in ("1.weight", "3.weight", "5.weight")}
+    before, fixed = measured_options(model, recipe, meta, costs)
+    assert [o.setting for o in before["1.weight"]] == [0.0, *STEPS]
+    prune_model(model, None, overrides={"1.weight": 0.85})
+    after, fixed_after = measured_options(model, recipe, meta, costs)
+    assert [o.setting for o in after["1.weight"]] == [0.9, 0.95, 0.98]  # a pruned weight cannot come back
+    assert [(o.setting, o.cost) for o in after["3.weight"]] == [(o.setting, o.cost) for o in before["3.weight"]]
+    assert fixed_after == fixed
+    with torch.no_grad():  # spread the kept values of one layer: its shared indices cost more
+        w = model[3].weight
+        w.copy_(torch.sign(w) * torch.rand_like(w))
+    spread, _ = measured_options(model, recipe, meta, costs)
+    assert [o.bytes for o in spread["3.weight"]] != [o.bytes for o in after["3.weight"]]
+
+
+def test_second_look_reprunes_the_last_round_to_fit(model, tiny_dataset):
+    def fine_tune(m, epochs):
+        fit(m, tiny_dataset, TrainConfig(epochs=epochs, batch_size=32, lr=0.01), progress=False,
+            eval_each_epoch=False)
+
+    recipe = recipe_from_dict({**RECIPE, "prune": {"rounds": 2, "retrain_epochs": 1}})
+    res = nnshrink.compress(model, recipe, fine_tune=fine_tune, evaluate=top1_metric(tiny_dataset), progress=False)
+    rep = res.report
+    look = rep["stages"][0]["details"]["reallocated"]
+    assert look["budget_bytes"] == rep["allocation"]["budget_bytes"] and look["bytes"] <= look["budget_bytes"]
+    kept = {r["name"]: r["nonzero"] / r["params"] for r in rep["layers"] if r["name"].endswith("weight")}
+    for name, v in look["layers"].items():  # the last round pruned to the second look's choice
+        assert kept[name] == pytest.approx(1 - v["setting"], abs=0.01)
+    assert abs(rep["compressed_bytes"] - look["bytes"]) / rep["compressed_bytes"] < 0.05

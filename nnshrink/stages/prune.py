@@ -116,12 +116,16 @@ def apply(model: nn.Module, cfg: PruneConfig, ctx: Context) -> dict:
     steps = ramp(final, cfg.rounds) if retrains else [final]
     d_original = getattr(model, "dropout", None)
     rounds = []
+    second_look = None
     for i, target in enumerate(steps):
         t0 = time.perf_counter()
+        last = i == len(steps) - 1
+        if last and i > 0 and ctx.reallocate is not None:  # sizes re-measured on the retrained weights
+            target, second_look = ctx.reallocate(model)
+            ctx.reallocate = None
         prune_model(model, None, overrides=target)
         if isinstance(d_original, float):  # the paper's dropout scaling, for models with a float rate
             scale_dropout(model, d_original)
-        last = i == len(steps) - 1
         epochs = cfg.final_epochs if last and cfg.final_epochs >= 0 else cfg.retrain_epochs
         # fresh BatchNorm statistics for the retraining to start from, or for the metric
         bn = [ctx.recalibrate(model, "prune", f"pruning round {i + 1}", by_training=retrains and epochs > 0)]
@@ -131,7 +135,10 @@ def apply(model: nn.Module, cfg: PruneConfig, ctx: Context) -> dict:
             bn.append(ctx.recalibrate(model, "prune", f"retraining round {i + 1}", by_training=True))
         rounds.append({"round": i + 1, "epochs": epochs if retrains else 0, "seconds": time.perf_counter() - t0,
                        "bn_recalibrated": [r for r in bn if r is not None]})
-    return {"rounds": rounds, "layers": [r.as_dict() for r in sparsity_report(model)]}
+    out = {"rounds": rounds, "layers": [r.as_dict() for r in sparsity_report(model)]}
+    if second_look is not None:
+        out["reallocated"] = second_look
+    return out
 
 
 register(Stage("prune", PruneConfig, apply, rung=lambda tensors: "pruned",
