@@ -9,11 +9,15 @@ then prunes to those sparsities with its usual rounds and retraining. Costs come
 dense model without retraining, so they rank layers rather than predict the final drop.
 
 Retraining changes the kept values (they spread: their shared indices code at more bits
-after Huffman), so sizes measured on the dense net come out 5-6% small. With two rounds or
-more, the prune stage takes a second look before its last round (``Context.reallocate``,
-``second_look``): the bytes of every candidate are measured again on the retrained weights
-(candidates at or above each tensor's current sparsity; a pruned weight cannot come back),
-the same costs are allocated against the same budget, and the last round prunes to that.
+after Huffman), so sizes measured on the dense net come out 5-6% small, and most of that
+drift happens in the final retraining. So the prune stage looks again twice
+(``Context.reallocate``, ``second_look``), each time measuring every candidate's bytes on
+the weights as they are then and allocating the same costs against the same budget: before
+its last round (with two rounds or more; candidates at or above each tensor's current
+sparsity, a pruned weight cannot come back), and after its final retraining, where the
+candidates are fine steps (``FINE_STEP``) above each pruned tensor's sparsity, their costs
+interpolated along the sweep; if those say to prune more, the stage prunes that much and
+retrains for ``retrain_epochs``, up to ``FINAL_LOOKS`` times.
 """
 
 from __future__ import annotations
@@ -32,6 +36,10 @@ from ..errors import ConfigError
 
 # Candidate sparsities: dense, then ever finer toward the high end where the bytes are.
 STEPS = (0.3, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.92, 0.94, 0.95, 0.96, 0.97, 0.98, 0.99)
+# After the final retraining: extra sparsity in steps of FINE_STEP, at most FINE_SPAN above
+# where each pruned tensor is (a few percent of the file, which is what retraining drifts).
+FINE_STEP, FINE_SPAN = 0.0025, 0.03
+FINAL_LOOKS = 2
 
 
 def encoded(shape: tuple[int, ...], weight: np.ndarray, kept: int, order: np.ndarray, bits: int | None):
@@ -71,6 +79,14 @@ def record_bytes(name: str, t, metadata: dict, huffman: bool, empty: int) -> int
     return len(serialize_archive({name: t}, metadata, bits, huffman)) - empty
 
 
+def fine_candidates(now: float, costs: dict[float, float]) -> dict[float, float]:
+    """``now`` and the ``FINE_STEP`` steps above it (below 1), each with its cost
+    interpolated linearly along the measured ``costs``."""
+    grid = [now + k * FINE_STEP for k in range(int(round(FINE_SPAN / FINE_STEP)) + 1)]
+    xs = sorted(costs)
+    return {s: float(np.interp(s, xs, [costs[x] for x in xs])) for s in grid if s < 1.0}
+
+
 def sparsity_options(model: nn.Module, recipe, ctx, metadata: dict,
                      steps: tuple[float, ...] = STEPS) -> tuple[dict[str, list[Option]], int, dict]:
     """Candidates per prunable tensor (dense and each of ``steps``), the bytes of everything
@@ -97,11 +113,13 @@ def sparsity_options(model: nn.Module, recipe, ctx, metadata: dict,
     return options, fixed, sweep.as_dict()
 
 
-def measured_options(model: nn.Module, recipe, metadata: dict,
-                     costs: dict[str, dict[float, float]]) -> tuple[dict[str, list[Option]], int]:
+def measured_options(model: nn.Module, recipe, metadata: dict, costs: dict[str, dict[float, float]], *,
+                     fine: bool = False) -> tuple[dict[str, list[Option]], int]:
     """Per tensor, an Option for each candidate sparsity in ``costs`` (with that cost) that
     the model's current weights can still reach (at or above the tensor's sparsity now),
-    its bytes encoded from those weights; and the bytes of everything else."""
+    its bytes encoded from those weights; and the bytes of everything else. ``fine``:
+    instead, a pruned tensor's candidates are where it is and ``FINE_STEP`` steps above
+    (costs interpolated along ``costs``), and a dense tensor stays dense."""
     from ..pipeline import halve_dense, serialize_archive
     from ..select import compressible
     from ..stages import export_all
@@ -119,7 +137,10 @@ def measured_options(model: nn.Module, recipe, metadata: dict,
         w = np.ascontiguousarray(state[name])
         order = magnitude_order(w)
         now = 1.0 - float(masks[name].float().mean()) if name in masks else 0.0  # the sparsity pruned so far
-        reachable = {s: c for s, c in costs[name].items() if s >= now - 1e-9}
+        if fine:
+            reachable = fine_candidates(now, costs[name]) if name in masks else {0.0: costs[name].get(0.0, 0.0)}
+        else:
+            reachable = {s: c for s, c in costs[name].items() if s >= now - 1e-9}
         if not reachable:  # pruned past every candidate: only where it is
             reachable = {max(costs[name]): max(costs[name].values())}
         options[name] = [Option(s, c, record_bytes(name, encoded(t.shape, w, kept_count(w.size, s), order,
@@ -165,11 +186,12 @@ def allocate_sparsity(model: nn.Module, recipe, ctx, metadata: dict[str, Any]):
 
 
 def second_look(model: nn.Module, *, recipe, metadata: dict, costs: dict[str, dict[float, float]], budget: int,
-                original: int) -> tuple[dict[str, float | None], dict]:
-    """The final per-tensor sparsities (None: dense) re-allocated on ``model``'s retrained
-    weights (module docstring), and the record for the prune stage's report. Where the
-    budget is out of reach now, every tensor takes its smallest candidate."""
-    options, fixed = measured_options(model, recipe, metadata, costs)
+                original: int, final: bool = False) -> tuple[dict[str, float | None], dict]:
+    """The per-tensor sparsities (None: dense) re-allocated on ``model``'s retrained
+    weights (module docstring; ``final``: after the final retraining, fine steps), and the
+    record for the prune stage's report. Where the budget is out of reach now, every tensor
+    takes its smallest candidate."""
+    options, fixed = measured_options(model, recipe, metadata, costs, fine=final)
     try:
         alloc = allocate(options, budget, fixed)
         reached = True

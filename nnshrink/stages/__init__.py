@@ -132,9 +132,10 @@ class Context:
     seed: int = 0
     calibration: Any = None  # batches for BatchNorm recalibration (batchnorm.Batches); None: none
     teacher: nn.Module | None = None  # the dense net, frozen, for retraining with ``distill``
-    # prune.target_ratio's second look before the last prune round: model -> ({tensor: sparsity
-    # or None}, record), the sizes re-measured on the retrained weights (prune.target_ratio)
-    reallocate: Callable[[nn.Module], tuple[dict, dict]] | None = None
+    # prune.target_ratio's looks before the last prune round and after the final retraining:
+    # (model, final=bool) -> ({tensor: sparsity or None}, record), the sizes re-measured on
+    # the retrained weights (nnshrink.prune.target_ratio)
+    reallocate: Callable[..., tuple[dict, dict]] | None = None
     notes: list[str] = field(default_factory=list)
 
     def note(self, text: str) -> None:

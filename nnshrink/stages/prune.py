@@ -116,13 +116,14 @@ def apply(model: nn.Module, cfg: PruneConfig, ctx: Context) -> dict:
     steps = ramp(final, cfg.rounds) if retrains else [final]
     d_original = getattr(model, "dropout", None)
     rounds = []
-    second_look = None
+    look, ctx.reallocate = ctx.reallocate, None  # prune.target_ratio's re-measuring (this run's)
+    looks: list[dict] = []
     for i, target in enumerate(steps):
         t0 = time.perf_counter()
         last = i == len(steps) - 1
-        if last and i > 0 and ctx.reallocate is not None:  # sizes re-measured on the retrained weights
-            target, second_look = ctx.reallocate(model)
-            ctx.reallocate = None
+        if last and i > 0 and look is not None:  # sizes re-measured on the retrained weights
+            target, record = look(model)
+            looks.append({"before_round": i + 1, **record})
         prune_model(model, None, overrides=target)
         if isinstance(d_original, float):  # the paper's dropout scaling, for models with a float rate
             scale_dropout(model, d_original)
@@ -135,10 +136,38 @@ def apply(model: nn.Module, cfg: PruneConfig, ctx: Context) -> dict:
             bn.append(ctx.recalibrate(model, "prune", f"retraining round {i + 1}", by_training=True))
         rounds.append({"round": i + 1, "epochs": epochs if retrains else 0, "seconds": time.perf_counter() - t0,
                        "bn_recalibrated": [r for r in bn if r is not None]})
+    if look is not None and retrains:
+        rounds += _prune_to_fit(model, cfg, ctx, look, looks, len(steps))
     out = {"rounds": rounds, "layers": [r.as_dict() for r in sparsity_report(model)]}
-    if second_look is not None:
-        out["reallocated"] = second_look
+    if looks:
+        out["reallocated"] = looks
     return out
+
+
+def _prune_to_fit(model: nn.Module, cfg: PruneConfig, ctx: Context, look, looks: list, done: int) -> list[dict]:
+    """After the final retraining, ``prune.target_ratio``'s last looks: while the bytes
+    measured on the retrained weights exceed the budget, prune the few extra weights they
+    choose and retrain ``retrain_epochs``; the extra rounds' records."""
+    from ..prune import prune_model
+    from ..prune.masks import current_masks
+    from ..prune.target_ratio import FINAL_LOOKS
+
+    rounds = []
+    for k in range(FINAL_LOOKS):
+        t0 = time.perf_counter()
+        target, record = look(model, final=True)
+        now = {n: 1 - float(m.float().mean()) for n, m in current_masks(model).items()}
+        more = sorted(n for n, s in target.items() if s is not None and s > now.get(n, 0.0) + 1e-9)
+        looks.append({"after_round": done + k, "pruned_more": more, **record})
+        if not more:
+            break
+        prune_model(model, None, overrides=target)
+        ctx.retrain(model, cfg.retrain_epochs, "prune", round=done + k, lr_factor=cfg.lr_factor, l2=cfg.l2,
+                    distill=cfg.distill, temperature=cfg.distill_temperature, desc="prune to the target ratio")
+        bn = ctx.recalibrate(model, "prune", "pruning to the target ratio", by_training=True)
+        rounds.append({"round": done + k + 1, "epochs": cfg.retrain_epochs, "seconds": time.perf_counter() - t0,
+                       "to_target_ratio": True, "bn_recalibrated": [bn] if bn is not None else []})
+    return rounds
 
 
 register(Stage("prune", PruneConfig, apply, rung=lambda tensors: "pruned",
