@@ -5,8 +5,9 @@ Stages customise it through hooks rather than copies of the loop:
 ``param_filter`` picks what the optimizer trains, ``regularizer(model)`` adds a penalty
 (L1 / L2 for pruning), ``loss(logits, inputs, labels)`` replaces the cross-entropy
 (distillation from the dense net, ``nnshrink.distill``), and ``after_step(model)`` runs
-after every optimizer step (re-apply masks, clip binary weights, refresh shared weights). Under ``torch.distributed`` the loop
-wraps the model in DistributedDataParallel itself and splits each global batch of
+after every optimizer step (re-apply masks, clip binary weights, refresh shared weights).
+Under ``torch.distributed`` the loop wraps the model in DistributedDataParallel itself and
+splits each global batch of
 ``batch_size`` among the ranks (each rank a disjoint slice of the same shuffled order),
 so N processes take the same optimizer steps as one process would.
 """
