@@ -7,9 +7,8 @@ Stages customise it through hooks rather than copies of the loop:
 (distillation from the dense net, ``nnshrink.distill``), and ``after_step(model)`` runs
 after every optimizer step (re-apply masks, clip binary weights, refresh shared weights).
 Under ``torch.distributed`` the loop wraps the model in DistributedDataParallel itself and
-splits each global batch of
-``batch_size`` among the ranks (each rank a disjoint slice of the same shuffled order),
-so N processes take the same optimizer steps as one process would.
+splits each global batch of ``batch_size`` among the ranks (each rank a disjoint slice of
+the same shuffled order), so N processes take the same optimizer steps as one process would.
 """
 
 from __future__ import annotations
