@@ -15,6 +15,11 @@ top-1 (decode is bit-exact; top-1 is re-evaluated anyway), with no retraining.
     python benchmarks/deep_compression.py --seeds 3 --jobs 2 --json benchmarks/results/deep_compression_seeds.json
     python benchmarks/deep_compression.py --table benchmarks/results/deep_compression_seeds.json
 
+    python benchmarks/deep_compression.py --fit-check A.json B.json --json FIT.json
+
+evaluates every seed's dense checkpoint and archive on the training split as well as the
+test split (is the compressed net underfitting, or overfitting its retraining?).
+
 Runs can be split by model or seed (``--models lenet5 --seed-list 1``, each with its own
 --json); ``--table A.json B.json ...`` prints their seeds together and summarizes them.
 """
@@ -126,6 +131,35 @@ def repack_results(path: Path) -> dict:
     return results
 
 
+def fit_check(paths: list[str]) -> dict:
+    """Train- and test-split top-1 of the dense checkpoint and of the archive, per seed of
+    each run (the recipe's name beside it)."""
+    import torch
+
+    from nnshrink import load
+    from nnshrink.checkpoint import load_checkpoint
+    from nnshrink.data import load_dataset
+    from nnshrink.models import build_model
+    from nnshrink.train import evaluate
+
+    torch.set_num_threads(1)
+    data = load_dataset("fashion-mnist")
+    rows = []
+    for path in paths:
+        run = json.loads(Path(path).read_text())
+        for name, entry in run["models"].items():
+            for s in entry["per_seed"]:
+                dense, meta = load_checkpoint(s["checkpoint"])
+                packed = load(s["archive"], model=build_model(name, **meta["config"]))
+                rows.append({"results": path, "recipe": s["recipe"]["name"], "model": name, "seed": s["seed"],
+                             "dense_train_top1": evaluate(dense, data, split="train"),
+                             "dense_test_top1": evaluate(dense, data),
+                             "archive_train_top1": evaluate(packed, data, split="train"),
+                             "archive_test_top1": evaluate(packed, data)})
+                print(rows[-1], flush=True)
+    return {"machine": machine(), "rows": rows}
+
+
 def merge(runs: list[dict]) -> dict:
     """Several runs' seeds in one result (e.g. one run per model, or per seed), re-summarized."""
     per_model: dict[str, list[dict]] = {}
@@ -175,7 +209,12 @@ def main() -> None:
                     help="re-write and re-measure the archives of an earlier run instead of running")
     ap.add_argument("--table", nargs="+", default=None, metavar="RESULTS.json",
                     help="print the markdown tables of one run or several (e.g. one per model)")
+    ap.add_argument("--fit-check", nargs="+", default=None, metavar="RESULTS.json",
+                    help="top-1 on the training and test splits of every seed's dense net and archive")
     args = ap.parse_args()
+    if args.fit_check:
+        write_json(fit_check(args.fit_check), args.json)
+        return
     if args.table:
         print(table(merge([json.loads(Path(p).read_text()) for p in args.table])))
         return

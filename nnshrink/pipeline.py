@@ -280,6 +280,8 @@ def compress_model(model: nn.Module, recipe: Recipe, ctx: Context, *, metadata: 
     original_bytes = state_bytes(model.state_dict())  # each tensor's own dtype
     progress = StageProgress(recipe, enabled=ctx.progress, retrains=ctx.trainer is not None)
     pristine = copy.deepcopy(model) if ctx.metric is not None else None
+    if recipe.distills:
+        ctx.keep_teacher(model)
     if snapshots is not None:
         snapshots["dense"] = _weights(model)
     top1_before = ctx.evaluate(model, "before compression")

@@ -3,11 +3,12 @@ pruning, centroid fine-tuning, binary nets).
 
 Stages customise it through hooks rather than copies of the loop:
 ``param_filter`` picks what the optimizer trains, ``regularizer(model)`` adds a penalty
-(L1 / L2 for pruning), and ``after_step(model)`` runs after every optimizer step (re-apply
-masks, clip binary weights, refresh shared weights). Under ``torch.distributed`` the loop
-wraps the model in DistributedDataParallel itself and splits each global batch of
-``batch_size`` among the ranks (each rank a disjoint slice of the same shuffled order),
-so N processes take the same optimizer steps as one process would.
+(L1 / L2 for pruning), ``loss(logits, inputs, labels)`` replaces the cross-entropy
+(distillation from the dense net, ``nnshrink.distill``), and ``after_step(model)`` runs
+after every optimizer step (re-apply masks, clip binary weights, refresh shared weights).
+Under ``torch.distributed`` the loop wraps the model in DistributedDataParallel itself and
+splits each global batch of ``batch_size`` among the ranks (each rank a disjoint slice of
+the same shuffled order), so N processes take the same optimizer steps as one process would.
 """
 
 from __future__ import annotations
@@ -154,11 +155,13 @@ def fit(
     param_filter: Callable[[str, nn.Parameter], bool] | None = None,
     regularizer: Callable[[nn.Module], torch.Tensor | None] | None = None,
     after_step: Iterable[Callable[[nn.Module], None]] = (),
+    loss: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     eval_each_epoch: bool = True,
     progress: bool = True,
     desc: str = "train",
 ) -> TrainResult:
     """Train ``model`` in place on ``data.train_*``; returns per-epoch loss and accuracy."""
+    loss_of = loss if loss is not None else (lambda logits, xb, yb: F.cross_entropy(logits, yb))
     device = resolve_device(device)
     rank, world = world_()
     torch.manual_seed(cfg.seed)
@@ -200,7 +203,7 @@ def fit(
             for group in opt.param_groups:
                 group["lr"] = _lr_at(cfg, step, total)
             logits = net(xb)
-            loss = F.cross_entropy(logits, yb)
+            loss = loss_of(logits, xb, yb)
             penalty = regularization(model, cfg.l1, cfg.l2)
             extra = regularizer(model) if regularizer is not None else None
             full = loss + (penalty if penalty is not None else 0) + (extra if extra is not None else 0)

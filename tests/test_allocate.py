@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from nnshrink.allocate import Option, allocate, hull
+from nnshrink.allocate import BudgetError, Option, allocate, allocate_within_cost, hull
 from nnshrink.errors import ConfigError
 
 
@@ -108,3 +108,59 @@ def test_hull_drops_options_above_the_chord_and_larger_than_the_start():
 def test_bad_input(options, budget, msg):
     with pytest.raises(ConfigError, match=msg):
         allocate(options, budget)
+
+
+def brute_force_within_cost(options, max_cost, fixed=0):
+    """The fewest bytes whose summed cost is within ``max_cost``, and its cost (ties: cheapest)."""
+    best = None
+    for combo in itertools.product(*options.values()):
+        cost = sum(o.cost for o in combo)
+        if cost <= max_cost + 1e-12:
+            key = (fixed + sum(o.bytes for o in combo), cost)
+            best = key if best is None or key < best else best
+    return best
+
+
+@pytest.mark.parametrize("make", [convex_layer, random_layer])
+def test_within_cost_is_the_exact_smallest(make):
+    rng = random.Random(2)
+    for _ in range(150):
+        options = {f"l{i}": make(rng, rng.randint(1, 6)) for i in range(rng.randint(1, 4))}
+        fixed = rng.choice([0, 77])
+        least = sum(min(o.cost for o in v) for v in options.values())
+        most = sum(max(o.cost for o in v) for v in options.values())
+        bound = rng.uniform(least, most) if most > least else least
+        got = allocate_within_cost(options, bound, fixed)
+        assert got.cost <= bound + 1e-12
+        assert got.bytes == fixed + sum(o.bytes for o in got.choice.values())
+        want_bytes, want_cost = brute_force_within_cost(options, bound, fixed)
+        assert got.bytes == want_bytes and got.cost == pytest.approx(want_cost, abs=1e-12)
+
+
+def test_within_cost_greedy_fallback_keeps_the_bound():
+    rng = random.Random(3)
+    exact = 0
+    for _ in range(200):
+        options = {f"l{i}": convex_layer(rng, rng.randint(2, 6)) for i in range(3)}
+        least = sum(min(o.cost for o in v) for v in options.values())
+        most = sum(max(o.cost for o in v) for v in options.values())
+        bound = rng.uniform(least, most)
+        got = allocate_within_cost(options, bound, max_front=1)
+        assert got.cost <= bound + 1e-12
+        want_bytes, _ = brute_force_within_cost(options, bound)
+        assert got.bytes >= want_bytes
+        exact += got.bytes == want_bytes
+    assert exact >= 100  # hull points only: close to the optimum, never past the bound
+
+
+def test_unreachable_budget_and_bound_are_budget_errors_naming_the_closest():
+    options = {"a": [Option(0, 0.0, 500), Option(1, 0.4, 200)], "b": [Option(0, 0.1, 50)]}
+    with pytest.raises(BudgetError, match="take 350 bytes") as exc:
+        allocate(options, 300, fixed_bytes=100)
+    assert exc.value.closest == 350 and isinstance(exc.value, ConfigError)
+    with pytest.raises(BudgetError, match="cost bound of 0.05 cannot be met.*0.1"):
+        allocate_within_cost(options, 0.05)
+    assert allocate_within_cost(options, 0.5).settings() == {"a": 1, "b": 0}
+    assert allocate_within_cost(options, 0.3).settings() == {"a": 0, "b": 0}
+    with pytest.raises(ConfigError, match="cost bound must be a number; got nan"):
+        allocate_within_cost(options, float("nan"))

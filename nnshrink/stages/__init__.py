@@ -9,7 +9,9 @@ validated against this registry, so adding a stage is one file here that calls
 
 Retraining goes through ``Context.retrain``: the same call runs the user's
 ``fine_tune(model, epochs)`` or nnshrink's own ``fit`` (``fit_trainer``), which also
-honours the stage's hints (learning-rate factor, L2, which parameters train).
+honours the stage's hints (learning-rate factor, L2, which parameters train, and
+``distill``: soft targets from ``Context.teacher``, the dense net kept before the first
+stage).
 
 BatchNorm statistics go stale whenever a stage changes weights; ``Context.recalibrate``
 re-estimates them from the run's calibration batches (``Context.calibration``: the
@@ -28,7 +30,8 @@ import torch.nn as nn
 from ..compressed import CompressedTensor
 from ..errors import ConfigError, NNShrinkError, StageError
 
-# (model, epochs, hints) -> None; hints: stage, round, lr_factor, l2, weight_decay, param_filter, desc
+# (model, epochs, hints) -> None; hints: stage, round, lr_factor, l2, weight_decay, param_filter, desc,
+# distill / temperature / teacher (a trainer with ``distills = True`` honours them)
 Trainer = Callable[[nn.Module, float, dict], None]
 Metric = Callable[[nn.Module], float]
 
@@ -103,9 +106,15 @@ def fit_trainer(data, train_cfg, *, device: str = "cpu", progress: bool = True) 
         changes = {k: hints[k] for k in ("l2", "weight_decay") if k in hints}
         cfg = train_cfg.replace(epochs=epochs, lr=train_cfg.lr * hints.get("lr_factor", 1.0),
                                 seed=train_cfg.seed + hints.get("round", 0), **changes)
-        fit(model, data, cfg, device=device, param_filter=hints.get("param_filter"), eval_each_epoch=False,
-            progress=progress, desc=hints.get("desc", hints.get("stage", "retrain")))
+        loss = None
+        if hints.get("distill", 0) > 0:
+            from ..distill import DistillLoss
 
+            loss = DistillLoss(hints["teacher"], hints["distill"], hints.get("temperature", 4.0))
+        fit(model, data, cfg, device=device, param_filter=hints.get("param_filter"), loss=loss,
+            eval_each_epoch=False, progress=progress, desc=hints.get("desc", hints.get("stage", "retrain")))
+
+    train.distills = True
     return train
 
 
@@ -126,11 +135,24 @@ class Context:
     progress: bool = True
     seed: int = 0
     calibration: Any = None  # batches for BatchNorm recalibration (batchnorm.Batches); None: none
+    teacher: nn.Module | None = None  # the dense net, frozen, for retraining with ``distill``
+    # prune.target_ratio's looks before the last prune round and after the final retraining:
+    # (model, final=bool) -> ({tensor: sparsity or None}, record), the sizes re-measured on
+    # the retrained weights (nnshrink.prune.target_ratio)
+    reallocate: Callable[..., tuple[dict, dict]] | None = None
     notes: list[str] = field(default_factory=list)
 
     def note(self, text: str) -> None:
         if text not in self.notes:
             self.notes.append(text)
+
+    def keep_teacher(self, model: nn.Module) -> None:
+        """Keep a frozen copy of ``model`` (the dense net, before any stage) as the teacher
+        of every retraining that distills."""
+        from ..distill import frozen_teacher
+
+        if self.teacher is None:
+            self.teacher = frozen_teacher(model)
 
     def retrain(self, model: nn.Module, epochs: float, stage: str, **hints) -> bool:
         """Run the trainer for ``epochs``; False (and a note) when there is none."""
@@ -140,6 +162,14 @@ class Context:
             self.note(f"{stage}: retraining skipped (no fine_tune / training data given)")
             return False
         from ..batchnorm import folded_frozen
+
+        if hints.get("distill", 0) > 0:
+            if not getattr(self.trainer, "distills", False):
+                self.note(f"{stage}: distill ignored: a user's fine_tune trains with its own loss")
+            elif self.teacher is None:
+                raise StageError(f"stage {stage!r}: distill = {hints['distill']:g} needs the dense net as teacher "
+                                 "(Context.keep_teacher before the first stage)")
+            hints["teacher"] = self.teacher
 
         try:
             with folded_frozen(model):

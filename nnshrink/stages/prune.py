@@ -17,6 +17,7 @@ from typing import Any
 
 import torch.nn as nn
 
+from ..distill import check_distill
 from ..errors import ConfigError
 from . import Context, Stage, register
 
@@ -35,7 +36,9 @@ class PruneConfig:
     (or q for method std)}, a pattern being a tensor name, module name or kind name.
     ``target_ratio`` R: the per-layer sparsities are chosen instead, by measured
     sensitivity and encoded size, so that the archive is about 1/R of the original
-    (``prune.target_ratio``); it needs a metric (a dataset) and no ``layers``."""
+    (``prune.target_ratio``); it needs a metric (a dataset) and no ``layers``.
+    ``distill`` w > 0: the retraining learns w parts from the dense net's soft targets at
+    ``distill_temperature`` (``nnshrink.distill``), 1 - w from the labels."""
 
     method: str = "sparsity"
     sparsity: float | None = 0.9
@@ -48,6 +51,8 @@ class PruneConfig:
     lr_factor: float = 0.1
     l2: float = 0.0
     target_ratio: float | None = None
+    distill: float = 0.0
+    distill_temperature: float = 4.0
 
     def __post_init__(self):
         _check(self.method in METHODS, f"prune.method must be one of {', '.join(METHODS)}; got {self.method!r}")
@@ -66,6 +71,7 @@ class PruneConfig:
                f"prune.final_epochs must be >= 0 (or -1 for retrain_epochs); got {self.final_epochs}")
         _check(0 < self.lr_factor <= 1, f"prune.lr_factor must be in (0, 1]; got {self.lr_factor}")
         _check(self.l2 >= 0, f"prune.l2 must be >= 0; got {self.l2}")
+        check_distill("prune", self.distill, self.distill_temperature)
         if self.target_ratio is not None:
             _check(not isinstance(self.target_ratio, bool) and isinstance(self.target_ratio, (int, float))
                    and math.isfinite(self.target_ratio) and self.target_ratio > 1,
@@ -110,21 +116,58 @@ def apply(model: nn.Module, cfg: PruneConfig, ctx: Context) -> dict:
     steps = ramp(final, cfg.rounds) if retrains else [final]
     d_original = getattr(model, "dropout", None)
     rounds = []
+    look, ctx.reallocate = ctx.reallocate, None  # prune.target_ratio's re-measuring (this run's)
+    looks: list[dict] = []
     for i, target in enumerate(steps):
         t0 = time.perf_counter()
+        last = i == len(steps) - 1
+        if last and i > 0 and look is not None:  # sizes re-measured on the retrained weights
+            target, record = look(model)
+            looks.append({"before_round": i + 1, **record})
         prune_model(model, None, overrides=target)
         if isinstance(d_original, float):  # the paper's dropout scaling, for models with a float rate
             scale_dropout(model, d_original)
-        last = i == len(steps) - 1
         epochs = cfg.final_epochs if last and cfg.final_epochs >= 0 else cfg.retrain_epochs
         # fresh BatchNorm statistics for the retraining to start from, or for the metric
         bn = [ctx.recalibrate(model, "prune", f"pruning round {i + 1}", by_training=retrains and epochs > 0)]
         if retrains and ctx.retrain(model, epochs, "prune", round=i, lr_factor=cfg.lr_factor, l2=cfg.l2,
+                                    distill=cfg.distill, temperature=cfg.distill_temperature,
                                     desc=f"prune round {i + 1}/{len(steps)}") and last:
             bn.append(ctx.recalibrate(model, "prune", f"retraining round {i + 1}", by_training=True))
         rounds.append({"round": i + 1, "epochs": epochs if retrains else 0, "seconds": time.perf_counter() - t0,
                        "bn_recalibrated": [r for r in bn if r is not None]})
-    return {"rounds": rounds, "layers": [r.as_dict() for r in sparsity_report(model)]}
+    if look is not None and retrains:
+        rounds += _prune_to_fit(model, cfg, ctx, look, looks, len(steps))
+    out = {"rounds": rounds, "layers": [r.as_dict() for r in sparsity_report(model)]}
+    if looks:
+        out["reallocated"] = looks
+    return out
+
+
+def _prune_to_fit(model: nn.Module, cfg: PruneConfig, ctx: Context, look, looks: list, done: int) -> list[dict]:
+    """After the final retraining, ``prune.target_ratio``'s last looks: while the bytes
+    measured on the retrained weights exceed the budget, prune the few extra weights they
+    choose and retrain ``retrain_epochs``; the extra rounds' records."""
+    from ..prune import prune_model
+    from ..prune.masks import current_masks
+    from ..prune.target_ratio import FINAL_LOOKS
+
+    rounds = []
+    for k in range(FINAL_LOOKS):
+        t0 = time.perf_counter()
+        target, record = look(model, final=True)
+        now = {n: 1 - float(m.float().mean()) for n, m in current_masks(model).items()}
+        more = sorted(n for n, s in target.items() if s is not None and s > now.get(n, 0.0) + 1e-9)
+        looks.append({"after_round": done + k, "pruned_more": more, **record})
+        if not more:
+            break
+        prune_model(model, None, overrides=target)
+        ctx.retrain(model, cfg.retrain_epochs, "prune", round=done + k, lr_factor=cfg.lr_factor, l2=cfg.l2,
+                    distill=cfg.distill, temperature=cfg.distill_temperature, desc="prune to the target ratio")
+        bn = ctx.recalibrate(model, "prune", "pruning to the target ratio", by_training=True)
+        rounds.append({"round": done + k + 1, "epochs": cfg.retrain_epochs, "seconds": time.perf_counter() - t0,
+                       "to_target_ratio": True, "bn_recalibrated": [bn] if bn is not None else []})
+    return rounds
 
 
 register(Stage("prune", PruneConfig, apply, rung=lambda tensors: "pruned",

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import torch.nn as nn
 
+from ..distill import check_distill
 from ..errors import ConfigError
 from . import Context, Stage, check_widths, register
 
@@ -28,6 +29,9 @@ class ShareConfig:
     # centroid steps are large: 1/100 of the training lr (SGD 0.05 -> 5e-4) holds accuracy
     # where 1/10 collapsed both LeNets to chance (measured in the sharing benchmarks).
     lr_factor: float = 0.01
+    # w > 0: centroid fine-tuning learns w parts from the dense net's soft targets (nnshrink.distill)
+    distill: float = 0.0
+    distill_temperature: float = 4.0
 
     def __post_init__(self):
         check_widths("share", {"fc_bits": self.fc_bits, "conv_bits": self.conv_bits}, self.layers, 1, 8)
@@ -37,6 +41,7 @@ class ShareConfig:
             raise ConfigError(f"share.finetune_epochs must be >= 0; got {self.finetune_epochs}")
         if not 0 < self.lr_factor <= 1:
             raise ConfigError(f"share.lr_factor must be in (0, 1]; got {self.lr_factor}")
+        check_distill("share", self.distill, self.distill_temperature)
 
 
 def bits_plan(model: nn.Module, cfg: ShareConfig) -> dict[str, int]:
@@ -55,7 +60,8 @@ def apply(model: nn.Module, cfg: ShareConfig, ctx: Context) -> dict:
     bn = [ctx.recalibrate(model, "share", "sharing",
                           by_training=cfg.finetune_epochs > 0 and ctx.trainer is not None)]
     if ctx.retrain(model, cfg.finetune_epochs, "share", lr_factor=cfg.lr_factor, weight_decay=0.0,
-                   param_filter=finetune_filter(model), desc="centroid fine-tuning"):
+                   param_filter=finetune_filter(model), distill=cfg.distill, temperature=cfg.distill_temperature,
+                   desc="centroid fine-tuning"):
         bn.append(ctx.recalibrate(model, "share", "centroid fine-tuning", by_training=True))
     return {"bits": bits, "layers": [r if isinstance(r, dict) else r.as_dict() for r in rows],
             "bn_recalibrated": [r for r in bn if r is not None]}
