@@ -289,6 +289,32 @@ def best_at(rows, level):
     return max(ok, key=lambda r: r["ratio"]) if ok else None
 
 
+def diagnosis_lines(path: Path) -> list[str]:
+    """The measurements behind the method choices (post_training_diagnosis.py), if that ran."""
+    if not path.is_file():
+        return []
+    d = json.loads(path.read_text())
+    table = lambda rows: ["| experiment | bits/weight | mean cos | min cos |", "|---|---|---|---|"] + [  # noqa: E731
+        f"| {r['experiment']} | {r['bpw']:.3f} | {r['mean_cos']:.4f} | {r['min_cos']:.4f} |" for r in rows]
+    est = d["estimate_over_measured"]
+    lines = ["", "### What was measured before building", "", f"    {d['command']}", "",
+             f"Same model, texts and measure; machine: {d['machine']['cpu_count']}-core CPU, one torch thread, "
+             "shared and loaded. Only the named tensors are compressed (the rest stay float); bits/weight over "
+             "those tensors (record bytes, scales at 2 bytes each).", "",
+             "Linear layers only (GPTQ-compensated, damping 0.1 unless named):", ""] + table(d["quantiser_linear_only"])
+    lines += ["", "Word embeddings only (plain rounding: no Hessian):", ""] + table(d["word_embeddings_only"])
+    lines += ["", "One kind of Linear at a time, grid step 0.5 x RMS (1 - mean cosine on the calibration texts): "
+              + ", ".join(f"{k} {v:.4f}" for k, v in sorted(d["ablation_by_kind_step_0.5_calibration_texts"].items(),
+                                                            key=lambda kv: -kv[1])) + ".",
+              "", f"Per-tensor error estimate over the measured output error on the calibration batches (grid step "
+              f"0.5): Spearman rank correlation {est['spearman']:.3f}; range by kind: "
+              + ", ".join(f"{k} {lo:.2f}-{hi:.2f}" for k, (lo, hi) in est["by_kind_min_max"].items()) + ".",
+              "", "50% of every Linear weight pruned (SparseGPT, grid step 0.125 x RMS), embeddings dense:", "",
+              "| experiment | mean cos | min cos |", "|---|---|---|"]
+    lines += [f"| {r['experiment']} | {r['mean_cos']:.4f} | {r['min_cos']:.4f} |" for r in d["sparsity_linear_only"]]
+    return lines
+
+
 def section(result: dict) -> str:
     rows = result["rows"]
     m = result["machine"]
@@ -344,6 +370,7 @@ def section(result: dict) -> str:
         t = result["calibration_seconds"] + max(r["seconds"] for r in budget)
         lines.append(f"| calibrate + compress under 5 min | calibration + slowest --target-bpw row: {t:.0f} s "
                      f"(loaded machine) | {'yes' if t < 300 else 'NO'} |")
+    lines += diagnosis_lines(HERE / "results" / "post_training_diagnosis.json")
     if not result.get("complete"):
         lines += ["", "(partial: the run was stopped before its last row)"]
     if result.get("skipped"):

@@ -158,3 +158,13 @@ def test_fixed_step_and_bad_candidates():
         compress_model(model, None, target_bpw=4.0, candidate_steps=(0.5, -1.0), min_numel=64)
     with pytest.raises(ConfigError, match="at least one candidate"):
         compress_model(model, None, target_bpw=4.0, candidate_steps=(), min_numel=64)
+
+
+def test_budgets_default_to_grids_and_take_codebooks_when_asked():
+    model = MLP()
+    grid = compress_model(model, None, target_bpw=6.0, min_numel=64)
+    assert all(r["step"] is not None for r in grid.rows)
+    kmeans = compress_model(model, None, target_bpw=6.0, min_numel=64, candidate_bits=(2, 4, 6))
+    assert all(r["step"] is None and r["bits"] in (2, 4, 6) for r in kmeans.rows)
+    with pytest.raises(ConfigError, match="not both"):
+        compress_model(model, None, target_bpw=6.0, min_numel=64, candidate_bits=(4,), candidate_steps=(0.5,))

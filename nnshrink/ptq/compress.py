@@ -9,10 +9,16 @@ stored exactly (or as float16 with ``half_small``). Without calibration data the
 importances are all one and nothing is compensated: the data-free fallback, labelled so
 in the report.
 
-With ``target_bpw`` every layer is compressed at each of ``candidate_bits``, its record
-bytes measured with the archive writer, and ``allocate`` picks per-layer bits of least
+With ``target_bpw`` every layer is compressed at each candidate setting, its record
+bytes measured with the archive writer, and ``allocate`` picks per-layer settings of least
 estimated error whose file fits B bits per weight (all tensors, header included); the
 file is then measured and the budget tightened by any excess until it fits. With
+``candidate_steps`` (default ``GRID_STEPS``) the candidates are uniform grids of those steps
+(x each tensor's RMS, entropy-coded: quantize/uniform.py); ``candidate_bits`` gives 2^b
+k-means codebooks instead; ``step`` sets one grid
+for every layer. When calibration batches are given (``calibrate``) and ``probe`` is on, each
+layer's candidate errors are rescaled by one measured output error on those batches
+(probe.py), which corrects the estimate where attention breaks its assumptions. With
 ``max_error`` E (needs calibration) the same candidates give the fewest bytes whose
 estimated relative output error -- the summed layer estimates over the calibration
 outputs' energy sum(out^2); for small errors about 2 (1 - cosine) -- stays <= E.
@@ -37,6 +43,8 @@ from .calibrate import Calibration, _batches, collect, default_forward
 from .layer import LayerSetting, compress_weight
 from .probe import output_errors
 
+# default budget candidates: uniform grids from ~1 to ~7 bits per weight, sqrt(2) apart (half a bit)
+GRID_STEPS = (2.0, 1.4, 1.0, 0.7, 0.5, 0.35, 0.25, 0.18, 0.125, 0.09, 0.0625, 0.044)
 RECORD_OVERHEAD = 260  # header JSON bytes of one shared record (names excluded), for the byte estimates
 
 
@@ -81,7 +89,7 @@ def _owner_map(model: nn.Module, names: list[str]) -> dict[str, str]:
 def compress_model(model: nn.Module, calibrate=None, *, forward: Callable | None = None, bits: int | None = 4,
                    outliers: float = 0.0, sparsity: float = 0.0, target_bpw: float | None = None,
                    max_error: float | None = None,
-                   candidate_bits=(2, 3, 4, 5, 6, 8), min_numel: int = 1024, half_small: bool = False,
+                   candidate_bits=None, min_numel: int = 1024, half_small: bool = False,
                    damp: float = 0.1, calibration: Calibration | None = None, force: bool = False,
                    state: dict[str, torch.Tensor] | None = None,
                    progress: Callable[[str], None] | None = None, step: float | None = None,
@@ -100,8 +108,13 @@ def compress_model(model: nn.Module, calibrate=None, *, forward: Callable | None
     if target_bpw is None and max_error is None:
         fixed_setting = LayerSetting(8 if step is not None else bits, outliers, sparsity, step)  # validates
     # candidates of a budget: k-means codebooks of candidate_bits, or uniform grids of candidate_steps
-    candidates = ([LayerSetting(8, outliers, sparsity, float(st)) for st in candidate_steps]
-                  if candidate_steps is not None else [LayerSetting(b, outliers, sparsity) for b in candidate_bits])
+    if candidate_bits is not None and candidate_steps is not None:
+        raise ConfigError("give candidate_bits (k-means codebooks) or candidate_steps (uniform grids), not both")
+    if candidate_bits is not None:
+        candidates = [LayerSetting(b, outliers, sparsity) for b in candidate_bits]
+    else:
+        steps = GRID_STEPS if candidate_steps is None else candidate_steps
+        candidates = [LayerSetting(8, outliers, sparsity, float(st)) for st in steps]
     if not candidates:
         raise ConfigError("give at least one candidate setting (candidate_bits or candidate_steps)")
     say = progress or (lambda _msg: None)
