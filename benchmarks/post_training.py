@@ -297,6 +297,7 @@ def diagnosis_lines(path: Path) -> list[str]:
     table = lambda rows: ["| experiment | bits/weight | mean cos | min cos |", "|---|---|---|---|"] + [  # noqa: E731
         f"| {r['experiment']} | {r['bpw']:.3f} | {r['mean_cos']:.4f} | {r['min_cos']:.4f} |" for r in rows]
     est = d["estimate_over_measured"]
+    emb = next(r for r in d["word_embeddings_only"] if "0.7" in r["experiment"])
     lines = ["", "### What was measured before building", "", f"    {d['command']}", "",
              f"Same model, texts and measure; machine: {d['machine']['cpu_count']}-core CPU, one torch thread, "
              "shared and loaded. Only the named tensors are compressed (the rest stay float); bits/weight over "
@@ -312,6 +313,34 @@ def diagnosis_lines(path: Path) -> list[str]:
               "", "50% of every Linear weight pruned (SparseGPT, grid step 0.125 x RMS), embeddings dense:", "",
               "| experiment | mean cos | min cos |", "|---|---|---|"]
     lines += [f"| {r['experiment']} | {r['mean_cos']:.4f} | {r['min_cos']:.4f} |" for r in d["sparsity_linear_only"]]
+    if d.get("probe_whole_model"):
+        lines += ["", "The whole model at --target-bpw 3.2 (grid steps), with and without the probe:", ""]
+        lines += table(d["probe_whole_model"])
+    lines += ["", "Reading, hypothesis by hypothesis:", "",
+              "1. Per-row fp16 scales on k-means codebooks raise the cosine only by spending the bytes: their rows "
+              "lie on the per-tensor rows' bits-vs-cosine line, so no new record part was added. A uniform grid "
+              "with entropy-coded indices (ECSQ) reaches a better cosine than k-means at the same bits (grid 0.7 "
+              "against k-means 3 bits; grid 0.35 against k-means 4 bits with row scales): budgets now pick grid "
+              "steps per layer. Per-column scales (diag(H)^-1/4, AWQ-like) gain a few thousandths of cosine at "
+              "equal bits: not worth a format change. The calibrated 6-bit k-means row of the main table is not "
+              "worse than the per-tensor one: its file is smaller at the same cosine (the Fisher-weighted codebook "
+              "lowers the entropy of the indices).",
+              "2. Sequential calibration does not move 50% SparseGPT (table above), so calibration stays one pass.",
+              "3. Damping 0.01 and 0.1 are within noise of each other, 1.0 is worse; the default stays 0.1. "
+              "SparseGPT's score (w^2 / diag of the inverse-Hessian Cholesky factor, squared) and its adaptive "
+              "mask per 128-column block match the reference code; act-order is on.",
+              "4. The FFN's first Linear and the value projections dominate the measured error (ablation above); "
+              "the estimate ranks tensors well but is off by up to the range shown, so `probed` budgets rescale "
+              "each layer by one measured error on the calibration batches. The word embeddings (half the "
+              f"weights) alone at grid step 0.7 cost {emb['bpw']:.2f} bits per weight for mean cosine "
+              f"{emb['mean_cos']:.4f}.",
+              "5. With grids, weights past the grid's 255 levels are kept exactly as outliers (a handful per "
+              "tensor); a larger outlier fraction was not re-measured on grids.",
+              "",
+              "Also tried with scratch scripts and dropped (no gain at equal bits, so no figures here): a rate "
+              "penalty per level inside GPTQ's rounding (entropy-constrained rounding), bias correction of the "
+              "mean output shift (GPTQ's Hessian already includes the mean), context-coded indices by row or "
+              "column scale (little gain)."]
     return lines
 
 
