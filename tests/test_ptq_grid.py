@@ -135,7 +135,7 @@ def test_target_bpw_with_grid_candidates_fits_and_reports_probe_factors():
     numel = sum(p.numel() for p in model.state_dict().values())
     with torch.enable_grad():
         res = compress_model(model, _batches(8), target_bpw=7.0, candidate_steps=(1.0, 0.5, 0.25, 0.125),
-                             min_numel=64)
+                             min_numel=64, probe=True)
     blob = res.to_bytes()
     assert 8 * len(blob) / numel <= 7.0
     parse_archive(blob)
@@ -145,8 +145,7 @@ def test_target_bpw_with_grid_candidates_fits_and_reports_probe_factors():
     info = res.metadata["info"]["post_training"]
     assert info["probed"] and info["candidates"][0] == "step 1 x RMS"
     with torch.enable_grad():
-        blind = compress_model(model, _batches(8), target_bpw=7.0, candidate_steps=(1.0, 0.5), min_numel=64,
-                               probe=False)
+        blind = compress_model(model, _batches(8), target_bpw=7.0, candidate_steps=(1.0, 0.5), min_numel=64)
     assert all(r["probe_factor"] is None for r in blind.rows)
 
 

@@ -16,9 +16,10 @@ file is then measured and the budget tightened by any excess until it fits. With
 ``candidate_steps`` (default ``GRID_STEPS``) the candidates are uniform grids of those steps
 (x each tensor's RMS, entropy-coded: quantize/uniform.py); ``candidate_bits`` gives 2^b
 k-means codebooks instead; ``step`` sets one grid
-for every layer. When calibration batches are given (``calibrate``) and ``probe`` is on, each
+for every layer. With ``probe`` (off by default) and calibration batches (``calibrate``), each
 layer's candidate errors are rescaled by one measured output error on those batches
-(probe.py), which corrects the estimate where attention breaks its assumptions. With
+(probe.py); on all-MiniLM-L6-v2 at 3.2 bits per weight that moved the mean cosine by less
+than a thousandth for ~60 s more (benchmarks/sections/25-post-training.md), so it is an option. With
 ``max_error`` E (needs calibration) the same candidates give the fewest bytes whose
 estimated relative output error -- the summed layer estimates over the calibration
 outputs' energy sum(out^2); for small errors about 2 (1 - cosine) -- stays <= E.
@@ -93,7 +94,7 @@ def compress_model(model: nn.Module, calibrate=None, *, forward: Callable | None
                    damp: float = 0.1, calibration: Calibration | None = None, force: bool = False,
                    state: dict[str, torch.Tensor] | None = None,
                    progress: Callable[[str], None] | None = None, step: float | None = None,
-                   candidate_steps=None, probe: bool = True, probe_batches: int | None = 8) -> PTQResult:
+                   candidate_steps=None, probe: bool = False, probe_batches: int | None = 8) -> PTQResult:
     """Compress ``model``'s state post-training (module doc); the model is not changed.
     ``state`` (default: the model's state_dict) is what gets stored, e.g. a weight file's
     tensors, buffers the model does not hold included; calibration uses the model."""
