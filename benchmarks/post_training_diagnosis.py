@@ -151,8 +151,8 @@ def main(argv=None) -> int:
         # 5. 50% SparseGPT (grid step 0.125): one calibration pass vs sequential (each layer's Hessian
         # from inputs that went through the already-compressed earlier layers)
         sp = LayerSetting(8, sparsity=0.5, step=0.125)
-        rows = [group("50% pruned, one pass, damping 0.1", lin, sp), group("50% pruned, one pass, damping 0.01", lin, sp,
-                                                                           damp=0.01)]
+        rows = [group("50% pruned, one pass, damping 0.1", lin, sp),
+                group("50% pruned, one pass, damping 0.01", lin, sp, damp=0.01)]
         mods, params = dict(model.named_modules()), dict(model.named_parameters())
         t0, seq = time.perf_counter(), {}
         try:

@@ -185,7 +185,8 @@ def compress_model(model: nn.Module, calibrate=None, *, forward: Callable | None
                 if not force:
                     raise BudgetError(f"--max-error {max_error:g} cannot be met: the least reachable estimated "
                                       f"relative output error is {least:.4g} with candidates "
-                                      f"{[_label(c) for c in candidates]} (use --force to write that with a warning)", 0) from None
+                                      f"{[_label(c) for c in candidates]} (use --force to write that with a "
+                                      "warning)", 0) from None
                 warnings.append(f"error bound {max_error:g} cannot be met; wrote the least reachable, {least:.4g}")
                 pick = {n: min(c, key=lambda x: x.error) for n, c in options.items()}
             chosen = {n: (c.setting, *made[(n, c.setting)]) for n, c in pick.items()}
@@ -196,7 +197,8 @@ def compress_model(model: nn.Module, calibrate=None, *, forward: Callable | None
                 closest = 8 * (exc.closest + fixed) / total_numel
                 if not force:
                     raise BudgetError(f"--target-bpw {target_bpw:g} cannot be met: the smallest reachable is about "
-                                      f"{closest:.3f} bits per weight with candidates {[_label(c) for c in candidates]} "
+                                      f"{closest:.3f} bits per weight with candidates "
+                                      f"{[_label(c) for c in candidates]} "
                                       "(use --force to write that with a warning)", exc.closest) from None
                 warnings.append(f"target {target_bpw:g} bits per weight cannot be met; wrote the smallest "
                                 f"reachable, about {closest:.3f}")
