@@ -314,7 +314,7 @@ def diagnosis_lines(path: Path) -> list[str]:
               "| experiment | mean cos | min cos |", "|---|---|---|"]
     lines += [f"| {r['experiment']} | {r['mean_cos']:.4f} | {r['min_cos']:.4f} |" for r in d["sparsity_linear_only"]]
     if d.get("probe_whole_model"):
-        lines += ["", "The whole model at --target-bpw 3.2 (grid steps), with and without the probe:", ""]
+        lines += ["", "The whole model under a budget (grid steps), with and without the probe:", ""]
         lines += table(d["probe_whole_model"])
     lines += ["", "Reading, hypothesis by hypothesis:", "",
               "1. Per-row fp16 scales on k-means codebooks raise the cosine only by spending the bytes: their rows "
@@ -331,8 +331,8 @@ def diagnosis_lines(path: Path) -> list[str]:
               "mask per 128-column block match the reference code; act-order is on.",
               "4. The FFN's first Linear and the value projections dominate the measured error (ablation above); "
               "the estimate ranks tensors well but is off by up to the range shown. Rescaling each layer by one "
-              "measured error on the calibration batches (`probed`) hardly changes the whole model's cosine at "
-              "3.2 bits per weight (table above) and costs a minute, so it is an option (`probe=True`), off by "
+              "measured error on the calibration batches (`probed`) hardly changes the whole model's cosine "
+              "(table above) and costs a minute, so it is an option (`probe=True`), off by "
               "default. The word embeddings (half the "
               f"weights) alone at grid step 0.7 cost {emb['bpw']:.2f} bits per weight for mean cosine "
               f"{emb['mean_cos']:.4f}.",

@@ -173,20 +173,21 @@ def main(argv=None) -> int:
                      "seconds": time.perf_counter() - t0})
         print(rows[-1], flush=True)
         out["sparsity_linear_only"] = rows
-    # 6. does the probe pay? --target-bpw 3.2 on grid steps, estimates rescaled by the probe or not
+    # 6. does the probe pay? --target-bpw 3.2 / 5.3 on grid steps, estimates rescaled by the probe or not
     if "probe" in parts:
         from nnshrink.format.writer import serialize
         from nnshrink.ptq.compress import compress_model
 
         numel = sum(t.numel() for t in ft.values())
         rows = []
-        for probe in (True, False):
+        coarse, fine = (1.0, 0.7, 0.5, 0.35, 0.25, 0.18, 0.125), (0.35, 0.25, 0.18, 0.125, 0.09, 0.0625, 0.044)
+        for (bpw, steps), probe in [((b, st), p) for b, st in ((3.2, coarse), (5.3, fine)) for p in (True, False)]:
             t0 = time.perf_counter()
-            res = compress_model(model, calb, calibration=cal, state=ft, forward=hf.mean_pooled, target_bpw=3.2,
-                                 candidate_steps=(1.0, 0.7, 0.5, 0.35, 0.25, 0.18, 0.125), probe=probe)
+            res = compress_model(model, calb, calibration=cal, state=ft, forward=hf.mean_pooled, target_bpw=bpw,
+                                 candidate_steps=steps, probe=probe)
             nbytes = len(serialize(res.tensors, res.metadata))
             mean, low = score({k: t.to_dense() for k, t in res.tensors.items()})
-            rows.append({"experiment": f"--target-bpw 3.2, grid steps, {'probed' if probe else 'estimates only'}",
+            rows.append({"experiment": f"--target-bpw {bpw}, grid steps, {'probed' if probe else 'estimates only'}",
                          "bpw": 8 * nbytes / numel, "mean_cos": mean, "min_cos": low,
                          "seconds": time.perf_counter() - t0})
             print(rows[-1], flush=True)

@@ -18,7 +18,7 @@ file is then measured and the budget tightened by any excess until it fits. With
 k-means codebooks instead; ``step`` sets one grid
 for every layer. With ``probe`` (off by default) and calibration batches (``calibrate``), each
 layer's candidate errors are rescaled by one measured output error on those batches
-(probe.py); on all-MiniLM-L6-v2 at 3.2 bits per weight that moved the mean cosine by less
+(probe.py); on all-MiniLM-L6-v2 at 3.2 and 5.3 bits per weight that moved the mean cosine by less
 than a thousandth for ~60 s more (benchmarks/sections/25-post-training.md), so it is an option. With
 ``max_error`` E (needs calibration) the same candidates give the fewest bytes whose
 estimated relative output error -- the summed layer estimates over the calibration
