@@ -9,10 +9,17 @@ stored exactly (or as float16 with ``half_small``). Without calibration data the
 importances are all one and nothing is compensated: the data-free fallback, labelled so
 in the report.
 
-With ``target_bpw`` every layer is compressed at each of ``candidate_bits``, its record
-bytes measured with the archive writer, and ``allocate`` picks per-layer bits of least
+With ``target_bpw`` every layer is compressed at each candidate setting, its record
+bytes measured with the archive writer, and ``allocate`` picks per-layer settings of least
 estimated error whose file fits B bits per weight (all tensors, header included); the
 file is then measured and the budget tightened by any excess until it fits. With
+``candidate_steps`` (default ``GRID_STEPS``) the candidates are uniform grids of those steps
+(x each tensor's RMS, entropy-coded: quantize/uniform.py); ``candidate_bits`` gives 2^b
+k-means codebooks instead; ``step`` sets one grid
+for every layer. With ``probe`` (off by default) and calibration batches (``calibrate``), each
+layer's candidate errors are rescaled by one measured output error on those batches
+(probe.py); on all-MiniLM-L6-v2 at 3.2 and 5.3 bits per weight that moved the mean cosine by less
+than a thousandth for ~60 s more (benchmarks/sections/25-post-training.md), so it is an option. With
 ``max_error`` E (needs calibration) the same candidates give the fewest bytes whose
 estimated relative output error -- the summed layer estimates over the calibration
 outputs' energy sum(out^2); for small errors about 2 (1 - cosine) -- stays <= E.
@@ -22,7 +29,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -33,9 +40,12 @@ from ..errors import ConfigError
 from ..format.layout import ALIGN
 from ..format.writer import encode_tensor, serialize
 from .allocate import BudgetError, Candidate, allocate, allocate_for_error
-from .calibrate import Calibration, collect
+from .calibrate import Calibration, _batches, collect, default_forward
 from .layer import LayerSetting, compress_weight
+from .probe import output_errors
 
+# default budget candidates: uniform grids from ~1 to ~7 bits per weight, sqrt(2) apart (half a bit)
+GRID_STEPS = (2.0, 1.4, 1.0, 0.7, 0.5, 0.35, 0.25, 0.18, 0.125, 0.09, 0.0625, 0.044)
 RECORD_OVERHEAD = 260  # header JSON bytes of one shared record (names excluded), for the byte estimates
 
 
@@ -64,6 +74,10 @@ def record_bytes(name: str, t: CompressedTensor) -> int:
     return n + (-n % ALIGN) + RECORD_OVERHEAD + len(name)
 
 
+def _label(setting: LayerSetting) -> str:
+    return f"step {setting.step:g} x RMS" if setting.step is not None else f"{setting.bits} bits"
+
+
 def _compressible(state: dict[str, torch.Tensor], min_numel: int) -> list[str]:
     return [n for n, t in state.items() if t.is_floating_point() and t.dim() >= 2 and t.numel() >= min_numel]
 
@@ -76,10 +90,11 @@ def _owner_map(model: nn.Module, names: list[str]) -> dict[str, str]:
 def compress_model(model: nn.Module, calibrate=None, *, forward: Callable | None = None, bits: int | None = 4,
                    outliers: float = 0.0, sparsity: float = 0.0, target_bpw: float | None = None,
                    max_error: float | None = None,
-                   candidate_bits=(2, 3, 4, 5, 6, 8), min_numel: int = 1024, half_small: bool = False,
+                   candidate_bits=None, min_numel: int = 1024, half_small: bool = False,
                    damp: float = 0.1, calibration: Calibration | None = None, force: bool = False,
                    state: dict[str, torch.Tensor] | None = None,
-                   progress: Callable[[str], None] | None = None) -> PTQResult:
+                   progress: Callable[[str], None] | None = None, step: float | None = None,
+                   candidate_steps=None, probe: bool = False, probe_batches: int | None = 8) -> PTQResult:
     """Compress ``model``'s state post-training (module doc); the model is not changed.
     ``state`` (default: the model's state_dict) is what gets stored, e.g. a weight file's
     tensors, buffers the model does not hold included; calibration uses the model."""
@@ -92,27 +107,36 @@ def compress_model(model: nn.Module, calibrate=None, *, forward: Callable | None
     if max_error is not None and calibrate is None and calibration is None:
         raise ConfigError("an error bound (--max-error) needs calibration data: the error is measured on it")
     if target_bpw is None and max_error is None:
-        LayerSetting(bits, outliers, sparsity)  # validates
-    for b in candidate_bits:
-        LayerSetting(b, outliers, sparsity)
+        fixed_setting = LayerSetting(8 if step is not None else bits, outliers, sparsity, step)  # validates
+    # candidates of a budget: k-means codebooks of candidate_bits, or uniform grids of candidate_steps
+    if candidate_bits is not None and candidate_steps is not None:
+        raise ConfigError("give candidate_bits (k-means codebooks) or candidate_steps (uniform grids), not both")
+    if candidate_bits is not None:
+        candidates = [LayerSetting(b, outliers, sparsity) for b in candidate_bits]
+    else:
+        steps = GRID_STEPS if candidate_steps is None else candidate_steps
+        candidates = [LayerSetting(8, outliers, sparsity, float(st)) for st in steps]
+    if not candidates:
+        raise ConfigError("give at least one candidate setting (candidate_bits or candidate_steps)")
     say = progress or (lambda _msg: None)
     state = {n: t.detach().cpu() for n, t in (model.state_dict() if state is None else state).items()}
     names = _compressible(state, min_numel)
     t0 = time.perf_counter()
-    if calibration is None and calibrate is not None:
+    batches = list(_batches(calibrate)) if calibrate is not None else None
+    if calibration is None and batches is not None:
         say("calibrating")
-        calibration = collect(model, calibrate, forward=forward, weights=_owner_map(model, names))
+        calibration = collect(model, batches, forward=forward, weights=_owner_map(model, names))
     t_cal = time.perf_counter() - t0
     fisher = calibration.fisher if calibration else {}
     hessian = calibration.hessian if calibration else {}
 
-    def one(name, b):
+    def one(name, setting: LayerSetting):
         w = state[name].to(torch.float32).numpy()
         imp = fisher[name].numpy() if name in fisher else None
         # calibrated pruning is SparseGPT's: only where error compensation repairs it (Linear / Conv2d
         # layers with inputs); lookup tables (embeddings) keep every row, rare tokens included
-        prune = sparsity if calibration is None or name in hessian else 0.0
-        return compress_weight(w, LayerSetting(b, outliers, prune), imp, hessian.get(name), damp=damp)
+        prune = setting.sparsity if calibration is None or name in hessian else 0.0
+        return compress_weight(w, replace(setting, sparsity=prune), imp, hessian.get(name), damp=damp)
 
     tensors: dict[str, CompressedTensor] = {}
     for n, t in state.items():
@@ -125,21 +149,32 @@ def compress_model(model: nn.Module, calibrate=None, *, forward: Callable | None
     fixed = sum(record_bytes(n, t) for n, t in tensors.items()) + 1024  # preamble, header frame, metadata
     chosen: dict[str, tuple[int, CompressedTensor, float]] = {}
     warnings = []
+    factors: dict[str, float] = {}
     if target_bpw is None and max_error is None:
         for n in names:
-            say(f"compressing {n} at {bits} bits")
-            t, err = one(n, bits)
-            chosen[n] = (bits, t, err)
+            say(f"compressing {n} at {_label(fixed_setting)}")
+            t, err = one(n, fixed_setting)
+            chosen[n] = (fixed_setting, t, err)
     else:
         total_numel = sum(t.numel() for t in state.values())
         options, made = {}, {}
         for n in names:
-            say(f"measuring {n} at {', '.join(map(str, candidate_bits))} bits")
+            say(f"measuring {n} at {', '.join(_label(c) for c in candidates)}")
             options[n] = []
-            for b in candidate_bits:
-                t, err = one(n, b)
-                made[(n, b)] = (t, err)
-                options[n].append(Candidate(b, record_bytes(n, t), err))
+            for c in candidates:
+                t, err = one(n, c)
+                made[(n, c)] = (t, err)
+                options[n].append(Candidate(c, record_bytes(n, t), err))
+        if probe and batches is not None:  # rescale each layer's estimates by one measured error (probe.py)
+            say("measuring each layer's output error on the calibration batches")
+            mid = candidates[len(candidates) // 2]
+            measured = output_errors(model, batches, forward or default_forward,
+                                     {n: made[(n, mid)][0].to_dense() for n in names}, limit=probe_batches)
+            for n, m in measured.items():
+                est = made[(n, mid)][1]
+                factors[n] = m / est if est > 0 and m > 0 else 1.0
+                options[n] = [replace(c, error=c.error * factors[n]) for c in options[n]]
+                made.update({(n, c): (made[(n, c)][0], made[(n, c)][1] * factors[n]) for c in candidates})
         budget = int(target_bpw * total_numel / 8) - fixed if target_bpw is not None else 0
         if max_error is not None:
             scale = max(calibration.output_energy, 1e-30)
@@ -149,8 +184,9 @@ def compress_model(model: nn.Module, calibrate=None, *, forward: Callable | None
                 least = sum(min(c.error for c in v) for v in options.values()) / scale
                 if not force:
                     raise BudgetError(f"--max-error {max_error:g} cannot be met: the least reachable estimated "
-                                      f"relative output error is {least:.4g} with candidate bits "
-                                      f"{list(candidate_bits)} (use --force to write that with a warning)", 0) from None
+                                      f"relative output error is {least:.4g} with candidates "
+                                      f"{[_label(c) for c in candidates]} (use --force to write that with a "
+                                      "warning)", 0) from None
                 warnings.append(f"error bound {max_error:g} cannot be met; wrote the least reachable, {least:.4g}")
                 pick = {n: min(c, key=lambda x: x.error) for n, c in options.items()}
             chosen = {n: (c.setting, *made[(n, c.setting)]) for n, c in pick.items()}
@@ -161,7 +197,8 @@ def compress_model(model: nn.Module, calibrate=None, *, forward: Callable | None
                 closest = 8 * (exc.closest + fixed) / total_numel
                 if not force:
                     raise BudgetError(f"--target-bpw {target_bpw:g} cannot be met: the smallest reachable is about "
-                                      f"{closest:.3f} bits per weight with candidate bits {list(candidate_bits)} "
+                                      f"{closest:.3f} bits per weight with candidates "
+                                      f"{[_label(c) for c in candidates]} "
                                       "(use --force to write that with a warning)", exc.closest) from None
                 warnings.append(f"target {target_bpw:g} bits per weight cannot be met; wrote the smallest "
                                 f"reachable, about {closest:.3f}")
@@ -179,18 +216,21 @@ def compress_model(model: nn.Module, calibrate=None, *, forward: Callable | None
     rows = []
     for n in state:
         if n in chosen:
-            b, t, err = chosen[n]
+            setting, t, err = chosen[n]
             n_out = int(t.outlier_mask.sum()) if t.outlier_mask is not None else 0
-            rows.append({"name": n, "shape": list(t.shape), "bits": b, "outliers": n_out,
-                         "sparsity": float(1 - t.mask.mean()) if t.mask is not None else 0.0,
-                         "compensated": n in hessian, "estimated_error": err})
+            rows.append({"name": n, "shape": list(t.shape), "bits": t.bits, "step": setting.step,
+                         "outliers": n_out, "sparsity": float(1 - t.mask.mean()) if t.mask is not None else 0.0,
+                         "compensated": n in hessian, "estimated_error": err,
+                         "probe_factor": factors.get(n)})
     scale = calibration.output_energy if calibration is not None and calibration.output_energy > 0 else None
     total_err = sum(v[2] for v in chosen.values())
     report = {"calibrated": calibration is not None,
               "estimated_relative_error": total_err / scale if scale else None, "max_error": max_error,
               "method": ("calibrated: Fisher-weighted k-means, GPTQ-compensated Linear/Conv2d"
                          if calibration is not None else "data-free fallback: unweighted k-means, no compensation"),
-              "bits": bits if target_bpw is None else None, "target_bpw": target_bpw, "outliers": outliers,
+              "bits": bits if target_bpw is None and step is None else None, "step": step,
+              "candidates": [_label(c) for c in candidates] if target_bpw is not None or max_error is not None
+              else None, "probed": bool(factors), "target_bpw": target_bpw, "outliers": outliers,
               "sparsity": sparsity, "calibration_batches": calibration.samples if calibration else 0}
     return PTQResult(tensors, rows, calibration is not None,
                      {"model": None, "config": {}, "info": {"post_training": report}, "report": {}},

@@ -6,7 +6,9 @@ there is no calibration) and, for Linear / Conv2d weights, an input Hessian H:
 1. dense-and-sparse: the ``outliers`` fraction with the largest s * W^2 is kept exactly,
    in float16, outside the codebook (the weights that would stretch its range most);
 2. the codebook: importance-weighted 1-D k-means over the remaining weights (over the
-   ones likely to survive pruning when ``sparsity`` > 0);
+   ones likely to survive pruning when ``sparsity`` > 0); or, with ``step``, a uniform
+   grid of that step (in units of the tensor's RMS) for entropy coding (quantize/uniform.py),
+   weights past its 255 levels kept as outliers, unused levels dropped afterwards;
 3. assignment: with H, GPTQ order with error compensation and SparseGPT pruning; without
    H (embeddings, data-free), nearest centroid, pruning the least s * W^2.
 
@@ -31,6 +33,7 @@ import torch
 
 from ..compressed import SharedTensor
 from ..errors import ConfigError
+from ..quantize.uniform import compact, uniform_grid
 from ..quantize.weighted_kmeans import nearest, weighted_kmeans_1d
 from . import gptq
 
@@ -40,6 +43,7 @@ class LayerSetting:
     bits: int
     outliers: float = 0.0  # fraction kept exactly (float16)
     sparsity: float = 0.0  # fraction pruned
+    step: float | None = None  # uniform grid step / RMS of the tensor (ECSQ); None = 2^bits k-means
 
     def __post_init__(self):
         if isinstance(self.bits, bool) or not isinstance(self.bits, int) or not 1 <= self.bits <= 8:
@@ -48,6 +52,9 @@ class LayerSetting:
             raise ConfigError(f"outlier fraction must be in [0, 0.5); got {self.outliers}")
         if not 0 <= self.sparsity < 1:
             raise ConfigError(f"sparsity must be in [0, 1); got {self.sparsity}")
+        if self.step is not None and not (isinstance(self.step, (int, float)) and not isinstance(self.step, bool)
+                                          and np.isfinite(self.step) and self.step > 0):
+            raise ConfigError(f"grid step must be a finite number > 0; got {self.step!r}")
 
 
 def _as_matrix(w: np.ndarray) -> np.ndarray:
@@ -83,7 +90,12 @@ def compress_weight(weight: np.ndarray, setting: LayerSetting, importance: np.nd
         likely = _top(np.where(keep, np.inf, scale * w.astype(np.float64) ** 2),
                       int(round((1 - setting.sparsity) * w.size)))
         fit = np.where(likely, fit, 0.0)
-    cents = weighted_kmeans_1d(w, fit if fit.any() else s, k).centroids
+    if setting.step is not None:
+        rms = float(np.sqrt(np.mean(w.astype(np.float64) ** 2))) or 1.0
+        cents, beyond = uniform_grid(w, setting.step * rms)
+        keep |= beyond
+    else:
+        cents = weighted_kmeans_1d(w, fit if fit.any() else s, k).centroids
     if hessian is not None:
         mat = torch.as_tensor(_as_matrix(w), dtype=torch.float64)
         idx, pruned, q = gptq.assign(mat, hessian, cents, keep=torch.as_tensor(_as_matrix(keep)),
@@ -98,13 +110,17 @@ def compress_weight(weight: np.ndarray, setting: LayerSetting, importance: np.nd
                           int(round(setting.sparsity * w.size)))
         q = np.where(pruned, 0.0, cents[idx])
         q = np.where(keep, w, q)
+    bits = setting.bits
+    if setting.step is not None:
+        cents, idx, bits = compact(idx, cents, keep | pruned)
+    n_out = int(keep.sum())
     common = int(np.bincount(idx[~keep & ~pruned].ravel(), minlength=len(cents)).argmax()) if (~keep).any() else 0
     idx = np.where(keep, common, idx)  # an outlier's own index is never read: spend the cheapest code on it
     mask = ~pruned if setting.sparsity > 0 else None
     kept_idx = idx[mask] if mask is not None else idx.ravel()
     out_mask = keep if n_out else None
     out_vals = q[keep].astype(np.float16) if n_out else None
-    tensor = SharedTensor(tuple(w.shape), cents.astype(np.float32), kept_idx.astype(np.uint8), setting.bits, mask,
+    tensor = SharedTensor(tuple(w.shape), cents.astype(np.float32), kept_idx.astype(np.uint8), bits, mask,
                           out_mask, out_vals)
     return tensor, estimated_error(w, tensor.to_dense(), s, hessian)
 
