@@ -21,9 +21,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_ddp_pipeline import FACTORY as PIPELINE_FACTORY
+from test_ddp_pipeline import RECIPE
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# the model dies on demand; the data and the recipe are test_ddp_pipeline's
 FACTORY = '''
 import os
 import time
@@ -55,30 +58,10 @@ def build():
     return Net()
 
 
-def loaders():
-    g = torch.Generator().manual_seed(0)
-    y = torch.randint(0, 10, (2024,), generator=g)
-    x = torch.rand(2024, 1, 28, 28, generator=g) * 0.6
-    for i, c in enumerate(y.tolist()):
-        r, col = 2 + 8 * (c // 3), 2 + 8 * (c % 3)
-        x[i, 0, r:r + 6, col:col + 6] += 0.4
-    return (DataLoader(TensorDataset(x[:1024], y[:1024]), batch_size=128),
-            DataLoader(TensorDataset(x[1024:], y[1024:]), batch_size=500))
-'''
+''' + PIPELINE_FACTORY[PIPELINE_FACTORY.index("def loaders():"):]
 
 # prune: 2 rounds of 1 epoch = 16 steps of the global batch 128 over 1024 images; the
 # 20th training forward of a rank is in the share stage's fine-tuning
-RECIPE = """
-stages = ["prune", "share", "encode"]
-[prune]
-sparsity = 0.8
-rounds = 2
-retrain_epochs = 1
-[share]
-fc_bits = 4
-conv_bits = 4
-finetune_epochs = 1
-"""
 DIES_IN_SHARE = "20"
 
 
