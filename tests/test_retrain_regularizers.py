@@ -95,6 +95,7 @@ def test_train_config_refuses_bad_options(kw, msg):
     ({"prune": {"shift": 9}}, "prune.shift must be an integer number of pixels in 0..8.*got 9"),
     ({"share": {"label_smoothing": 1.0}}, "share.label_smoothing must be in \\[0, 1\\); got 1.0"),
     ({"prune": {"label_smoothing": 0.1, "distill": 0.5}}, "prune.label_smoothing .* prune.distill"),
+    ({"prune": {"schedule": "warp"}}, "prune.schedule must be one of cosine, step, constant .*got 'warp'"),
 ])
 def test_bad_retraining_options_in_a_recipe(table, msg):
     with pytest.raises(ConfigError, match=msg):
@@ -107,11 +108,12 @@ def test_recipe_options_reach_the_training_loop(tiny_dataset, monkeypatch):
     seen = []
     monkeypatch.setattr(train, "fit", lambda model, data, cfg, **kw: seen.append(cfg))
     recipe = recipe_from_dict({"stages": ["prune", "share", "encode"],
-                               "prune": {"average": 0.99, "shift": 2, "label_smoothing": 0.05}})
+                               "prune": {"average": 0.99, "shift": 2, "label_smoothing": 0.05,
+                                         "schedule": "constant"}})
     from nnshrink.stages import retrain_options
 
     trainer = fit_trainer(tiny_dataset, TrainConfig())
     trainer(build_model("lenet300"), 1.0, {"stage": "prune", **retrain_options(recipe.prune)})
     trainer(build_model("lenet300"), 1.0, {"stage": "share", **retrain_options(recipe.share)})
-    assert (seen[0].average, seen[0].shift, seen[0].label_smoothing) == (0.99, 2, 0.05)
-    assert (seen[1].average, seen[1].shift, seen[1].label_smoothing) == (0.0, 0, 0.0)
+    assert (seen[0].average, seen[0].shift, seen[0].label_smoothing, seen[0].schedule) == (0.99, 2, 0.05, "constant")
+    assert (seen[1].average, seen[1].shift, seen[1].label_smoothing, seen[1].schedule) == (0.0, 0, 0.0, "cosine")

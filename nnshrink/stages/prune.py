@@ -58,9 +58,10 @@ class PruneConfig:
     average: float = 0.0
     shift: int = 0
     label_smoothing: float = 0.0
+    schedule: str = ""  # the retraining's lr schedule; "": the training's (cosine)
 
     def __post_init__(self):
-        check_retrain_options("prune", self.average, self.shift, self.label_smoothing)
+        check_retrain_options("prune", self.average, self.shift, self.label_smoothing, self.schedule)
         _check(not (self.distill > 0 and self.label_smoothing > 0),
                "prune.label_smoothing smooths the labels' cross-entropy, which prune.distill replaces; "
                "use one of them")

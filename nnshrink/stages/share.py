@@ -37,9 +37,10 @@ class ShareConfig:
     average: float = 0.0
     shift: int = 0
     label_smoothing: float = 0.0
+    schedule: str = ""  # the retraining's lr schedule; "": the training's (cosine)
 
     def __post_init__(self):
-        check_retrain_options("share", self.average, self.shift, self.label_smoothing)
+        check_retrain_options("share", self.average, self.shift, self.label_smoothing, self.schedule)
         if self.distill > 0 and self.label_smoothing > 0:
             raise ConfigError("share.label_smoothing smooths the labels' cross-entropy, which share.distill "
                               "replaces; use one of them")
