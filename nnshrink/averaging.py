@@ -29,9 +29,13 @@ def check_average(where: str, decay: float) -> None:
 class WeightAverage:
     """EMA of ``params``: ``update()`` after each optimizer step, ``apply()`` at the end.
 
-    The average starts at the first step's weights with a bias-corrected decay
-    (``min(decay, (1 + t) / (10 + t))``), so short runs average their recent steps rather
-    than sticking to the weights they started from."""
+    The decay at step t is ``min(decay, (1 + t) / (10 + t))`` (the warm-up of TensorFlow's
+    ExponentialMovingAverage), so the average never leans on the weights the run started
+    from (right after pruning, the worst of the run). The warm-up binds until
+    t = 9 / (1 - decay) - 1 steps (8,990 for 0.999): before that the average covers about
+    the last tenth of the steps so far, whatever ``decay`` is. Retraining rounds of a few
+    epochs (1,400 steps of LeNet-300-100 for 3 epochs) stay under it, so there ``decay``
+    0.998, 0.999 and 0.9995 average alike (measured: identical archives)."""
 
     def __init__(self, params: list[nn.Parameter], decay: float):
         check_average("train", decay)

@@ -48,7 +48,7 @@ class TrainConfig:
     l2: float = 0.0
     seed: int = 0
     max_steps: int | None = None
-    average: float = 0.0  # EMA decay per step of the trained parameters (0: off); nnshrink.averaging
+    average: float = 0.0  # EMA decay cap per step of the trained parameters (0: off); nnshrink.averaging
     shift: int = 0  # random shifts of the training images by up to this many pixels (0: off)
     label_smoothing: float = 0.0  # of the default cross-entropy loss
 
