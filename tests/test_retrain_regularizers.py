@@ -117,3 +117,4 @@ def test_recipe_options_reach_the_training_loop(tiny_dataset, monkeypatch):
     trainer(build_model("lenet300"), 1.0, {"stage": "share", **retrain_options(recipe.share)})
     assert (seen[0].average, seen[0].shift, seen[0].label_smoothing, seen[0].schedule) == (0.99, 2, 0.05, "constant")
     assert (seen[1].average, seen[1].shift, seen[1].label_smoothing, seen[1].schedule) == (0.0, 0, 0.0, "cosine")
+
