@@ -92,8 +92,6 @@ def test_lenet300_default_is_the_benchmarked_candidate():
     """The built-in LeNet-300-100 recipe is the file whose five-seed figures BENCHMARKS.md reports."""
     from pathlib import Path
 
-    from nnshrink.recipes import load_recipe
-
     path = Path(__file__).parent.parent / "benchmarks" / "recipes" / "lenet300-candidate-j.toml"
     built_in, benchmarked = load_recipe("deep-compression", "lenet300"), load_recipe(str(path), "lenet300")
     for stage in ("prune", "share", "encode"):
