@@ -15,12 +15,16 @@ first pattern that matches wins (``nnshrink.select.resolve``).
     sparsity = 0.92
     rounds = 3
     retrain_epochs = 2
+    distill = 0.7              # retrain 0.7 parts on the dense net's soft targets (and
+    distill_temperature = 4.0  # [share] too when given at the top level: nnshrink.distill)
+    schedule = "constant"      # the retraining's lr schedule ("" = the training's cosine);
+    average = 0.999            # with a weight average: stochastic weight averaging
+    # (nnshrink.averaging); also shift = 1 (random pixel shifts of the training images) and
+    # label_smoothing = 0.1; the same four keys in [share] for the centroid fine-tuning
     [prune.layers]
     conv1 = 0.4
     # or instead of the sparsities: target_ratio = 60 (per-layer sparsities chosen by
     # measured sensitivity and encoded bytes; also allowed at the top level)
-    distill = 0.7              # retrain 0.7 parts on the dense net's soft targets (and
-    distill_temperature = 4.0  # [share] too when given at the top level: nnshrink.distill)
     [share]
     fc_bits = 5
     conv_bits = 8
