@@ -210,3 +210,27 @@ def iterate_batches(
     for start in range(0, stop, batch_size):
         idx = order[start : start + batch_size]
         yield x[idx], y[idx]
+
+
+def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
+    """Each image of the batch ``x`` (N, C, H, W) moved by its own random (dy, dx) in
+    [-max_shift, max_shift] pixels, the uncovered border filled with 0 (the background of
+    the IDX sets): light augmentation that keeps a retrained sparse net from memorising
+    the exact pixel positions of the training images. Deterministic given ``generator``."""
+    if isinstance(max_shift, bool) or not isinstance(max_shift, int) or max_shift < 0:
+        raise ConfigError(f"shift must be an integer number of pixels >= 0; got {max_shift!r}")
+    if max_shift == 0 or len(x) == 0:
+        return x
+    if x.dim() != 4:
+        raise DataError(f"shift augmentation needs images of shape (N, C, H, W); got {tuple(x.shape)}")
+    s = max_shift
+    h, w = x.shape[-2:]
+    padded = torch.nn.functional.pad(x, (s, s, s, s))
+    offsets = torch.randint(0, 2 * s + 1, (len(x), 2), generator=generator)
+    out = torch.empty_like(x)
+    for dy in range(2 * s + 1):  # one slice per distinct shift, not one per image
+        for dx in range(2 * s + 1):
+            idx = ((offsets[:, 0] == dy) & (offsets[:, 1] == dx)).nonzero().flatten()
+            if len(idx):
+                out[idx] = padded[idx, :, dy:dy + h, dx:dx + w]
+    return out

@@ -6,6 +6,9 @@ Stages customise it through hooks rather than copies of the loop:
 (L1 / L2 for pruning), ``loss(logits, inputs, labels)`` replaces the cross-entropy
 (distillation from the dense net, ``nnshrink.distill``), and ``after_step(model)`` runs
 after every optimizer step (re-apply masks, clip binary weights, refresh shared weights).
+Against overfitting in retraining, three options (all off by default): ``average`` (an EMA
+of the trained parameters, ``nnshrink.averaging``), ``shift`` (random pixel shifts of the
+training images, ``data.random_shift``) and ``label_smoothing`` (of the cross-entropy).
 Under ``torch.distributed`` the loop wraps the model in DistributedDataParallel itself and
 splits each global batch of ``batch_size`` among the ranks (each rank a disjoint slice of
 the same shuffled order), so N processes take the same optimizer steps as one process would.
@@ -23,7 +26,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .data import Dataset, iterate_batches
+from .averaging import WeightAverage, check_average
+from .data import Dataset, iterate_batches, random_shift
 from .distributed import split_batch, world as world_
 from .errors import ConfigError, DataError
 
@@ -44,8 +48,17 @@ class TrainConfig:
     l2: float = 0.0
     seed: int = 0
     max_steps: int | None = None
+    average: float = 0.0  # EMA decay cap per step of the trained parameters (0: off); nnshrink.averaging
+    shift: int = 0  # random shifts of the training images by up to this many pixels (0: off)
+    label_smoothing: float = 0.0  # of the default cross-entropy loss
 
     def __post_init__(self):
+        check_average("train", self.average)
+        if isinstance(self.shift, bool) or not isinstance(self.shift, int) or not 0 <= self.shift <= 8:
+            raise ConfigError(f"shift must be an integer number of pixels in 0..8; got {self.shift!r}")
+        if (isinstance(self.label_smoothing, bool) or not isinstance(self.label_smoothing, (int, float))
+                or not 0 <= self.label_smoothing < 1):
+            raise ConfigError(f"label_smoothing must be in [0, 1); got {self.label_smoothing!r}")
         for name in ("epochs", "lr", "momentum", "weight_decay", "l1", "l2"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -161,7 +174,9 @@ def fit(
     desc: str = "train",
 ) -> TrainResult:
     """Train ``model`` in place on ``data.train_*``; returns per-epoch loss and accuracy."""
-    loss_of = loss if loss is not None else (lambda logits, xb, yb: F.cross_entropy(logits, yb))
+    smoothing = cfg.label_smoothing
+    loss_of = loss if loss is not None else (
+        lambda logits, xb, yb: F.cross_entropy(logits, yb, label_smoothing=smoothing))
     device = resolve_device(device)
     rank, world = world_()
     torch.manual_seed(cfg.seed)
@@ -182,6 +197,8 @@ def fit(
             gpu = [device.index if device.index is not None else torch.cuda.current_device()]
         net = nn.parallel.DistributedDataParallel(model, device_ids=gpu)
     hooks = list(after_step)
+    average = WeightAverage(params, cfg.average) if cfg.average > 0 else None
+    shifts = torch.Generator().manual_seed(cfg.seed * 100_003 + 7919 + rank) if cfg.shift else None
     batch = split_batch(cfg.batch_size)  # the global batch, shared among the ranks
     n_train = len(data.train_x) // world
     steps_per_epoch = math.ceil(n_train / batch)
@@ -199,6 +216,8 @@ def fit(
                                       seed=cfg.seed, epoch=epoch, rank=rank, world_size=world):
             if step >= total:
                 break
+            if shifts is not None:
+                xb = random_shift(xb, cfg.shift, shifts)
             xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
             for group in opt.param_groups:
                 group["lr"] = _lr_at(cfg, step, total)
@@ -212,6 +231,8 @@ def fit(
             opt.step()
             for hook in hooks:
                 hook(model)
+            if average is not None:
+                average.update()
             step += 1
             seen += len(yb)
             correct += int((logits.argmax(1) == yb).sum())
@@ -225,6 +246,10 @@ def fit(
         result.epochs.append(row)
         epoch += 1
     bar.close()
+    if average is not None:  # the run's result is the average; hooks see it like any step's weights
+        average.apply()
+        for hook in hooks:
+            hook(model)
     result.seconds = time.perf_counter() - start
     result.steps = step
     return result

@@ -142,6 +142,18 @@ def test_demo_quick_on_tiny_data(tiny_idx_dir, tmp_path):
         assert rep["compressed_bytes"] == (tmp_path / "d" / f"{rep['model']}.nsk").stat().st_size
 
 
+def test_demo_quick_recipe_skips_the_long_final_retraining():
+    from nnshrink.commands.demo import quick_recipe
+    from nnshrink.recipes import load_recipe
+
+    for name in ("lenet300", "lenet5"):
+        full = load_recipe("deep-compression", name)
+        quick = quick_recipe(full)
+        assert full.prune.final_epochs > 1
+        assert quick.prune.rounds == 1 and quick.prune.retrain_epochs == 0.3 and quick.prune.final_epochs == -1
+        assert quick.share.finetune_epochs == 0.2
+
+
 @pytest.mark.slow
 def test_demo_quick_on_fashion_mnist(tmp_path):
     p = run_cli("demo", "--quick", "--out-dir", tmp_path / "d", "--quiet")

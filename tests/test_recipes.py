@@ -86,3 +86,13 @@ def test_recipe_string_exclude_is_one_pattern_and_ints_are_floats():
     assert r.prune.layers == {"ip1": 0.0}
     r = recipe_from_dict({"stages": ["prune", "encode"], "prune": {"exclude": ["conv*", "ip3"]}}, "t")
     assert r.prune.exclude == ("conv*", "ip3")
+
+
+def test_lenet300_default_is_the_benchmarked_candidate():
+    """The built-in LeNet-300-100 recipe is the file whose five-seed figures BENCHMARKS.md reports."""
+    from pathlib import Path
+
+    path = Path(__file__).parent.parent / "benchmarks" / "recipes" / "lenet300-candidate-j.toml"
+    built_in, benchmarked = load_recipe("deep-compression", "lenet300"), load_recipe(str(path), "lenet300")
+    for stage in ("prune", "share", "encode"):
+        assert built_in.as_dict()[stage] == benchmarked.as_dict()[stage], stage

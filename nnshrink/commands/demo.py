@@ -29,7 +29,9 @@ def register(sub) -> None:
 def quick_recipe(recipe):
     from dataclasses import replace
 
-    prune = replace(recipe.prune, rounds=1, retrain_epochs=0.3) if "prune" in recipe.stages else recipe.prune
+    # final_epochs = -1: the one round retrains retrain_epochs, not the full recipe's final epochs
+    prune = (replace(recipe.prune, rounds=1, retrain_epochs=0.3, final_epochs=-1) if "prune" in recipe.stages
+             else recipe.prune)
     share = replace(recipe.share, finetune_epochs=0.2) if "share" in recipe.stages else recipe.share
     return recipe.with_configs(prune=prune, share=share)
 

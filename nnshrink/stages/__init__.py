@@ -31,6 +31,7 @@ from ..compressed import CompressedTensor
 from ..errors import ConfigError, NNShrinkError, StageError
 
 # (model, epochs, hints) -> None; hints: stage, round, lr_factor, l2, weight_decay, param_filter, desc,
+# average / shift / label_smoothing (``RetrainOptions``),
 # distill / temperature / teacher (a trainer with ``distills = True`` honours them)
 Trainer = Callable[[nn.Module, float, dict], None]
 Metric = Callable[[nn.Module], float]
@@ -44,6 +45,32 @@ def check_widths(section: str, fixed: dict[str, int | None], layers: dict[str, A
             continue
         if isinstance(b, bool) or not isinstance(b, int) or not lo <= b <= hi:
             raise ConfigError(f"{section}.{name} must be an integer in {lo}..{hi}; got {b}")
+
+
+def check_retrain_options(section: str, average: float, shift: int, label_smoothing: float,
+                          schedule: str = "") -> None:
+    """The options against overfitting in a stage's retraining (``train.TrainConfig``'s
+    ``average`` / ``shift`` / ``label_smoothing``, and ``schedule``: "" keeps the training's,
+    "constant" with ``average`` is stochastic weight averaging): a ConfigError naming the
+    section's bad value."""
+    from ..averaging import check_average
+    from ..train import SCHEDULES
+
+    check_average(section, average)
+    if schedule != "" and schedule not in SCHEDULES:
+        raise ConfigError(f"{section}.schedule must be one of {', '.join(SCHEDULES)} (or \"\" for the "
+                          f"training's own); got {schedule!r}")
+    if isinstance(shift, bool) or not isinstance(shift, int) or not 0 <= shift <= 8:
+        raise ConfigError(f"{section}.shift must be an integer number of pixels in 0..8 (0: off); got {shift!r}")
+    if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, (int, float)) \
+            or not 0 <= label_smoothing < 1:
+        raise ConfigError(f"{section}.label_smoothing must be in [0, 1); got {label_smoothing!r}")
+
+
+def retrain_options(cfg: Any) -> dict:
+    """A stage config's ``average`` / ``shift`` / ``label_smoothing`` / ``schedule`` as retraining hints."""
+    return {"average": cfg.average, "shift": cfg.shift, "label_smoothing": cfg.label_smoothing,
+            "schedule": cfg.schedule}
 
 
 def export_all(model: nn.Module, cfg: Any = None) -> dict[str, CompressedTensor]:
@@ -103,7 +130,9 @@ def fit_trainer(data, train_cfg, *, device: str = "cpu", progress: bool = True) 
     split_batch(train_cfg.batch_size)
 
     def train(model: nn.Module, epochs: float, hints: dict) -> None:
-        changes = {k: hints[k] for k in ("l2", "weight_decay") if k in hints}
+        changes = {k: hints[k] for k in ("l2", "weight_decay", "average", "shift", "label_smoothing") if k in hints}
+        if hints.get("schedule"):  # "" / absent: the training's own schedule
+            changes["schedule"] = hints["schedule"]
         cfg = train_cfg.replace(epochs=epochs, lr=train_cfg.lr * hints.get("lr_factor", 1.0),
                                 seed=train_cfg.seed + hints.get("round", 0), **changes)
         loss = None

@@ -19,7 +19,7 @@ import torch.nn as nn
 
 from ..distill import check_distill
 from ..errors import ConfigError
-from . import Context, Stage, register
+from . import Context, Stage, check_retrain_options, register, retrain_options
 
 METHODS = ("std", "sparsity", "global")
 GENERIC_SPARSITY = {"fc": 0.9, "conv": 0.7, "embedding": 0.8, "attention": 0.8, "param": 0.8}
@@ -38,7 +38,9 @@ class PruneConfig:
     sensitivity and encoded size, so that the archive is about 1/R of the original
     (``prune.target_ratio``); it needs a metric (a dataset) and no ``layers``.
     ``distill`` w > 0: the retraining learns w parts from the dense net's soft targets at
-    ``distill_temperature`` (``nnshrink.distill``), 1 - w from the labels."""
+    ``distill_temperature`` (``nnshrink.distill``), 1 - w from the labels.
+    ``average`` d > 0 (an EMA decay per step), ``shift`` s pixels, ``label_smoothing``:
+    options against overfitting in every retraining (``nnshrink.train.TrainConfig``)."""
 
     method: str = "sparsity"
     sparsity: float | None = 0.9
@@ -53,8 +55,16 @@ class PruneConfig:
     target_ratio: float | None = None
     distill: float = 0.0
     distill_temperature: float = 4.0
+    average: float = 0.0
+    shift: int = 0
+    label_smoothing: float = 0.0
+    schedule: str = ""  # the retraining's lr schedule; "": the training's (cosine)
 
     def __post_init__(self):
+        check_retrain_options("prune", self.average, self.shift, self.label_smoothing, self.schedule)
+        _check(not (self.distill > 0 and self.label_smoothing > 0),
+               "prune.label_smoothing smooths the labels' cross-entropy, which prune.distill replaces; "
+               "use one of them")
         _check(self.method in METHODS, f"prune.method must be one of {', '.join(METHODS)}; got {self.method!r}")
         _check(self.sparsity is None or 0 <= self.sparsity < 1,
                f"prune.sparsity must be in [0, 1); got {self.sparsity}")
@@ -131,7 +141,7 @@ def apply(model: nn.Module, cfg: PruneConfig, ctx: Context) -> dict:
         # fresh BatchNorm statistics for the retraining to start from, or for the metric
         bn = [ctx.recalibrate(model, "prune", f"pruning round {i + 1}", by_training=retrains and epochs > 0)]
         if retrains and ctx.retrain(model, epochs, "prune", round=i, lr_factor=cfg.lr_factor, l2=cfg.l2,
-                                    distill=cfg.distill, temperature=cfg.distill_temperature,
+                                    distill=cfg.distill, temperature=cfg.distill_temperature, **retrain_options(cfg),
                                     desc=f"prune round {i + 1}/{len(steps)}") and last:
             bn.append(ctx.recalibrate(model, "prune", f"retraining round {i + 1}", by_training=True))
         rounds.append({"round": i + 1, "epochs": epochs if retrains else 0, "seconds": time.perf_counter() - t0,
@@ -163,7 +173,8 @@ def _prune_to_fit(model: nn.Module, cfg: PruneConfig, ctx: Context, look, looks:
             break
         prune_model(model, None, overrides=target)
         ctx.retrain(model, cfg.retrain_epochs, "prune", round=done + k, lr_factor=cfg.lr_factor, l2=cfg.l2,
-                    distill=cfg.distill, temperature=cfg.distill_temperature, desc="prune to the target ratio")
+                    distill=cfg.distill, temperature=cfg.distill_temperature, **retrain_options(cfg),
+                    desc="prune to the target ratio")
         bn = ctx.recalibrate(model, "prune", "pruning to the target ratio", by_training=True)
         rounds.append({"round": done + k + 1, "epochs": cfg.retrain_epochs, "seconds": time.perf_counter() - t0,
                        "to_target_ratio": True, "bn_recalibrated": [bn] if bn is not None else []})

@@ -13,7 +13,7 @@ import torch.nn as nn
 
 from ..distill import check_distill
 from ..errors import ConfigError
-from . import Context, Stage, check_widths, register
+from . import Context, Stage, check_retrain_options, check_widths, register, retrain_options
 
 INITS = ("linear", "density", "random")
 
@@ -32,8 +32,18 @@ class ShareConfig:
     # w > 0: centroid fine-tuning learns w parts from the dense net's soft targets (nnshrink.distill)
     distill: float = 0.0
     distill_temperature: float = 4.0
+    # against overfitting in centroid fine-tuning (nnshrink.train.TrainConfig): EMA decay of
+    # the centroids per step, random pixel shifts, label smoothing; 0 = off
+    average: float = 0.0
+    shift: int = 0
+    label_smoothing: float = 0.0
+    schedule: str = ""  # the retraining's lr schedule; "": the training's (cosine)
 
     def __post_init__(self):
+        check_retrain_options("share", self.average, self.shift, self.label_smoothing, self.schedule)
+        if self.distill > 0 and self.label_smoothing > 0:
+            raise ConfigError("share.label_smoothing smooths the labels' cross-entropy, which share.distill "
+                              "replaces; use one of them")
         check_widths("share", {"fc_bits": self.fc_bits, "conv_bits": self.conv_bits}, self.layers, 1, 8)
         if self.init not in INITS:
             raise ConfigError(f"share.init must be one of {', '.join(INITS)}; got {self.init!r}")
@@ -61,7 +71,7 @@ def apply(model: nn.Module, cfg: ShareConfig, ctx: Context) -> dict:
                           by_training=cfg.finetune_epochs > 0 and ctx.trainer is not None)]
     if ctx.retrain(model, cfg.finetune_epochs, "share", lr_factor=cfg.lr_factor, weight_decay=0.0,
                    param_filter=finetune_filter(model), distill=cfg.distill, temperature=cfg.distill_temperature,
-                   desc="centroid fine-tuning"):
+                   **retrain_options(cfg), desc="centroid fine-tuning"):
         bn.append(ctx.recalibrate(model, "share", "centroid fine-tuning", by_training=True))
     return {"bits": bits, "layers": [r if isinstance(r, dict) else r.as_dict() for r in rows],
             "bn_recalibrated": [r for r in bn if r is not None]}
