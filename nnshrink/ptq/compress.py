@@ -43,6 +43,7 @@ from .allocate import BudgetError, Candidate, allocate, allocate_for_error
 from .calibrate import Calibration, _batches, collect, default_forward
 from .layer import LayerSetting, compress_weight
 from .probe import output_errors
+from .tune import check_steps, tune_exact_parameters
 
 # default budget candidates: uniform grids from ~1 to ~7 bits per weight, sqrt(2) apart (half a bit)
 GRID_STEPS = (2.0, 1.4, 1.0, 0.7, 0.5, 0.35, 0.25, 0.18, 0.125, 0.09, 0.0625, 0.044)
@@ -94,10 +95,17 @@ def compress_model(model: nn.Module, calibrate=None, *, forward: Callable | None
                    damp: float = 0.1, calibration: Calibration | None = None, force: bool = False,
                    state: dict[str, torch.Tensor] | None = None,
                    progress: Callable[[str], None] | None = None, step: float | None = None,
-                   candidate_steps=None, probe: bool = False, probe_batches: int | None = 8) -> PTQResult:
+                   candidate_steps=None, probe: bool = False, probe_batches: int | None = 8,
+                   tune_steps: int = 0) -> PTQResult:
     """Compress ``model``'s state post-training (module doc); the model is not changed.
     ``state`` (default: the model's state_dict) is what gets stored, e.g. a weight file's
-    tensors, buffers the model does not hold included; calibration uses the model."""
+    tensors, buffers the model does not hold included; calibration uses the model.
+    ``tune_steps`` N > 0 (needs ``calibrate`` batches): afterwards the exactly-stored
+    parameters are tuned N Adam steps towards the float model's outputs (tune.py)."""
+    tune_steps = check_steps(tune_steps)
+    if tune_steps and calibrate is None:
+        raise ConfigError("tune_steps needs calibration batches (calibrate=): the tuning fits the float model's "
+                          "outputs on them")
     if target_bpw is not None and not (isinstance(target_bpw, (int, float)) and 0 < target_bpw <= 32):
         raise ConfigError(f"target bits per weight must be in (0, 32]; got {target_bpw!r}")
     if max_error is not None and not (isinstance(max_error, (int, float)) and max_error > 0):
@@ -210,9 +218,23 @@ def compress_model(model: nn.Module, calibrate=None, *, forward: Callable | None
             if over <= 0 or warnings:
                 break
             budget -= over
-    t_all = time.perf_counter() - t0
     tensors.update({n: v[1] for n, v in chosen.items()})
     tensors = {n: tensors[n] for n in state}  # the model's order
+    tuned = None
+    if tune_steps:
+        say(f"tuning norms and biases, {tune_steps} steps")
+        decoded = {n: tensors[n].to_dense() for n in names}
+        values, tuned = tune_exact_parameters(model, decoded, [n for n in state if n not in names], batches,
+                                              forward or default_forward, steps=tune_steps,
+                                              progress=progress is not None)
+        for n, v in values.items():
+            t = torch.from_numpy(v).to(state[n].dtype)
+            if t.dtype == torch.float32 and half_small:
+                tensors[n] = DenseTensor(t.numpy(), half=True)
+            else:
+                from ..post_training import exact_array
+                tensors[n] = DenseTensor(exact_array(n, t))
+    t_all = time.perf_counter() - t0
     rows = []
     for n in state:
         if n in chosen:
@@ -227,11 +249,13 @@ def compress_model(model: nn.Module, calibrate=None, *, forward: Callable | None
     report = {"calibrated": calibration is not None,
               "estimated_relative_error": total_err / scale if scale else None, "max_error": max_error,
               "method": ("calibrated: Fisher-weighted k-means, GPTQ-compensated Linear/Conv2d"
-                         if calibration is not None else "data-free fallback: unweighted k-means, no compensation"),
+                         if calibration is not None else "data-free fallback: unweighted k-means, no compensation")
+              + (f"; {tuned['what']}" if tuned else ""),
               "bits": bits if target_bpw is None and step is None else None, "step": step,
               "candidates": [_label(c) for c in candidates] if target_bpw is not None or max_error is not None
               else None, "probed": bool(factors), "target_bpw": target_bpw, "outliers": outliers,
-              "sparsity": sparsity, "calibration_batches": calibration.samples if calibration else 0}
+              "sparsity": sparsity, "calibration_batches": calibration.samples if calibration else 0,
+              "tuned": tuned}
     return PTQResult(tensors, rows, calibration is not None,
                      {"model": None, "config": {}, "info": {"post_training": report}, "report": {}},
                      warnings, {"calibrate": t_cal, "total": t_all})

@@ -56,7 +56,10 @@ class PostTraining:
     are shared; the rest are stored exactly. ``recalibrate_bn``: after sharing, re-estimate
     every BatchNorm's running statistics on the calibration batches (read a second time)
     and store those: the shared weights move each channel's mean and variance, and stale
-    statistics add that shift on top of the weight error.
+    statistics add that shift on top of the weight error. ``tune_steps`` N > 0: after
+    sharing, the exactly-stored parameters (norms, biases) are tuned N Adam steps so the
+    compressed model's outputs on the calibration batches (read again) come closer to the
+    float model's; the shared weights stay as they are (tune.py).
     """
 
     bits: int | None = None
@@ -67,9 +70,13 @@ class PostTraining:
     force: bool = False
     min_numel: int = 1024
     recalibrate_bn: bool = False
+    tune_steps: int = 0
 
     def __post_init__(self):
         from .layer import LayerSetting
+        from .tune import check_steps
+
+        check_steps(self.tune_steps)
 
         given = [n for n in ("bits", "target_bpw", "max_error") if getattr(self, n) is not None]
         if len(given) > 1:
@@ -196,6 +203,13 @@ def compress_module(model: nn.Module, settings: PostTraining, *, calibrate=None,
         from ..batchnorm import check_batches
 
         check_batches(calibrate, "calibrate")  # read twice: not a one-shot generator
+    if settings.tune_steps:
+        if calibrate is None:
+            raise ConfigError("tune_steps needs calibration data (the float model's outputs on it are the target); "
+                              "give calibration batches")
+        from ..batchnorm import check_batches
+
+        check_batches(calibrate, "calibrate")  # read twice: not a one-shot generator
     t0 = time.perf_counter()
     original = state_bytes(model.state_dict())
     top1_before = evaluate(model) if evaluate is not None else None
@@ -206,9 +220,10 @@ def compress_module(model: nn.Module, settings: PostTraining, *, calibrate=None,
     bar, say = _layer_bar(model, settings, progress)
     try:
         bits = settings.bits if settings.bits is not None else DEFAULT_BITS
-        res = compress_model(model, None, calibration=cal, bits=bits, target_bpw=settings.target_bpw,
+        res = compress_model(model, calibrate if settings.tune_steps else None, calibration=cal, bits=bits, target_bpw=settings.target_bpw,
                              max_error=settings.max_error, outliers=settings.outliers, sparsity=settings.sparsity,
-                             min_numel=settings.min_numel, force=settings.force, progress=say)
+                             min_numel=settings.min_numel, force=settings.force, progress=say, forward=forward,
+                             tune_steps=settings.tune_steps)
     finally:
         bar.close()
     meta = res.metadata
