@@ -8,10 +8,11 @@ One torch thread; the model, calibration texts and measured sentences are post_t
 - ``tune``: norms and biases tuned on the calibration texts (``tune_steps``, nnshrink/ptq/tune.py;
   shared weights unchanged) on the 10x budget (--target-bpw 3.2, grid steps) and on 50% of every
   Linear weight pruned (SparseGPT, grid step 0.125); bytes are the written archive's.
-- ``sparsity``: 50% of all Linear weights pruned overall, the per-layer sparsity chosen by
-  the post-training allocator from each layer's SparseGPT error at 20..90% (rescaled by one
-  measured output error at 50%, as ``probe`` does), with and without tuning; and 50% of ALL
-  weights (embeddings too, pruned by Fisher-weighted magnitude: no compensation reaches them).
+- ``sparsity``: 50% of all Linear weights pruned overall, the per-layer fraction chosen by
+  ``sparsity_by_layer`` (nnshrink/ptq/sparsity.py) from each layer's SparseGPT error at
+  20..90%, rescaled by one measured output error at 50% (``probe``), with and without tuning;
+  and 50% of ALL weights (embeddings too, pruned by Fisher-weighted magnitude: no compensation
+  reaches them).
 - ``sequential``: the 10x budget's per-layer grid steps, re-quantised layer after layer with
   Hessians of the inputs the already-compressed prefix gives (standard GPTQ practice).
 - ``entropy``: how far the 10x archive is from the order-0 entropy of the values it stores.
@@ -43,7 +44,6 @@ from benchmarks.post_training import CALIBRATION, Bench, minilm_folder  # noqa: 
 COMMAND = "python benchmarks/post_training_tuning.py --json benchmarks/results/post_training_tuning.json"
 TUNE_STEPS = 300
 LOW_STEPS = (1.0, 0.7, 0.5, 0.35, 0.25, 0.18, 0.125)  # post_training.py's candidates for the 10x rows
-SPARSITIES = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
 def _kind(name: str) -> str:
@@ -61,11 +61,9 @@ def main(argv=None) -> int:
     torch.manual_seed(0)
     from nnshrink.compressed import DenseTensor
     from nnshrink.format import parse_archive, serialize
-    from nnshrink.ptq.allocate import Candidate, allocate
     from nnshrink.ptq.calibrate import collect
     from nnshrink.ptq.compress import _compressible, _owner_map, compress_model, record_bytes
     from nnshrink.ptq.layer import LayerSetting, compress_weight
-    from nnshrink.ptq.probe import output_errors
     from nnshrink.ptq.tune import tune_exact_parameters
 
     b = Bench(minilm_folder())
@@ -128,32 +126,22 @@ def main(argv=None) -> int:
         save()
 
     if "sparsity" in parts:
-        t = time.perf_counter()
-        base, _ = compress(step=0.125)  # every tensor on grid 0.125; the Linear ones are replaced below
-        lin = [n for n in names if n in cal.hessian and n.startswith("encoder.layer.")]
-        total = sum(ft[n].numel() for n in lin)
-        made = {(n, s): compress_weight(ft[n].float().numpy(), LayerSetting(8, 0.0, s, 0.125), cal.fisher[n].numpy(),
-                                        cal.hessian[n], damp=0.1) for n in lin for s in SPARSITIES}
-        measured = output_errors(b.model, batches, b.hf.mean_pooled, {n: made[(n, 0.5)][0].to_dense() for n in lin})
-        options = {n: [Candidate(s, int(round((1 - s) * ft[n].numel())),
-                                 made[(n, s)][1] * measured[n] / max(made[(n, 0.5)][1], 1e-30)) for s in SPARSITIES]
-                   for n in lin}
-        pick = allocate(options, total // 2)  # kept Linear weights <= half of them
-        tensors = dict(base.tensors)
-        tensors.update({n: made[(n, c.setting)][0] for n, c in pick.items()})
-        per_layer = {n: c.setting for n, c in pick.items()}
+        res, dt = compress(step=0.125, sparsity=0.5, sparsity_by_layer=True, probe=True, calibrate=batches)
+        frac = {r["name"]: r["sparsity"] for r in res.rows}
+        enc = [n for n in names if n in cal.hessian and n.startswith("encoder.layer.")]
+        lin = [n for n in names if n in cal.hessian]
+        zeros = {n: int((res.tensors[n].to_dense() == 0).sum()) for n in lin}
         by_kind: dict[str, list] = {}
-        for n in lin:
-            by_kind.setdefault(_kind(n), []).append(per_layer[n])
-        kept = sum(int(made[(n, per_layer[n])][0].mask.sum()) for n in lin)
-        dt = time.perf_counter() - t
-        label = ("50% of the encoder's Linear weights pruned, per-layer sparsity by measured error (SparseGPT), "
-                 "grid step 0.125")
-        rows = [row(label, tensors, base.metadata, dt, linear_zero_fraction=1 - kept / total,
-                    sparsity_by_kind_layers_0_to_5=by_kind)]
-        new, dt2, stats = tuned(tensors, base.metadata)
-        rows.append(row(label + label_tuned, new, base.metadata, dt + dt2, linear_zero_fraction=1 - kept / total,
-                        tuning=stats))
+        for n in enc:
+            by_kind.setdefault(_kind(n), []).append(frac[n])
+        extra = {"linear_zero_fraction": sum(zeros[n] for n in enc) / sum(ft[n].numel() for n in enc),
+                 "all_linear_zero_fraction": sum(zeros.values()) / sum(ft[n].numel() for n in lin),
+                 "pooler_sparsity": frac.get("pooler.dense.weight")}
+        label = ("50% of all Linear weights pruned overall, per-layer fraction by measured error "
+                 "(sparsity_by_layer, probe; SparseGPT), grid step 0.125")
+        rows = [row(label, res.tensors, res.metadata, dt, sparsity_by_kind_layers_0_to_5=by_kind, **extra)]
+        new, dt2, stats = tuned(res.tensors, res.metadata)
+        rows.append(row(label + label_tuned, new, res.metadata, dt + dt2, tuning=stats, **extra))
         # 50% of ALL weights: the Linear ones as SparseGPT above at a uniform 50%, the embeddings by Fisher x w^2
         t = time.perf_counter()
         sp, _ = compress(step=0.125, sparsity=0.5)
