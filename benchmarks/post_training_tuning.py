@@ -12,7 +12,8 @@ One torch thread; the model, calibration texts and measured sentences are post_t
   ``sparsity_by_layer`` (nnshrink/ptq/sparsity.py) from each layer's SparseGPT error at
   20..90%, rescaled by one measured output error at 50% (``probe``), with and without tuning;
   and 50% of ALL weights (embeddings too, pruned by Fisher-weighted magnitude: no compensation
-  reaches them).
+  reaches them). ``mix``: about 50% of ALL weights with the embeddings pruned harder (70% / 80%)
+  than the Linear weights (30% / 20%).
 - ``sequential``: the 10x budget's per-layer grid steps, re-quantised layer after layer with
   Hessians of the inputs the already-compressed prefix gives (standard GPTQ practice).
 - ``entropy``: how far the 10x archive is from the order-0 entropy of the values it stores.
@@ -53,7 +54,7 @@ def _kind(name: str) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--json", required=True)
-    ap.add_argument("--parts", default="tune,sparsity,sequential,entropy,embedding,cli",
+    ap.add_argument("--parts", default="tune,sparsity,mix,sequential,entropy,embedding,cli",
                     help="comma-separated parts to run; others are kept from an existing --json file")
     args = ap.parse_args(argv)
     parts = set(args.parts.split(","))
@@ -153,6 +154,22 @@ def main(argv=None) -> int:
         rows.append(row("50% of ALL weights pruned (Linear: SparseGPT; embeddings: Fisher x w^2), grid step 0.125",
                         tensors, sp.metadata, time.perf_counter() - t))
         out["sparsity"] = rows
+        save()
+
+    if "mix" in parts:  # 50% of ALL weights with the embeddings pruned harder than the Linear weights
+        rows = []
+        for emb_frac, lin_frac in ((0.7, 0.3), (0.8, 0.2)):
+            t = time.perf_counter()
+            sp, _ = compress(step=0.125, sparsity=lin_frac)
+            tensors = dict(sp.tensors)
+            for n in names:
+                if n not in cal.hessian:
+                    tensors[n] = compress_weight(ft[n].float().numpy(), LayerSetting(8, 0.0, emb_frac, 0.125),
+                                                 cal.fisher[n].numpy(), None)[0]
+            rows.append(row(f"ALL weights: embeddings {emb_frac:.0%} pruned (Fisher x w^2), every Linear "
+                            f"{lin_frac:.0%} (SparseGPT), grid step 0.125", tensors, sp.metadata,
+                            time.perf_counter() - t))
+        out["sparsity_mix"] = rows
         save()
 
     if "sequential" in parts:
