@@ -453,8 +453,9 @@ def reading_lines(d: dict) -> list[str]:
     uniform = [r for r in tune if r["experiment"].startswith("50%")]
     if alloc and uniform:
         pooler = alloc[0].get("pooler_sparsity")
+        pooler = "" if pooler is None else f"; the pooler, which the sentence embedding never reads, takes {pooler:.0%}"
         out.append(f"- Choosing each layer's sparsity by its measured error (`sparsity_by_layer`, 50% of all Linear "
-                   f"weights overall{f'; the pooler, which the sentence embedding never reads, takes {pooler:.0%}' if pooler is not None else ''}"
+                   f"weights overall{pooler}"
                    f") lifts the mean cosine from {uniform[0]['mean_cos']:.4f} to {alloc[0]['mean_cos']:.4f}; "
                    f"with tuning {alloc[-1]['mean_cos']:.4f}: the best 50% figure, still far from 0.99.")
     all50 = [r for r in sp if r["experiment"].startswith("50% of ALL")]

@@ -269,7 +269,8 @@ def main(argv=None) -> int:
                 dense = {k: torch.from_numpy(v) for k, v in read_archive(arc).dense_arrays().items()}
                 mean, low = b.score(dense)
                 size = arc.stat().st_size
-            label = f"nnshrink compress --hf-model DIR --calibration calibration.txt --target-bpw 3.2 --tune-steps {tune}"
+            label = ("nnshrink compress --hf-model DIR --calibration calibration.txt --target-bpw 3.2 "
+                     f"--tune-steps {tune}")
             rows.append({"experiment": label, "bytes": size, "ratio": b.float_bytes / size, "bpw": 8 * size / b.numel,
                          "mean_cos": mean, "min_cos": low, "seconds": dt})
             print(f"{label:<72} {rows[-1]['ratio']:6.2f}x cos {mean:.4f} (min {low:.4f}) {dt:5.0f} s", flush=True)

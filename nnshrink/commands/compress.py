@@ -422,8 +422,8 @@ def _run_hf(args, out) -> int:
               if value]
     if unused:
         raise ConfigError(f"{', '.join(unused)} given with --hf-model: post-training compression of a model "
-                          "folder takes --calibration, --bits or --target-bpw, --outliers, --sparsity, --sparsity-by-layer and "
-                          "--tune-steps")
+                          "folder takes --calibration, --bits or --target-bpw, --outliers, --sparsity, "
+                          "--sparsity-by-layer and --tune-steps")
     _one_budget(args)
     say = None if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     with work_dir(out, {"post-training": str(args.hf_model)}):

@@ -230,9 +230,10 @@ def compress_module(model: nn.Module, settings: PostTraining, *, calibrate=None,
     bar, say = _layer_bar(model, settings, progress)
     try:
         bits = settings.bits if settings.bits is not None else DEFAULT_BITS
-        res = compress_model(model, calibrate if settings.tune_steps else None, calibration=cal, bits=bits, target_bpw=settings.target_bpw,
-                             max_error=settings.max_error, outliers=settings.outliers, sparsity=settings.sparsity,
-                             min_numel=settings.min_numel, force=settings.force, progress=say, forward=forward,
+        res = compress_model(model, calibrate if settings.tune_steps else None, calibration=cal, bits=bits,
+                             target_bpw=settings.target_bpw, max_error=settings.max_error, outliers=settings.outliers,
+                             sparsity=settings.sparsity, min_numel=settings.min_numel, force=settings.force,
+                             progress=say if progress else None, forward=forward,
                              tune_steps=settings.tune_steps, sparsity_by_layer=settings.sparsity_by_layer)
     finally:
         bar.close()
