@@ -302,6 +302,14 @@ def test_cli_own_model_post_training(cli, tmp_path):
                        "--json", "-", "--quiet")
     assert rc == 0, err
     assert json.loads(out)["post_training"]["bn_recalibrated"] == 0  # the flag arrives; this model has no BatchNorm
+    rc, out, err = cli(*OWN, "--calibration-factory", "mynets_ptq:calib", "--tune-steps", 7, "-o", "e.nsk",
+                       "--json", "-", "--quiet")
+    assert rc == 0, err
+    assert json.loads(out)["post_training"]["tuned"]["steps"] == 7 and json.loads(out)["recipe"]["tune_steps"] == 7
+    rc, out, err = cli(*OWN, "--calibration-factory", "mynets_ptq:calib", "--sparsity", 0.5, "--sparsity-by-layer",
+                       "-o", "f.nsk", "--json", "-", "--quiet")
+    assert rc == 0, err
+    assert json.loads(out)["post_training"]["sparsity_by_layer"] is True
     rc, out, err = cli(*OWN, "--recipe", "post-training", "-o", "c.nsk", "--json", "-", "--quiet")
     assert rc == 0, err
     assert "no --calibration-factory or --data-factory: data-free fallback" in err
@@ -316,6 +324,10 @@ def test_cli_own_model_post_training(cli, tmp_path):
     (("--calibration-factory", "mynets_ptq:calib", "--bits", 3, "--max-error", 0.1), "give one of --bits"),
     (("--max-error", 0.1), "--max-error needs calibration data"),
     (("--recalibrate-bn",), "--recalibrate-bn needs calibration data"),
+    (("--tune-steps", 5), "--tune-steps needs calibration data"),
+    (("--sparsity-by-layer", "--sparsity", 0.5), "--sparsity-by-layer needs calibration data"),
+    (("--calibration-factory", "mynets_ptq:calib", "--sparsity-by-layer"), "sparsity_by_layer needs sparsity > 0"),
+    (("--calibration-factory", "mynets_ptq:calib", "--tune-steps", -1), "--tune-steps must be an integer >= 0 (0: no tuning); got -1"),
     (("--recipe", "prune", "--target-bpw", 3), "given with --recipe prune"),
     (("--outliers", 0.01, "--epochs-scale", 2), "--epochs-scale given, but post-training"),
     (("--calibration-factory", "nomod:fn"), "cannot import 'nomod'"),

@@ -64,6 +64,12 @@ def register(sub) -> None:
     g.add_argument("--recalibrate-bn", action="store_true",
                    help="with --model-factory: after sharing, re-estimate the BatchNorm statistics on the "
                         "calibration batches and store those")
+    g.add_argument("--tune-steps", type=int, default=0, metavar="N",
+                   help="after sharing, tune the exactly-stored norms and biases N Adam steps towards the float "
+                        "model's outputs on the calibration data (shared weights unchanged; default 0: off)")
+    g.add_argument("--sparsity-by-layer", action="store_true",
+                   help="with --sparsity S: prune S of all error-compensated layers' weights overall, each layer's "
+                        "fraction chosen by its measured pruning error (needs calibration data)")
     g.add_argument("--outliers", type=float, default=0.0, metavar="F",
                    help="fraction of each shared tensor kept exactly (float16) beside its codebook")
     add_json_arg(p)
@@ -296,7 +302,8 @@ def post_training_flags(args) -> list[str]:
     """The flags that only post-training compression takes (they select it for --model-factory)."""
     return [f for f, v in (("--calibration-factory", args.calibration_factory),
                            ("--target-bpw", args.target_bpw is not None), ("--max-error", args.max_error is not None),
-                           ("--outliers", args.outliers), ("--recalibrate-bn", args.recalibrate_bn)) if v]
+                           ("--outliers", args.outliers), ("--recalibrate-bn", args.recalibrate_bn),
+                           ("--tune-steps", args.tune_steps), ("--sparsity-by-layer", args.sparsity_by_layer)) if v]
 
 
 def _one_budget(args) -> None:
@@ -314,6 +321,7 @@ def _run_own_post_training(args, out) -> int:
     from ..errors import ConfigError
     from ..io_utils import atomic_write_bytes
     from ..ptq.module import PostTraining, compress_module
+    from ..ptq.tune import check_steps
     from ..stages import top1_metric
     from ..train import TrainConfig
     from ..workdir import work_dir
@@ -331,13 +339,15 @@ def _run_own_post_training(args, out) -> int:
         raise ConfigError(f"{', '.join(unused)} given, but post-training compression retrains nothing and runs on "
                           "the CPU; it takes --calibration-factory / --data-factory (your model) or --dataset (an "
                           "nnshrink checkpoint), --bits or --target-bpw or --max-error, --outliers, --sparsity, "
-                          "--recalibrate-bn, --seed")
+                          "--recalibrate-bn, --tune-steps, --sparsity-by-layer, --seed")
     if args.input is None:
         raise ConfigError("give INPUT: the state_dict (safetensors) of the model --model-factory builds")
     _one_budget(args)
+    check_steps(args.tune_steps, "--tune-steps")
     settings = PostTraining(bits=args.bits, target_bpw=args.target_bpw, max_error=args.max_error,
                             outliers=args.outliers, sparsity=args.sparsity or 0.0, force=args.force,
-                            recalibrate_bn=args.recalibrate_bn)
+                            recalibrate_bn=args.recalibrate_bn, tune_steps=args.tune_steps,
+                            sparsity_by_layer=args.sparsity_by_layer)
     zoo = None
     if args.model_factory:
         model, data = own_model(args), own_data(args)
@@ -356,7 +366,8 @@ def _run_own_post_training(args, out) -> int:
     elif data is not None:
         calibrate = calibration_batches(data.train_x, seed=seed)
     source = "--calibration-factory or --data-factory" if args.model_factory else "--dataset"
-    for flag, asked in (("--max-error", settings.max_error is not None), ("--recalibrate-bn", args.recalibrate_bn)):
+    for flag, asked in (("--max-error", settings.max_error is not None), ("--recalibrate-bn", args.recalibrate_bn),
+                        ("--tune-steps", bool(args.tune_steps)), ("--sparsity-by-layer", args.sparsity_by_layer)):
         if asked and calibrate is None:
             raise ConfigError(f"{flag} needs calibration data: give {source}")
     cls = f"{type(model).__module__}.{type(model).__qualname__}"
@@ -411,13 +422,15 @@ def _run_hf(args, out) -> int:
               if value]
     if unused:
         raise ConfigError(f"{', '.join(unused)} given with --hf-model: post-training compression of a model "
-                          "folder takes --calibration, --bits or --target-bpw, --outliers and --sparsity")
+                          "folder takes --calibration, --bits or --target-bpw, --outliers, --sparsity, "
+                          "--sparsity-by-layer and --tune-steps")
     _one_budget(args)
     say = None if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     with work_dir(out, {"post-training": str(args.hf_model)}):
         report = compress_hf_folder(args.hf_model, out, calibration=args.calibration,
                                     bits=args.bits or 4, target_bpw=args.target_bpw, max_error=args.max_error,
-                                    outliers=args.outliers,
+                                    outliers=args.outliers, tune_steps=args.tune_steps,
+                                    sparsity_by_layer=args.sparsity_by_layer,
                                     sparsity=args.sparsity or 0.0, force=args.force, progress=say)
     _emit_post_training(args, report, out)
     return 0

@@ -43,6 +43,8 @@ from .allocate import BudgetError, Candidate, allocate, allocate_for_error
 from .calibrate import Calibration, _batches, collect, default_forward
 from .layer import LayerSetting, compress_weight
 from .probe import output_errors
+from .sparsity import sparsity_by_layer as sparsity_by_layer_
+from .tune import check_steps, tune_exact_parameters
 
 # default budget candidates: uniform grids from ~1 to ~7 bits per weight, sqrt(2) apart (half a bit)
 GRID_STEPS = (2.0, 1.4, 1.0, 0.7, 0.5, 0.35, 0.25, 0.18, 0.125, 0.09, 0.0625, 0.044)
@@ -94,10 +96,27 @@ def compress_model(model: nn.Module, calibrate=None, *, forward: Callable | None
                    damp: float = 0.1, calibration: Calibration | None = None, force: bool = False,
                    state: dict[str, torch.Tensor] | None = None,
                    progress: Callable[[str], None] | None = None, step: float | None = None,
-                   candidate_steps=None, probe: bool = False, probe_batches: int | None = 8) -> PTQResult:
+                   candidate_steps=None, probe: bool = False, probe_batches: int | None = 8,
+                   tune_steps: int = 0, sparsity_by_layer: bool = False) -> PTQResult:
     """Compress ``model``'s state post-training (module doc); the model is not changed.
     ``state`` (default: the model's state_dict) is what gets stored, e.g. a weight file's
-    tensors, buffers the model does not hold included; calibration uses the model."""
+    tensors, buffers the model does not hold included; calibration uses the model.
+    ``tune_steps`` N > 0 (needs ``calibrate`` batches): afterwards the exactly-stored
+    parameters are tuned N Adam steps towards the float model's outputs (tune.py).
+    ``sparsity_by_layer`` (with ``sparsity`` S and calibration): each compensated layer's
+    fraction is chosen so that S of all their weights are pruned at least error (sparsity.py;
+    with ``probe``, the estimates are rescaled by measured errors)."""
+    tune_steps = check_steps(tune_steps)
+    if not isinstance(sparsity_by_layer, bool):
+        raise ConfigError(f"sparsity_by_layer must be true or false; got {sparsity_by_layer!r}")
+    if sparsity_by_layer and (target_bpw is not None or max_error is not None or not sparsity > 0):
+        raise ConfigError(f"sparsity by layer needs a sparsity > 0 (the overall fraction) and a fixed setting "
+                          f"(bits or step), not a budget; got sparsity {sparsity!r}")
+    if sparsity_by_layer and calibrate is None and calibration is None:
+        raise ConfigError("sparsity by layer needs calibration data: each layer's pruning error is measured on it")
+    if tune_steps and calibrate is None:
+        raise ConfigError("tune_steps needs calibration batches (calibrate=): the tuning fits the float model's "
+                          "outputs on them")
     if target_bpw is not None and not (isinstance(target_bpw, (int, float)) and 0 < target_bpw <= 32):
         raise ConfigError(f"target bits per weight must be in (0, 32]; got {target_bpw!r}")
     if max_error is not None and not (isinstance(max_error, (int, float)) and max_error > 0):
@@ -151,7 +170,17 @@ def compress_model(model: nn.Module, calibrate=None, *, forward: Callable | None
     warnings = []
     factors: dict[str, float] = {}
     if target_bpw is None and max_error is None:
-        for n in names:
+        if sparsity_by_layer:
+            measure = None
+            if probe and batches is not None:
+                def measure(dense):
+                    return output_errors(model, batches, forward or default_forward, dense, limit=probe_batches)
+            by_layer, measured = sparsity_by_layer_(
+                [n for n in names if n in hessian], {n: state[n].numel() for n in names}, fixed_setting, one,
+                measure=measure, say=say)
+            chosen.update(by_layer)
+            factors.update(measured)
+        for n in (n for n in names if n not in chosen):
             say(f"compressing {n} at {_label(fixed_setting)}")
             t, err = one(n, fixed_setting)
             chosen[n] = (fixed_setting, t, err)
@@ -210,9 +239,23 @@ def compress_model(model: nn.Module, calibrate=None, *, forward: Callable | None
             if over <= 0 or warnings:
                 break
             budget -= over
-    t_all = time.perf_counter() - t0
     tensors.update({n: v[1] for n, v in chosen.items()})
     tensors = {n: tensors[n] for n in state}  # the model's order
+    tuned = None
+    if tune_steps:
+        say(f"tuning norms and biases, {tune_steps} steps")
+        decoded = {n: tensors[n].to_dense() for n in names}
+        values, tuned = tune_exact_parameters(model, decoded, [n for n in state if n not in names], batches,
+                                              forward or default_forward, steps=tune_steps,
+                                              progress=progress is not None)
+        for n, v in values.items():
+            t = torch.from_numpy(v).to(state[n].dtype)
+            if t.dtype == torch.float32 and half_small:
+                tensors[n] = DenseTensor(t.numpy(), half=True)
+            else:
+                from ..post_training import exact_array
+                tensors[n] = DenseTensor(exact_array(n, t))
+    t_all = time.perf_counter() - t0
     rows = []
     for n in state:
         if n in chosen:
@@ -227,11 +270,13 @@ def compress_model(model: nn.Module, calibrate=None, *, forward: Callable | None
     report = {"calibrated": calibration is not None,
               "estimated_relative_error": total_err / scale if scale else None, "max_error": max_error,
               "method": ("calibrated: Fisher-weighted k-means, GPTQ-compensated Linear/Conv2d"
-                         if calibration is not None else "data-free fallback: unweighted k-means, no compensation"),
+                         if calibration is not None else "data-free fallback: unweighted k-means, no compensation")
+              + (f"; {tuned['what']}" if tuned else ""),
               "bits": bits if target_bpw is None and step is None else None, "step": step,
               "candidates": [_label(c) for c in candidates] if target_bpw is not None or max_error is not None
               else None, "probed": bool(factors), "target_bpw": target_bpw, "outliers": outliers,
-              "sparsity": sparsity, "calibration_batches": calibration.samples if calibration else 0}
+              "sparsity": sparsity, "calibration_batches": calibration.samples if calibration else 0,
+              "sparsity_by_layer": sparsity_by_layer, "tuned": tuned}
     return PTQResult(tensors, rows, calibration is not None,
                      {"model": None, "config": {}, "info": {"post_training": report}, "report": {}},
                      warnings, {"calibrate": t_cal, "total": t_all})

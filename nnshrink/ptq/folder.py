@@ -25,8 +25,17 @@ from .module import data_free_warning, merged_rows
 def compress_hf_folder(folder: str | os.PathLike, output: str | os.PathLike, *, calibration=None,
                        bits: int | None = 4, target_bpw: float | None = None, max_error: float | None = None,
                        outliers: float = 0.0,
-                       sparsity: float = 0.0, force: bool = False, progress=None) -> dict[str, Any]:
-    """Compress the folder's weights into ``output``; return the report (JSON-ready)."""
+                       sparsity: float = 0.0, force: bool = False, progress=None,
+                       tune_steps: int = 0, sparsity_by_layer: bool = False) -> dict[str, Any]:
+    """Compress the folder's weights into ``output``; return the report (JSON-ready).
+    ``tune_steps`` > 0 needs ``calibration`` (compress.compress_model, tune.py)."""
+    from ..errors import ConfigError
+    from .tune import check_steps
+
+    if check_steps(tune_steps, "--tune-steps") and calibration is None:
+        raise ConfigError("--tune-steps needs --calibration: the tuning fits the float model's outputs on those texts")
+    if sparsity_by_layer and calibration is None:
+        raise ConfigError("--sparsity-by-layer needs --calibration: each layer's pruning error is measured on it")
     folder, output = Path(folder), Path(output)
     file_tensors = load_tensors(hf.weights_path(folder))
     model, tok = hf.load_model(folder)
@@ -34,7 +43,8 @@ def compress_hf_folder(folder: str | os.PathLike, output: str | os.PathLike, *, 
     result = compress_model(model, batches, forward=hf.mean_pooled, bits=bits, target_bpw=target_bpw,
                             max_error=max_error,
                             outliers=outliers, sparsity=sparsity, force=force, state=file_tensors,
-                            half_small=False, progress=progress)
+                            half_small=False, progress=progress, tune_steps=tune_steps,
+                            sparsity_by_layer=sparsity_by_layer)
     meta = result.metadata
     meta["info"].update({"source": folder.name, "hf_model": True, "nnshrink_version": __version__})
     write_archive(output, result.tensors, meta)

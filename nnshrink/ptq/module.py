@@ -56,7 +56,12 @@ class PostTraining:
     are shared; the rest are stored exactly. ``recalibrate_bn``: after sharing, re-estimate
     every BatchNorm's running statistics on the calibration batches (read a second time)
     and store those: the shared weights move each channel's mean and variance, and stale
-    statistics add that shift on top of the weight error.
+    statistics add that shift on top of the weight error. ``tune_steps`` N > 0: after
+    sharing, the exactly-stored parameters (norms, biases) are tuned N Adam steps so the
+    compressed model's outputs on the calibration batches (read again) come closer to the
+    float model's; the shared weights stay as they are (tune.py). ``sparsity_by_layer``:
+    ``sparsity`` is the overall fraction of the compensated layers' weights pruned, each
+    layer's own fraction chosen by its error (sparsity.py; needs calibration).
     """
 
     bits: int | None = None
@@ -67,9 +72,14 @@ class PostTraining:
     force: bool = False
     min_numel: int = 1024
     recalibrate_bn: bool = False
+    tune_steps: int = 0
+    sparsity_by_layer: bool = False
 
     def __post_init__(self):
         from .layer import LayerSetting
+        from .tune import check_steps
+
+        check_steps(self.tune_steps)
 
         given = [n for n in ("bits", "target_bpw", "max_error") if getattr(self, n) is not None]
         if len(given) > 1:
@@ -80,10 +90,14 @@ class PostTraining:
             _number(self.max_error, "max_error", 0, float("inf"))
         if not isinstance(self.min_numel, int) or isinstance(self.min_numel, bool) or self.min_numel < 1:
             raise ConfigError(f"min_numel must be an int >= 1; got {self.min_numel!r}")
-        for flag in ("force", "recalibrate_bn"):
+        for flag in ("force", "recalibrate_bn", "sparsity_by_layer"):
             if not isinstance(getattr(self, flag), bool):
                 raise ConfigError(f"{flag} must be true or false; got {getattr(self, flag)!r}")
         LayerSetting(self.bits if self.bits is not None else DEFAULT_BITS, self.outliers, self.sparsity)
+        if self.sparsity_by_layer and (not self.sparsity > 0 or self.target_bpw is not None
+                                       or self.max_error is not None):
+            raise ConfigError(f"sparsity_by_layer needs sparsity > 0 (the overall fraction) and bits, not a budget; "
+                              f"got sparsity {self.sparsity!r}")
 
     @property
     def budget(self) -> str:
@@ -196,6 +210,16 @@ def compress_module(model: nn.Module, settings: PostTraining, *, calibrate=None,
         from ..batchnorm import check_batches
 
         check_batches(calibrate, "calibrate")  # read twice: not a one-shot generator
+    if settings.sparsity_by_layer and calibrate is None:
+        raise ConfigError("sparsity_by_layer needs calibration data (each layer's pruning error is measured on it); "
+                          "give calibration batches")
+    if settings.tune_steps:
+        if calibrate is None:
+            raise ConfigError("tune_steps needs calibration data (the float model's outputs on it are the target); "
+                              "give calibration batches")
+        from ..batchnorm import check_batches
+
+        check_batches(calibrate, "calibrate")  # read twice: not a one-shot generator
     t0 = time.perf_counter()
     original = state_bytes(model.state_dict())
     top1_before = evaluate(model) if evaluate is not None else None
@@ -206,9 +230,11 @@ def compress_module(model: nn.Module, settings: PostTraining, *, calibrate=None,
     bar, say = _layer_bar(model, settings, progress)
     try:
         bits = settings.bits if settings.bits is not None else DEFAULT_BITS
-        res = compress_model(model, None, calibration=cal, bits=bits, target_bpw=settings.target_bpw,
-                             max_error=settings.max_error, outliers=settings.outliers, sparsity=settings.sparsity,
-                             min_numel=settings.min_numel, force=settings.force, progress=say)
+        res = compress_model(model, calibrate if settings.tune_steps else None, calibration=cal, bits=bits,
+                             target_bpw=settings.target_bpw, max_error=settings.max_error, outliers=settings.outliers,
+                             sparsity=settings.sparsity, min_numel=settings.min_numel, force=settings.force,
+                             progress=say if progress else None, forward=forward,
+                             tune_steps=settings.tune_steps, sparsity_by_layer=settings.sparsity_by_layer)
     finally:
         bar.close()
     meta = res.metadata
