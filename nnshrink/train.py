@@ -35,6 +35,18 @@ SCHEDULES = ("cosine", "step", "constant")
 OPTIMIZERS = ("sgd", "adam")
 
 
+def check_shift(where: str, shift) -> None:
+    """A ConfigError naming the bad value unless ``shift`` is a pixel count in 0..8 (0: off)."""
+    if isinstance(shift, bool) or not isinstance(shift, int) or not 0 <= shift <= 8:
+        raise ConfigError(f"{where}.shift must be an integer number of pixels in 0..8 (0: off); got {shift!r}")
+
+
+def check_label_smoothing(where: str, value) -> None:
+    """A ConfigError naming the bad value unless ``value`` is in [0, 1)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+        raise ConfigError(f"{where}.label_smoothing must be in [0, 1); got {value!r}")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: float = 10
@@ -54,11 +66,8 @@ class TrainConfig:
 
     def __post_init__(self):
         check_average("train", self.average)
-        if isinstance(self.shift, bool) or not isinstance(self.shift, int) or not 0 <= self.shift <= 8:
-            raise ConfigError(f"shift must be an integer number of pixels in 0..8; got {self.shift!r}")
-        if (isinstance(self.label_smoothing, bool) or not isinstance(self.label_smoothing, (int, float))
-                or not 0 <= self.label_smoothing < 1):
-            raise ConfigError(f"label_smoothing must be in [0, 1); got {self.label_smoothing!r}")
+        check_shift("train", self.shift)
+        check_label_smoothing("train", self.label_smoothing)
         for name in ("epochs", "lr", "momentum", "weight_decay", "l1", "l2"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):

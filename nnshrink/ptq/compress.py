@@ -84,6 +84,14 @@ def _compressible(state: dict[str, torch.Tensor], min_numel: int) -> list[str]:
     return [n for n, t in state.items() if t.is_floating_point() and t.dim() >= 2 and t.numel() >= min_numel]
 
 
+def _stored_exactly(name: str, t: torch.Tensor, half_small: bool) -> DenseTensor:
+    """A tensor the codebooks do not take: float16 with ``half_small``, else exactly as it is."""
+    if t.dtype == torch.float32 and half_small:
+        return DenseTensor(t.numpy(), half=True)
+    from ..post_training import exact_array
+    return DenseTensor(exact_array(name, t))
+
+
 def _owner_map(model: nn.Module, names: list[str]) -> dict[str, str]:
     params = dict(model.named_parameters())
     return {n: n.rsplit(".", 1)[0] if "." in n else "" for n in names if n in params}
@@ -160,11 +168,7 @@ def compress_model(model: nn.Module, calibrate=None, *, forward: Callable | None
     tensors: dict[str, CompressedTensor] = {}
     for n, t in state.items():
         if n not in names:
-            if t.dtype == torch.float32 and half_small:
-                tensors[n] = DenseTensor(t.numpy(), half=True)
-            else:
-                from ..post_training import exact_array
-                tensors[n] = DenseTensor(exact_array(n, t))
+            tensors[n] = _stored_exactly(n, t, half_small)
     fixed = sum(record_bytes(n, t) for n, t in tensors.items()) + 1024  # preamble, header frame, metadata
     chosen: dict[str, tuple[int, CompressedTensor, float]] = {}
     warnings = []
@@ -249,12 +253,7 @@ def compress_model(model: nn.Module, calibrate=None, *, forward: Callable | None
                                               forward or default_forward, steps=tune_steps,
                                               progress=progress is not None)
         for n, v in values.items():
-            t = torch.from_numpy(v).to(state[n].dtype)
-            if t.dtype == torch.float32 and half_small:
-                tensors[n] = DenseTensor(t.numpy(), half=True)
-            else:
-                from ..post_training import exact_array
-                tensors[n] = DenseTensor(exact_array(n, t))
+            tensors[n] = _stored_exactly(n, torch.from_numpy(v).to(state[n].dtype), half_small)
     t_all = time.perf_counter() - t0
     rows = []
     for n in state:

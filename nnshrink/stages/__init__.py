@@ -54,17 +54,14 @@ def check_retrain_options(section: str, average: float, shift: int, label_smooth
     "constant" with ``average`` is stochastic weight averaging): a ConfigError naming the
     section's bad value."""
     from ..averaging import check_average
-    from ..train import SCHEDULES
+    from ..train import SCHEDULES, check_label_smoothing, check_shift
 
     check_average(section, average)
     if schedule != "" and schedule not in SCHEDULES:
         raise ConfigError(f"{section}.schedule must be one of {', '.join(SCHEDULES)} (or \"\" for the "
                           f"training's own); got {schedule!r}")
-    if isinstance(shift, bool) or not isinstance(shift, int) or not 0 <= shift <= 8:
-        raise ConfigError(f"{section}.shift must be an integer number of pixels in 0..8 (0: off); got {shift!r}")
-    if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, (int, float)) \
-            or not 0 <= label_smoothing < 1:
-        raise ConfigError(f"{section}.label_smoothing must be in [0, 1); got {label_smoothing!r}")
+    check_shift(section, shift)
+    check_label_smoothing(section, label_smoothing)
 
 
 def retrain_options(cfg: Any) -> dict:
