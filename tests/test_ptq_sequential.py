@@ -1,0 +1,131 @@
+"""Sequential reconstruction towards the float outputs (nnshrink/ptq/sequential.py): the
+target weight is the least-squares solution (torch.linalg.lstsq as the oracle), groups
+follow the input each layer reads, and a pruned deep net lands closer to the float model's
+outputs than with one pass."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from nnshrink.errors import ConfigError
+from nnshrink.ptq.compress import compress_model
+from nnshrink.ptq.sequential import input_groups, reconstruction_target
+
+
+def test_target_is_the_least_squares_map_from_compressed_inputs_to_float_outputs():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(300, 12, generator=g, dtype=torch.float64)
+    xt = x + 0.3 * torch.randn(300, 12, generator=g, dtype=torch.float64)  # what a compressed prefix gives
+    w = torch.randn(5, 12, generator=g, dtype=torch.float64)
+    want = torch.linalg.lstsq(xt, x @ w.T).solution.T
+    got = reconstruction_target(w, x.T @ xt, xt.T @ xt, damp=0.0)
+    assert torch.allclose(got, want, atol=1e-8)
+    # and the quadratic form it rests on: ||X~ v - X w||^2 = (v - w*)' H~ (v - w*) + const for any v
+    v1, v2 = torch.randn(2, 5, 12, generator=g, dtype=torch.float64)
+    h = xt.T @ xt
+
+    def direct(v):
+        return float(((xt @ v.T - x @ w.T) ** 2).sum())
+
+    def form(v):
+        return float(torch.einsum("oi,ij,oj->", v - got, h, v - got))
+
+    assert direct(v1) - direct(v2) == pytest.approx(form(v1) - form(v2), rel=1e-8)
+    # identical inputs give the weight back
+    assert torch.allclose(reconstruction_target(w, x.T @ x, x.T @ x, damp=0.0), w, atol=1e-8)
+
+
+def test_target_refuses_statistics_that_do_not_fit():
+    with pytest.raises(ConfigError, match=r"\(6, 6\)"):
+        reconstruction_target(torch.zeros(3, 5), torch.zeros(6, 6), torch.eye(5))
+
+
+class Attention(nn.Module):
+    def __init__(self, d=16):
+        super().__init__()
+        self.q, self.k, self.v, self.o = (nn.Linear(d, d) for _ in range(4))
+
+    def forward(self, x):  # (B, T, d)
+        a = torch.softmax(self.q(x) @ self.k(x).transpose(1, 2) / 4, -1)
+        return self.o(a @ self.v(x))
+
+
+def test_layers_reading_one_input_form_one_group_in_forward_order():
+    m = Attention()
+    owners = {f"{n}.weight": n for n in ("o", "v", "k", "q")}
+    groups = input_groups(m, torch.randn(2, 3, 16), lambda mod, b: mod(b), owners)
+    assert [sorted(g) for g in groups] == [["k.weight", "q.weight", "v.weight"], ["o.weight"]]
+
+
+class Deep(nn.Module):
+    """Four Linear layers in a chain: each one's error reaches the next one's inputs."""
+
+    def __init__(self, d=48, depth=4):
+        super().__init__()
+        self.layers = nn.ModuleList(nn.Linear(d, d) for _ in range(depth))
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = 1.5 * F.gelu(layer(x))
+        return x
+
+
+def _data():
+    torch.manual_seed(0)
+    m = Deep().eval()
+    g = torch.Generator().manual_seed(1)
+    return m, [torch.randn(96, 48, generator=g) for _ in range(4)]
+
+
+def _rel_error(m, res, xs):
+    ref = {k: v.clone() for k, v in m.state_dict().items()}
+    with torch.no_grad():
+        want = [m(x) for x in xs]
+        m.load_state_dict({n: torch.as_tensor(t.to_dense()) for n, t in res.tensors.items()})
+        got = [m(x) for x in xs]
+        m.load_state_dict(ref)
+    return float(np.mean([float(((a - b) ** 2).sum() / (b ** 2).sum()) for a, b in zip(got, want)]))
+
+
+def test_sequential_pruning_lands_closer_to_the_float_outputs():
+    m, xs = _data()
+    g = torch.Generator().manual_seed(2)
+    held_out = [torch.randn(96, 48, generator=g) for _ in range(2)]
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    one_pass = compress_model(m, xs, bits=8, sparsity=0.6, min_numel=256)
+    seq = compress_model(m, xs, bits=8, sparsity=0.6, min_numel=256, sequential=True)
+    assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())  # the model is not changed
+    assert seq.metadata["info"]["post_training"]["sequential"] is True
+    for r in seq.rows:  # the same fraction is pruned
+        assert r["sparsity"] == pytest.approx(0.6, abs=0.01)
+    # measured: about 0.45x on the calibration inputs, 0.55x on others
+    assert _rel_error(m, seq, xs) < 0.6 * _rel_error(m, one_pass, xs)
+    assert _rel_error(m, seq, held_out) < 0.7 * _rel_error(m, one_pass, held_out)
+
+
+def test_sequential_with_per_layer_sparsity_keeps_the_chosen_fractions():
+    m, xs = _data()
+    by_layer = compress_model(m, xs, bits=8, sparsity=0.5, min_numel=256, sparsity_by_layer=True)
+    seq = compress_model(m, xs, bits=8, sparsity=0.5, min_numel=256, sparsity_by_layer=True, sequential=True)
+    assert {r["name"]: r["sparsity"] for r in seq.rows} == pytest.approx({r["name"]: r["sparsity"] for r in by_layer.rows},
+                                                                         abs=0.01)
+    assert _rel_error(m, seq, xs) < _rel_error(m, by_layer, xs)
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(sequential="yes"), "sequential must be true or false; got 'yes'"),
+    (dict(sequential=True, target_bpw=3.0), "not a budget"),
+    (dict(sequential=True, max_error=0.1), "not a budget"),
+])
+def test_bad_sequential_settings_fail_in_one_line(kw, match):
+    m, xs = _data()
+    with pytest.raises(ConfigError, match=match):
+        compress_model(m, xs, bits=8, min_numel=256, **kw)
+
+
+def test_sequential_needs_calibration_batches():
+    m, _ = _data()
+    with pytest.raises(ConfigError, match="needs calibration batches"):
+        compress_model(m, None, bits=8, min_numel=256, sequential=True)
