@@ -33,8 +33,14 @@ def test_target_is_the_least_squares_map_from_compressed_inputs_to_float_outputs
         return float(torch.einsum("oi,ij,oj->", v - got, h, v - got))
 
     assert direct(v1) - direct(v2) == pytest.approx(form(v1) - form(v2), rel=1e-8)
-    # identical inputs give the weight back
-    assert torch.allclose(reconstruction_target(w, x.T @ x, x.T @ x, damp=0.0), w, atol=1e-8)
+    # identical inputs give the weight back, at any damping (the ridge pulls towards W, not towards zero)
+    for damp in (0.0, 0.1, 10.0):
+        assert torch.allclose(reconstruction_target(w, x.T @ x, x.T @ x, damp=damp), w, atol=1e-8)
+    # with damping: the ridge solution min ||X~ v - X w||^2 + l ||v - w||^2, as lstsq of the stacked system
+    lam = 0.1 * float(torch.diag(h).mean())
+    stacked = torch.linalg.lstsq(torch.cat([xt, lam ** 0.5 * torch.eye(12, dtype=torch.float64)]),
+                                 torch.cat([x @ w.T, lam ** 0.5 * w.T])).solution.T
+    assert torch.allclose(reconstruction_target(w, x.T @ xt, h, damp=0.1), stacked, atol=1e-8)
 
 
 def test_target_refuses_statistics_that_do_not_fit():

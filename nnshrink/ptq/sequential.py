@@ -42,14 +42,16 @@ def _damped(hessian: torch.Tensor, damp: float) -> torch.Tensor:
 
 def reconstruction_target(weight: torch.Tensor, cross: torch.Tensor, hessian: torch.Tensor,
                           damp: float = 0.0) -> torch.Tensor:
-    """W* = W cross (H~ + damp mean(diag H~) I)^-1 with cross = X^T X~ and H~ = X~^T X~:
-    the least-squares weight that maps the compressed inputs X~ onto the float outputs X W^T."""
+    """W* = (W cross + l W) (H~ + l I)^-1 with cross = X^T X~, H~ = X~^T X~, l = damp mean(diag H~):
+    the weight that maps the compressed inputs X~ closest onto the float outputs X W^T, with a
+    ridge towards W itself (not towards zero: equal inputs give W back at any damping)."""
     w = weight.to(torch.float64)
     if w.dim() != 2 or tuple(cross.shape) != (w.shape[1],) * 2 or tuple(hessian.shape) != (w.shape[1],) * 2:
         raise ConfigError(f"reconstruction needs an (out, in) weight with (in, in) statistics; got weight "
                           f"{tuple(weight.shape)}, cross {tuple(cross.shape)}, Hessian {tuple(hessian.shape)}")
-    rhs = cross.to(torch.float64).T @ w.T  # X~^T X W^T
-    return torch.linalg.solve(_damped(hessian, damp), rhs).T
+    h = _damped(hessian, damp)
+    rhs = (cross.to(torch.float64).T + (h - hessian.to(torch.float64))) @ w.T  # (X~^T X + l I) W^T
+    return torch.linalg.solve(h, rhs).T
 
 
 def input_groups(model: nn.Module, batch, forward: Callable, owners: dict[str, str]) -> list[list[str]]:
