@@ -5,6 +5,9 @@ outputs than with one pass."""
 
 import numpy as np
 import pytest
+
+import nnshrink
+from nnshrink import PostTraining
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -135,3 +138,49 @@ def test_sequential_needs_calibration_batches():
     m, _ = _data()
     with pytest.raises(ConfigError, match="needs calibration batches"):
         compress_model(m, None, bits=8, min_numel=256, sequential=True)
+
+
+def test_the_api_takes_sequential_and_reports_it():
+    m, xs = _data()
+    res = nnshrink.compress(m, PostTraining(bits=8, sparsity=0.6, min_numel=256, sequential=True), calibrate=xs)
+    assert res.report["recipe"]["sequential"] is True and res.report["post_training"]["sequential"] is True
+    assert "sequential" in res.report["post_training"]["method"]
+    with pytest.raises(ConfigError, match="sequential must be true or false; got 1"):
+        PostTraining(sequential=1)
+    with pytest.raises(ConfigError, match="sequential needs bits"):
+        PostTraining(target_bpw=4.0, sequential=True)
+    with pytest.raises(ConfigError, match="sequential needs calibration data"):
+        nnshrink.compress(_data()[0], PostTraining(bits=8, min_numel=256, sequential=True))
+
+
+class Lookup(nn.Module):
+    """An embedding table (no calibration inputs reach it) in front of two Linear layers."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(64, 32)
+        self.a, self.b = nn.Linear(32, 32), nn.Linear(32, 8)
+
+    def forward(self, ids):
+        return self.b(F.gelu(self.a(self.emb(ids).mean(1))))
+
+
+def test_sparsity_over_all_prunes_the_embeddings_too():
+    torch.manual_seed(0)
+    m = Lookup().eval()
+    g = torch.Generator().manual_seed(1)
+    xs = [torch.randint(0, 64, (16, 6), generator=g) for _ in range(4)]
+    default = compress_model(m, xs, bits=8, sparsity=0.5, min_numel=256)
+    spread = compress_model(m, xs, bits=8, sparsity=0.5, min_numel=256, sparsity_over="all", sequential=True)
+    frac = {r["name"]: r["sparsity"] for r in spread.rows}
+    assert {r["name"]: r["sparsity"] for r in default.rows}["emb.weight"] == 0.0
+    assert frac == pytest.approx({"emb.weight": 0.5, "a.weight": 0.5, "b.weight": 0.5}, abs=0.01)
+    assert spread.metadata["info"]["post_training"]["sparsity_over"] == "all"
+    by_layer = compress_model(m, xs, bits=8, sparsity=0.5, min_numel=256, sparsity_over="all", sparsity_by_layer=True)
+    frac = {r["name"]: r["sparsity"] for r in by_layer.rows}
+    kept = sum(int(t.mask.sum()) for n, t in by_layer.tensors.items() if n.endswith("weight"))
+    assert kept <= 0.5 * (64 * 32 + 32 * 32 + 32 * 8) and frac["emb.weight"] > 0
+    with pytest.raises(ConfigError, match="sparsity_over must be one of compensated, all; got 'most'"):
+        compress_model(m, xs, bits=8, sparsity=0.5, min_numel=256, sparsity_over="most")
+    with pytest.raises(ConfigError, match="sparsity_over must be one of compensated, all; got 'most'"):
+        PostTraining(sparsity=0.5, sparsity_over="most")
