@@ -229,3 +229,19 @@ def test_restoring_the_skip_sum_repairs_what_the_skip_path_carries():
     plain = run(None)
     summed = run({f"b.{i}": f"norm.{i}" for i in range(3)})
     assert summed < 0.8 * plain, (summed, plain)  # measured: about 0.6x
+
+
+def test_compress_model_takes_skip_sums_and_refuses_bad_ones():
+    torch.manual_seed(0)
+    m = PostNorm().eval()
+    g = torch.Generator().manual_seed(1)
+    xs = [torch.randn(96, 48, generator=g) for _ in range(4)]
+    sums = {f"b.{i}": f"norm.{i}" for i in range(3)}
+    plain = compress_model(m, xs, bits=8, sparsity=0.6, min_numel=256, sequential=True)
+    summed = compress_model(m, xs, bits=8, sparsity=0.6, min_numel=256, sequential=True, skip_sums=sums)
+    assert summed.metadata["info"]["post_training"]["skip_sums_restored"] == 3
+    assert _rel_error(m, summed, xs) < 0.9 * _rel_error(m, plain, xs)
+    with pytest.raises(ConfigError, match="needs sequential=True"):
+        compress_model(m, xs, bits=8, min_numel=256, skip_sums=sums)
+    with pytest.raises(ConfigError, match=r"skip-sum modules \['nowhere'\] are not in the model"):
+        compress_model(m, xs, bits=8, min_numel=256, sequential=True, skip_sums={"b.0": "nowhere"})

@@ -108,7 +108,7 @@ def compress_model(model: nn.Module, calibrate=None, *, forward: Callable | None
                    progress: Callable[[str], None] | None = None, step: float | None = None,
                    candidate_steps=None, probe: bool = False, probe_batches: int | None = 8,
                    tune_steps: int = 0, sparsity_by_layer: bool = False, sequential: bool = False,
-                   sparsity_over: str = "compensated") -> PTQResult:
+                   sparsity_over: str = "compensated", skip_sums: dict[str, str] | None = None) -> PTQResult:
     """Compress ``model``'s state post-training (module doc); the model is not changed.
     ``state`` (default: the model's state_dict) is what gets stored, e.g. a weight file's
     tensors, buffers the model does not hold included; calibration uses the model.
@@ -123,7 +123,9 @@ def compress_model(model: nn.Module, calibrate=None, *, forward: Callable | None
     those keep every row.
     ``sequential`` (with ``calibrate`` batches and a fixed setting): the compensated layers are
     compressed group after group towards the float layers' outputs from the inputs the
-    already-compressed prefix gives them (sequential.py)."""
+    already-compressed prefix gives them (sequential.py); ``skip_sums`` {layer module: the
+    module reading its output plus a skip connection} (e.g. ``hf.post_norm_sums``) makes
+    those layers restore the float sum instead, repairing what the skip path carries."""
     tune_steps = check_steps(tune_steps)
     if sparsity_over not in SPARSITY_OVER:
         raise ConfigError(f"sparsity_over must be one of {', '.join(SPARSITY_OVER)}; got {sparsity_over!r}")
@@ -132,6 +134,8 @@ def compress_model(model: nn.Module, calibrate=None, *, forward: Callable | None
     if sequential and (target_bpw is not None or max_error is not None):
         raise ConfigError("sequential reconstruction needs a fixed setting (bits or step, sparsity), not a budget "
                           f"(got target_bpw {target_bpw!r}, max_error {max_error!r})")
+    if skip_sums is not None and not (sequential and isinstance(skip_sums, dict)):
+        raise ConfigError(f"skip_sums must be a dict of module names and needs sequential=True; got {skip_sums!r}")
     if sequential and calibrate is None:
         raise ConfigError("sequential reconstruction needs calibration batches (calibrate=): each layer's inputs "
                           "are collected from the compressed prefix on them")
@@ -219,7 +223,8 @@ def compress_model(model: nn.Module, calibrate=None, *, forward: Callable | None
 
             redone = compress_sequentially(
                 model, batches, forward or default_forward, {n: state[n].to(torch.float32).numpy() for n in owners},
-                owners, {n: v[1].to_dense() for n, v in chosen.items() if n not in owners}, again, damp=damp, say=say)
+                owners, {n: v[1].to_dense() for n, v in chosen.items() if n not in owners}, again, damp=damp,
+                restore=skip_sums, say=say)
             chosen.update({n: (chosen[n][0], *redone[n]) for n in redone})
             missing = [n for n, v in chosen.items() if v[1] is None]
             for n in missing:  # a layer the forward pass never reached: one pass, as without ``sequential``
@@ -314,7 +319,8 @@ def compress_model(model: nn.Module, calibrate=None, *, forward: Callable | None
               "candidates": [_label(c) for c in candidates] if target_bpw is not None or max_error is not None
               else None, "probed": bool(factors), "target_bpw": target_bpw, "outliers": outliers,
               "sparsity": sparsity, "calibration_batches": calibration.samples if calibration else 0,
-              "sparsity_by_layer": sparsity_by_layer, "sparsity_over": sparsity_over, "sequential": sequential, "tuned": tuned}
+              "sparsity_by_layer": sparsity_by_layer, "sparsity_over": sparsity_over, "sequential": sequential,
+              "skip_sums_restored": len(skip_sums) if skip_sums else 0, "tuned": tuned}
     return PTQResult(tensors, rows, calibration is not None,
                      {"model": None, "config": {}, "info": {"post_training": report}, "report": {}},
                      warnings, {"calibrate": t_cal, "total": t_all})

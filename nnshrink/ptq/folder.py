@@ -29,6 +29,7 @@ def compress_hf_folder(folder: str | os.PathLike, output: str | os.PathLike, *, 
                        tune_steps: int = 0, sparsity_by_layer: bool = False, sequential: bool = False,
                        sparsity_over: str = "compensated") -> dict[str, Any]:
     """Compress the folder's weights into ``output``; return the report (JSON-ready).
+    ``sequential``: BERT-family output projections restore their skip sums (hf.post_norm_sums).
     ``tune_steps`` > 0 needs ``calibration`` (compress.compress_model, tune.py)."""
     from ..errors import ConfigError
     from .tune import check_steps
@@ -47,7 +48,8 @@ def compress_hf_folder(folder: str | os.PathLike, output: str | os.PathLike, *, 
                             max_error=max_error,
                             outliers=outliers, sparsity=sparsity, force=force, state=file_tensors,
                             half_small=False, progress=progress, tune_steps=tune_steps,
-                            sparsity_by_layer=sparsity_by_layer, sequential=sequential, sparsity_over=sparsity_over)
+                            sparsity_by_layer=sparsity_by_layer, sequential=sequential, sparsity_over=sparsity_over,
+                            skip_sums=hf.post_norm_sums(model) if sequential else None)
     meta = result.metadata
     meta["info"].update({"source": folder.name, "hf_model": True, "nnshrink_version": __version__})
     write_archive(output, result.tensors, meta)

@@ -138,6 +138,9 @@ def paired_statistics(float_model: nn.Module, work: nn.Module, layers: list[str]
     reading the layer's output plus a skip connection), T~ the same in ``work``."""
     restore = restore or {}
     modules = dict(float_model.named_modules())
+    unknown = sorted(v for v in (restore.get(n) for n in layers) if v is not None and v not in modules)
+    if unknown:
+        raise ConfigError(f"skip-sum modules {unknown} are not in the model")
 
     def target(layer):
         owner = modules[layer]
