@@ -341,7 +341,11 @@ def section(out: dict) -> str:
              "`sequential` (`compress_model(sequential=True)`, `--sequential`; nnshrink/ptq/sequential.py): layer "
              "group after layer group (query/key/value together, then the attention output, the FFN's two Linears), "
              "each reconstructs the float layer's outputs from the inputs the already-compressed model gives it: "
-             "SparseGPT on W* = W + (T - T~)' X~ (X~'X~ + l I)^-1 with Hessian X~'X~. `per-layer fractions`: the "
+             "SparseGPT on W* = W + (T - T~)' X~ (X~'X~ + l I)^-1 with Hessian X~'X~ (T: the float outputs, T~: the "
+             "float layer's outputs on the compressed inputs X~, l: 0.1 x mean diagonal). `skip sums restored` "
+             "(`skip_sums=hf.post_norm_sums(model)`, what `--hf-model DIR --sequential` does): the attention and FFN "
+             "output projections reconstruct the float input of the LayerNorm after them (their output plus the skip "
+             "connection), so they also repair the error the skip path carries. `per-layer fractions`: the "
              "existing allocator (sparsity.py, probed) picks each tensor's fraction so that 50% of the named weights "
              "are zero at least estimated error; over ALL weights (`sparsity_over=\"all\"`, `--sparsity-over all`) "
              "the embeddings are pruned by Fisher x w^2, their error the Fisher estimate."]
@@ -374,6 +378,31 @@ def section(out: dict) -> str:
                 lines.append(f"- {base}: one pass {a['mean_cos']:.4f} (min {a['min_cos']:.4f}, {a['seconds']:.0f} s) -> "
                              + "; ".join(f"{r['experiment'][len(base) + 2:]} {r['mean_cos']:.4f} (min "
                                          f"{r['min_cos']:.4f}, {r['seconds']:.0f} s)" for r in later) + ".")
+        errs = out.get("split_calibration_errors") or {}
+        splits = {f"split_{e}": r for r in out.get("all", []) for e, lf in SPLITS
+                  if r["experiment"] == f"ALL weights: embeddings {e:.0%}, every Linear {lf:.0%}, sequential, skip sums "
+                                        "restored"}
+        if errs and splits.keys() >= errs.keys():
+            by_cal = min(errs, key=errs.get)
+            by_cos = max(splits, key=lambda k: splits[k]["mean_cos"])
+            lines.append("- Embeddings / Linear splits, error on the calibration texts against mean cosine on the "
+                         "measured sentences: " + "; ".join(
+                             f"{float(k[6:]):.0%}: {errs[k]:.4f} / {splits[k]['mean_cos']:.4f}" for k in errs)
+                         + f". The calibration texts pick {float(by_cal[6:]):.0%}, the measured sentences would pick "
+                         f"{float(by_cos[6:]):.0%}" + (": most likely because pruning the embedding rows of tokens "
+                                                      "the calibration texts never use costs nothing on them, so they (and the Fisher "
+                                                      "estimate the per-layer allocator uses) underrate the "
+                                                      "embeddings' error." if by_cal != by_cos else "."))
+        for r in out.get("tune", []):
+            base = r["experiment"].split(", norms and biases tuned")[0]
+            before = [x for x in post if x["experiment"] in (base, base.replace("50% of ALL weights, ", "ALL weights: "))]
+            if before:
+                lines.append(f"- Tuning norms and biases on \"{base}\": {before[0]['mean_cos']:.4f} -> "
+                             f"{r['mean_cos']:.4f} (calibration error {r['tuning']['calibration_error_before']:.4f} -> "
+                             f"{r['tuning']['calibration_error_after']:.4f}).")
+        for r in out.get("distill", []):
+            lines.append(f"- Retraining (distillation on the calibration texts, labelled so above, not counted): "
+                         f"mean cosine {r['mean_cos']:.4f} (min {r['min_cos']:.4f}), {r['seconds']:.0f} s.")
         met = [r for r in half_all if r["mean_cos"] >= 0.99]
         lines.append("- Target \"50% unstructured sparsity at mean cosine >= 0.99 without retraining\": "
                      + (f"met by {len(met)} row(s)" if met else
