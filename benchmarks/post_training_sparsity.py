@@ -14,13 +14,16 @@ earlier sparsity rows' setting). Parts (``--parts``; others are kept from an exi
 
 - ``linear``: 50% of the Linear weights (embeddings dense): one pass (SparseGPT against the
   float model's inputs) against ``sequential`` (each layer group reconstructs the float
-  outputs from the compressed prefix's inputs, nnshrink/ptq/sequential.py), with one
-  fraction everywhere and with per-layer fractions (``sparsity_by_layer``, probed).
+  outputs from the compressed prefix's inputs, nnshrink/ptq/sequential.py), plain and with
+  the post-norm skip sums restored (``skip_sums``), with one fraction everywhere and with
+  per-layer fractions (``sparsity_by_layer``, probed).
 - ``all``: 50% of ALL weights: per-layer fractions chosen over every compressed tensor
   (``sparsity_over="all"``: embeddings pruned by Fisher x w^2, their error the Fisher
-  estimate) one pass and sequential; and fixed embeddings / Linear splits 70/30 .. 80/20.
+  estimate) one pass and sequential; fixed embeddings / Linear splits 60/40 .. 80/20; and
+  the split of least error on the calibration texts with its Linear fraction spread over
+  the layers by the allocator.
 - ``tune``: norms and biases tuned on the calibration texts (``tune_steps``) on top of the
-  best sequential rows of ``linear`` and ``all``.
+  per-layer Linear row and of the ALL-weights row of least calibration error.
 - ``distill``: RETRAINING on the calibration texts, so NOT "without retraining": the kept
   Linear weights (masks fixed) and the norms and biases moved by Adam towards the float
   model's embeddings, on top of the best ``all`` row; measured for comparison only.

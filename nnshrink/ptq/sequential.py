@@ -20,6 +20,11 @@ also repairs the error the skip path carries.
 Layers go group after group in the order the forward pass reaches them; layers that read the
 same input tensor (a transformer's query / key / value) form one group and share one H~,
 collected with everything before the group already compressed.
+
+On all-MiniLM-L6-v2 with half of the Linear weights pruned this raised the mean cosine by
+about two hundredths over one pass, and restoring the skip sums by about one more
+hundredth with per-layer fractions; with the embeddings pruned too, the embeddings' error
+dominates and the gain is a few thousandths (benchmarks/sections/27-post-training-sparsity.md).
 """
 
 from __future__ import annotations
