@@ -310,6 +310,11 @@ def test_cli_own_model_post_training(cli, tmp_path):
                        "-o", "f.nsk", "--json", "-", "--quiet")
     assert rc == 0, err
     assert json.loads(out)["post_training"]["sparsity_by_layer"] is True
+    rc, out, err = cli(*OWN, "--calibration-factory", "mynets_ptq:calib", "--sparsity", 0.5, "--sequential",
+                       "--sparsity-over", "all", "-o", "g.nsk", "--json", "-", "--quiet")
+    assert rc == 0, err
+    assert json.loads(out)["post_training"]["sequential"] is True and json.loads(out)["recipe"]["sequential"] is True
+    assert json.loads(out)["post_training"]["sparsity_over"] == "all"
     rc, out, err = cli(*OWN, "--recipe", "post-training", "-o", "c.nsk", "--json", "-", "--quiet")
     assert rc == 0, err
     assert "no --calibration-factory or --data-factory: data-free fallback" in err
@@ -328,6 +333,8 @@ def test_cli_own_model_post_training(cli, tmp_path):
     (("--sparsity-by-layer", "--sparsity", 0.5), "--sparsity-by-layer needs calibration data"),
     (("--calibration-factory", "mynets_ptq:calib", "--sparsity-by-layer"), "sparsity_by_layer needs sparsity > 0"),
     (("--calibration-factory", "mynets_ptq:calib", "--tune-steps", -1), "--tune-steps must be an integer >= 0 (0: no tuning); got -1"),
+    (("--sequential",), "--sequential needs calibration data"),
+    (("--calibration-factory", "mynets_ptq:calib", "--sequential", "--target-bpw", 4), "sequential needs bits"),
     (("--recipe", "prune", "--target-bpw", 3), "given with --recipe prune"),
     (("--outliers", 0.01, "--epochs-scale", 2), "--epochs-scale given, but post-training"),
     (("--calibration-factory", "nomod:fn"), "cannot import 'nomod'"),

@@ -82,6 +82,19 @@ def test_hf_round_trip_loads_into_the_same_model(run, bert_dir, texts, tmp_path)
     assert float(cos) > 0.9
 
 
+def test_hf_sequential_restores_the_post_norm_sums(run, bert_dir, texts, tmp_path):
+    from nnshrink.ptq import hf
+
+    model, _ = hf.load_model(bert_dir)
+    sums = hf.post_norm_sums(model)
+    assert sums == {f"encoder.layer.{i}.{part}.dense": f"encoder.layer.{i}.{part}.LayerNorm"
+                    for i in range(2) for part in ("attention.output", "output")}
+    proc = run("compress", "--hf-model", bert_dir, "--calibration", texts, "--bits", 8, "--sparsity", 0.5,
+               "--sparsity-over", "all", "--sequential", "-o", tmp_path / "s.nsk", "--json", "-", "--quiet")
+    report = json.loads(proc.stdout)["post_training"]
+    assert report["sequential"] and report["skip_sums_restored"] == 4 and report["sparsity_over"] == "all"
+
+
 def test_hf_without_calibration_is_labelled_data_free(run, bert_dir, tmp_path):
     proc = run("compress", "--hf-model", bert_dir, "--target-bpw", 4, "-o", tmp_path / "m.nsk", "--json", "-")
     report = json.loads(proc.stdout)
@@ -99,6 +112,8 @@ def test_hf_without_calibration_is_labelled_data_free(run, bert_dir, tmp_path):
     (["--hf-model", "BERT", "--calibration", "EMPTY"], "holds no text"),
     (["--hf-model", "BERT", "--outliers", "0.7"], "outlier fraction"),
     (["--hf-model", "BERT", "--data-factory", "x:y"], "--data-factory given with --hf-model"),
+    (["--hf-model", "BERT", "--sequential", "--sparsity", "0.5"], "--sequential needs --calibration"),
+    (["--hf-model", "BERT", "--calibration", "FILE", "--sequential", "--target-bpw", "4"], "not a budget"),
 ])
 def test_hf_bad_input_is_one_line(run, bert_dir, texts, tmp_path, args, words):
     empty = tmp_path / "empty.txt"

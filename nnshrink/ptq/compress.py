@@ -43,11 +43,13 @@ from .allocate import BudgetError, Candidate, allocate, allocate_for_error
 from .calibrate import Calibration, _batches, collect, default_forward
 from .layer import LayerSetting, compress_weight
 from .probe import output_errors
+from .sequential import compress_sequentially
 from .sparsity import sparsity_by_layer as sparsity_by_layer_
 from .tune import check_steps, tune_exact_parameters
 
 # default budget candidates: uniform grids from ~1 to ~7 bits per weight, sqrt(2) apart (half a bit)
 GRID_STEPS = (2.0, 1.4, 1.0, 0.7, 0.5, 0.35, 0.25, 0.18, 0.125, 0.09, 0.0625, 0.044)
+SPARSITY_OVER = ("compensated", "all")  # which tensors a calibrated sparsity prunes
 RECORD_OVERHEAD = 260  # header JSON bytes of one shared record (names excluded), for the byte estimates
 
 
@@ -105,7 +107,8 @@ def compress_model(model: nn.Module, calibrate=None, *, forward: Callable | None
                    state: dict[str, torch.Tensor] | None = None,
                    progress: Callable[[str], None] | None = None, step: float | None = None,
                    candidate_steps=None, probe: bool = False, probe_batches: int | None = 8,
-                   tune_steps: int = 0, sparsity_by_layer: bool = False) -> PTQResult:
+                   tune_steps: int = 0, sparsity_by_layer: bool = False, sequential: bool = False,
+                   sparsity_over: str = "compensated", skip_sums: dict[str, str] | None = None) -> PTQResult:
     """Compress ``model``'s state post-training (module doc); the model is not changed.
     ``state`` (default: the model's state_dict) is what gets stored, e.g. a weight file's
     tensors, buffers the model does not hold included; calibration uses the model.
@@ -113,8 +116,29 @@ def compress_model(model: nn.Module, calibrate=None, *, forward: Callable | None
     parameters are tuned N Adam steps towards the float model's outputs (tune.py).
     ``sparsity_by_layer`` (with ``sparsity`` S and calibration): each compensated layer's
     fraction is chosen so that S of all their weights are pruned at least error (sparsity.py;
-    with ``probe``, the estimates are rescaled by measured errors)."""
+    with ``probe``, the estimates are rescaled by measured errors).
+    ``sparsity_over`` "all" (with calibration): the sparsity also prunes the tensors no
+    compensation reaches (embeddings), by Fisher x w^2, their error the Fisher estimate, so
+    ``sparsity_by_layer`` spreads S over all compressed weights; default "compensated":
+    those keep every row.
+    ``sequential`` (with ``calibrate`` batches and a fixed setting): the compensated layers are
+    compressed group after group towards the float layers' outputs from the inputs the
+    already-compressed prefix gives them (sequential.py); ``skip_sums`` {layer module: the
+    module reading its output plus a skip connection} (e.g. ``hf.post_norm_sums``) makes
+    those layers restore the float sum instead, repairing what the skip path carries."""
     tune_steps = check_steps(tune_steps)
+    if sparsity_over not in SPARSITY_OVER:
+        raise ConfigError(f"sparsity_over must be one of {', '.join(SPARSITY_OVER)}; got {sparsity_over!r}")
+    if not isinstance(sequential, bool):
+        raise ConfigError(f"sequential must be true or false; got {sequential!r}")
+    if sequential and (target_bpw is not None or max_error is not None):
+        raise ConfigError("sequential reconstruction needs a fixed setting (bits or step, sparsity), not a budget "
+                          f"(got target_bpw {target_bpw!r}, max_error {max_error!r})")
+    if skip_sums is not None and not (sequential and isinstance(skip_sums, dict)):
+        raise ConfigError(f"skip_sums must be a dict of module names and needs sequential=True; got {skip_sums!r}")
+    if sequential and calibrate is None:
+        raise ConfigError("sequential reconstruction needs calibration batches (calibrate=): each layer's inputs "
+                          "are collected from the compressed prefix on them")
     if not isinstance(sparsity_by_layer, bool):
         raise ConfigError(f"sparsity_by_layer must be true or false; got {sparsity_by_layer!r}")
     if sparsity_by_layer and (target_bpw is not None or max_error is not None or not sparsity > 0):
@@ -162,7 +186,7 @@ def compress_model(model: nn.Module, calibrate=None, *, forward: Callable | None
         imp = fisher[name].numpy() if name in fisher else None
         # calibrated pruning is SparseGPT's: only where error compensation repairs it (Linear / Conv2d
         # layers with inputs); lookup tables (embeddings) keep every row, rare tokens included
-        prune = setting.sparsity if calibration is None or name in hessian else 0.0
+        prune = setting.sparsity if calibration is None or name in hessian or sparsity_over == "all" else 0.0
         return compress_weight(w, replace(setting, sparsity=prune), imp, hessian.get(name), damp=damp)
 
     tensors: dict[str, CompressedTensor] = {}
@@ -180,14 +204,32 @@ def compress_model(model: nn.Module, calibrate=None, *, forward: Callable | None
                 def measure(dense):
                     return output_errors(model, batches, forward or default_forward, dense, limit=probe_batches)
             by_layer, measured = sparsity_by_layer_(
-                [n for n in names if n in hessian], {n: state[n].numel() for n in names}, fixed_setting, one,
+                [n for n in names if n in hessian or sparsity_over == "all"], {n: state[n].numel() for n in names}, fixed_setting, one,
                 measure=measure, say=say)
             chosen.update(by_layer)
             factors.update(measured)
         for n in (n for n in names if n not in chosen):
+            if sequential and n in hessian:
+                chosen[n] = (fixed_setting, None, 0.0)  # compressed below, from the compressed prefix's inputs
+                continue
             say(f"compressing {n} at {_label(fixed_setting)}")
             t, err = one(n, fixed_setting)
             chosen[n] = (fixed_setting, t, err)
+        if sequential:
+            owners = _owner_map(model, [n for n in names if n in hessian])
+
+            def again(n, target, h):
+                return compress_weight(target, chosen[n][0], fisher[n].numpy() if n in fisher else None, h, damp=damp)
+
+            redone = compress_sequentially(
+                model, batches, forward or default_forward, {n: state[n].to(torch.float32).numpy() for n in owners},
+                owners, {n: v[1].to_dense() for n, v in chosen.items() if n not in owners}, again, damp=damp,
+                restore=skip_sums, say=say)
+            chosen.update({n: (chosen[n][0], *redone[n]) for n in redone})
+            missing = [n for n, v in chosen.items() if v[1] is None]
+            for n in missing:  # a layer the forward pass never reached: one pass, as without ``sequential``
+                t, err = one(n, chosen[n][0])
+                chosen[n] = (chosen[n][0], t, err)
     else:
         total_numel = sum(t.numel() for t in state.values())
         options, made = {}, {}
@@ -269,13 +311,16 @@ def compress_model(model: nn.Module, calibrate=None, *, forward: Callable | None
     report = {"calibrated": calibration is not None,
               "estimated_relative_error": total_err / scale if scale else None, "max_error": max_error,
               "method": ("calibrated: Fisher-weighted k-means, GPTQ-compensated Linear/Conv2d"
+                         + ("; sequential: each layer reconstructs the float outputs from the compressed "
+                            "prefix's inputs" if sequential else "")
                          if calibration is not None else "data-free fallback: unweighted k-means, no compensation")
               + (f"; {tuned['what']}" if tuned else ""),
               "bits": bits if target_bpw is None and step is None else None, "step": step,
               "candidates": [_label(c) for c in candidates] if target_bpw is not None or max_error is not None
               else None, "probed": bool(factors), "target_bpw": target_bpw, "outliers": outliers,
               "sparsity": sparsity, "calibration_batches": calibration.samples if calibration else 0,
-              "sparsity_by_layer": sparsity_by_layer, "tuned": tuned}
+              "sparsity_by_layer": sparsity_by_layer, "sparsity_over": sparsity_over, "sequential": sequential,
+              "skip_sums_restored": len(skip_sums) if skip_sums else 0, "tuned": tuned}
     return PTQResult(tensors, rows, calibration is not None,
                      {"model": None, "config": {}, "info": {"post_training": report}, "report": {}},
                      warnings, {"calibrate": t_cal, "total": t_all})

@@ -85,6 +85,19 @@ def mean_pooled(model, batch: dict) -> torch.Tensor:
     return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
 
 
+def post_norm_sums(model) -> dict[str, str]:
+    """{output projection: the LayerNorm reading it plus the skip connection} of BERT-family
+    (post-norm) layers: ``*.output.dense`` beside ``*.output.LayerNorm``, which computes
+    LayerNorm(dense(h) + residual); sequential reconstruction restores that sum (sequential.py)."""
+    modules = dict(model.named_modules())
+    sums = {}
+    for name, module in modules.items():
+        norm = name.rsplit(".", 1)[0] + ".LayerNorm"
+        if name.endswith("output.dense") and isinstance(module, torch.nn.Linear) and norm in modules:
+            sums[name] = norm
+    return sums
+
+
 @torch.no_grad()
 def embed(model, batches: list[dict]) -> torch.Tensor:
     """L2-normalised sentence embeddings, batch after batch."""

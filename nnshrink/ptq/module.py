@@ -62,6 +62,11 @@ class PostTraining:
     float model's; the shared weights stay as they are (tune.py). ``sparsity_by_layer``:
     ``sparsity`` is the overall fraction of the compensated layers' weights pruned, each
     layer's own fraction chosen by its error (sparsity.py; needs calibration).
+    ``sparsity_over`` "all": a calibrated ``sparsity`` prunes the embeddings too (Fisher x
+    w^2), so with ``sparsity_by_layer`` S is spread over every shared weight. ``sequential``:
+    the compensated layers are compressed group after group towards the float outputs from
+    the inputs the already-compressed prefix gives (sequential.py; needs calibration, read
+    again, and bits, not a budget).
     """
 
     bits: int | None = None
@@ -74,6 +79,8 @@ class PostTraining:
     recalibrate_bn: bool = False
     tune_steps: int = 0
     sparsity_by_layer: bool = False
+    sparsity_over: str = "compensated"
+    sequential: bool = False
 
     def __post_init__(self):
         from .layer import LayerSetting
@@ -90,7 +97,7 @@ class PostTraining:
             _number(self.max_error, "max_error", 0, float("inf"))
         if not isinstance(self.min_numel, int) or isinstance(self.min_numel, bool) or self.min_numel < 1:
             raise ConfigError(f"min_numel must be an int >= 1; got {self.min_numel!r}")
-        for flag in ("force", "recalibrate_bn", "sparsity_by_layer"):
+        for flag in ("force", "recalibrate_bn", "sparsity_by_layer", "sequential"):
             if not isinstance(getattr(self, flag), bool):
                 raise ConfigError(f"{flag} must be true or false; got {getattr(self, flag)!r}")
         LayerSetting(self.bits if self.bits is not None else DEFAULT_BITS, self.outliers, self.sparsity)
@@ -98,6 +105,12 @@ class PostTraining:
                                        or self.max_error is not None):
             raise ConfigError(f"sparsity_by_layer needs sparsity > 0 (the overall fraction) and bits, not a budget; "
                               f"got sparsity {self.sparsity!r}")
+        from .compress import SPARSITY_OVER
+
+        if self.sparsity_over not in SPARSITY_OVER:
+            raise ConfigError(f"sparsity_over must be one of {', '.join(SPARSITY_OVER)}; got {self.sparsity_over!r}")
+        if self.sequential and (self.target_bpw is not None or self.max_error is not None):
+            raise ConfigError("sequential needs bits (a fixed setting), not a budget (target_bpw / max_error)")
 
     @property
     def budget(self) -> str:
@@ -213,6 +226,13 @@ def compress_module(model: nn.Module, settings: PostTraining, *, calibrate=None,
     if settings.sparsity_by_layer and calibrate is None:
         raise ConfigError("sparsity_by_layer needs calibration data (each layer's pruning error is measured on it); "
                           "give calibration batches")
+    if settings.sequential:
+        if calibrate is None:
+            raise ConfigError("sequential needs calibration data (each layer's inputs are collected on it); "
+                              "give calibration batches")
+        from ..batchnorm import check_batches
+
+        check_batches(calibrate, "calibrate")  # read twice: not a one-shot generator
     if settings.tune_steps:
         if calibrate is None:
             raise ConfigError("tune_steps needs calibration data (the float model's outputs on it are the target); "
@@ -230,11 +250,13 @@ def compress_module(model: nn.Module, settings: PostTraining, *, calibrate=None,
     bar, say = _layer_bar(model, settings, progress)
     try:
         bits = settings.bits if settings.bits is not None else DEFAULT_BITS
-        res = compress_model(model, calibrate if settings.tune_steps else None, calibration=cal, bits=bits,
+        res = compress_model(model, calibrate if settings.tune_steps or settings.sequential else None,
+                             calibration=cal, bits=bits,
                              target_bpw=settings.target_bpw, max_error=settings.max_error, outliers=settings.outliers,
                              sparsity=settings.sparsity, min_numel=settings.min_numel, force=settings.force,
                              progress=say if progress else None, forward=forward,
-                             tune_steps=settings.tune_steps, sparsity_by_layer=settings.sparsity_by_layer)
+                             tune_steps=settings.tune_steps, sparsity_by_layer=settings.sparsity_by_layer,
+                             sparsity_over=settings.sparsity_over, sequential=settings.sequential)
     finally:
         bar.close()
     meta = res.metadata
