@@ -36,6 +36,11 @@ from benchmarks._util import machine  # noqa: E402
 HERE = Path(__file__).resolve().parent
 SENTENCES = HERE / "data" / "sentences.txt"
 CALIBRATION = HERE / "data" / "calibration.txt"
+# 827 everyday sentences written for calibration (the 96 everyday lines of calibration.txt and 731
+# more), none sharing more than 30% of its words with a measured sentence
+CALIBRATION_EVERYDAY = HERE / "data" / "calibration_everyday.txt"
+# 62 more everyday sentences, never used for calibration, tuning or any choice: a second measured set
+FRESH = HERE / "data" / "sentences_fresh.txt"
 COMMAND = ("python benchmarks/post_training.py --json benchmarks/results/post_training.json "
            "--section benchmarks/sections/25-post-training.md")
 
@@ -67,11 +72,16 @@ class Bench:
         self.rows = []
         self.save = None
 
-    def score(self, weights: dict[str, torch.Tensor]) -> tuple[float, float]:
+    def score(self, weights: dict[str, torch.Tensor], fresh: bool = False) -> tuple[float, float]:
+        """(mean, min) cosine against the float model on the measured sentences (``fresh``: on FRESH)."""
+        if fresh and not hasattr(self, "fresh_ref"):
+            self.fresh_batches = self.hf.text_batches(self.tok, self.hf.read_texts(FRESH))
+            self.fresh_ref = self.hf.embed(self.model, self.fresh_batches)
+        batches, ref = (self.fresh_batches, self.fresh_ref) if fresh else (self.eval_batches, self.ref)
         state = {k: weights.get(k, v).to(v.dtype) for k, v in self.original.items()}
         self.model.load_state_dict(state)
         try:
-            cos = (self.hf.embed(self.model, self.eval_batches) * self.ref).sum(-1)
+            cos = (self.hf.embed(self.model, batches) * ref).sum(-1)
         finally:
             self.model.load_state_dict(self.original)
         return float(cos.mean()), float(cos.min())

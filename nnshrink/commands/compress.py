@@ -67,6 +67,9 @@ def register(sub) -> None:
     g.add_argument("--tune-steps", type=int, default=0, metavar="N",
                    help="after sharing, tune the exactly-stored norms and biases N Adam steps towards the float "
                         "model's outputs on the calibration data (shared weights unchanged; default 0: off)")
+    g.add_argument("--probe", action="store_true",
+                   help="with --target-bpw, --max-error or --sparsity-by-layer: rescale each layer's error estimate "
+                        "by its output error measured once on the calibration data before choosing (slower)")
     g.add_argument("--sparsity-by-layer", action="store_true",
                    help="with --sparsity S: prune S of all error-compensated layers' weights overall, each layer's "
                         "fraction chosen by its measured pruning error (needs calibration data)")
@@ -303,7 +306,8 @@ def post_training_flags(args) -> list[str]:
     return [f for f, v in (("--calibration-factory", args.calibration_factory),
                            ("--target-bpw", args.target_bpw is not None), ("--max-error", args.max_error is not None),
                            ("--outliers", args.outliers), ("--recalibrate-bn", args.recalibrate_bn),
-                           ("--tune-steps", args.tune_steps), ("--sparsity-by-layer", args.sparsity_by_layer)) if v]
+                           ("--tune-steps", args.tune_steps), ("--sparsity-by-layer", args.sparsity_by_layer),
+                           ("--probe", args.probe)) if v]
 
 
 def _one_budget(args) -> None:
@@ -339,7 +343,7 @@ def _run_own_post_training(args, out) -> int:
         raise ConfigError(f"{', '.join(unused)} given, but post-training compression retrains nothing and runs on "
                           "the CPU; it takes --calibration-factory / --data-factory (your model) or --dataset (an "
                           "nnshrink checkpoint), --bits or --target-bpw or --max-error, --outliers, --sparsity, "
-                          "--recalibrate-bn, --tune-steps, --sparsity-by-layer, --seed")
+                          "--recalibrate-bn, --tune-steps, --sparsity-by-layer, --probe, --seed")
     if args.input is None:
         raise ConfigError("give INPUT: the state_dict (safetensors) of the model --model-factory builds")
     _one_budget(args)
@@ -347,7 +351,7 @@ def _run_own_post_training(args, out) -> int:
     settings = PostTraining(bits=args.bits, target_bpw=args.target_bpw, max_error=args.max_error,
                             outliers=args.outliers, sparsity=args.sparsity or 0.0, force=args.force,
                             recalibrate_bn=args.recalibrate_bn, tune_steps=args.tune_steps,
-                            sparsity_by_layer=args.sparsity_by_layer)
+                            sparsity_by_layer=args.sparsity_by_layer, probe=args.probe)
     zoo = None
     if args.model_factory:
         model, data = own_model(args), own_data(args)
@@ -367,7 +371,8 @@ def _run_own_post_training(args, out) -> int:
         calibrate = calibration_batches(data.train_x, seed=seed)
     source = "--calibration-factory or --data-factory" if args.model_factory else "--dataset"
     for flag, asked in (("--max-error", settings.max_error is not None), ("--recalibrate-bn", args.recalibrate_bn),
-                        ("--tune-steps", bool(args.tune_steps)), ("--sparsity-by-layer", args.sparsity_by_layer)):
+                        ("--tune-steps", bool(args.tune_steps)), ("--sparsity-by-layer", args.sparsity_by_layer),
+                        ("--probe", args.probe)):
         if asked and calibrate is None:
             raise ConfigError(f"{flag} needs calibration data: give {source}")
     cls = f"{type(model).__module__}.{type(model).__qualname__}"
@@ -423,14 +428,14 @@ def _run_hf(args, out) -> int:
     if unused:
         raise ConfigError(f"{', '.join(unused)} given with --hf-model: post-training compression of a model "
                           "folder takes --calibration, --bits or --target-bpw, --outliers, --sparsity, "
-                          "--sparsity-by-layer and --tune-steps")
+                          "--sparsity-by-layer, --probe and --tune-steps")
     _one_budget(args)
     say = None if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     with work_dir(out, {"post-training": str(args.hf_model)}):
         report = compress_hf_folder(args.hf_model, out, calibration=args.calibration,
                                     bits=args.bits or 4, target_bpw=args.target_bpw, max_error=args.max_error,
                                     outliers=args.outliers, tune_steps=args.tune_steps,
-                                    sparsity_by_layer=args.sparsity_by_layer,
+                                    sparsity_by_layer=args.sparsity_by_layer, probe=args.probe,
                                     sparsity=args.sparsity or 0.0, force=args.force, progress=say)
     _emit_post_training(args, report, out)
     return 0

@@ -26,9 +26,10 @@ def compress_hf_folder(folder: str | os.PathLike, output: str | os.PathLike, *, 
                        bits: int | None = 4, target_bpw: float | None = None, max_error: float | None = None,
                        outliers: float = 0.0,
                        sparsity: float = 0.0, force: bool = False, progress=None,
-                       tune_steps: int = 0, sparsity_by_layer: bool = False) -> dict[str, Any]:
+                       tune_steps: int = 0, sparsity_by_layer: bool = False, probe: bool = False) -> dict[str, Any]:
     """Compress the folder's weights into ``output``; return the report (JSON-ready).
-    ``tune_steps`` > 0 needs ``calibration`` (compress.compress_model, tune.py)."""
+    ``tune_steps`` > 0, ``sparsity_by_layer`` and ``probe`` need ``calibration``
+    (compress.compress_model, tune.py, sparsity.py, probe.py)."""
     from ..errors import ConfigError
     from .tune import check_steps
 
@@ -36,6 +37,8 @@ def compress_hf_folder(folder: str | os.PathLike, output: str | os.PathLike, *, 
         raise ConfigError("--tune-steps needs --calibration: the tuning fits the float model's outputs on those texts")
     if sparsity_by_layer and calibration is None:
         raise ConfigError("--sparsity-by-layer needs --calibration: each layer's pruning error is measured on it")
+    if probe and calibration is None:
+        raise ConfigError("--probe needs --calibration: each layer's output error is measured on those texts")
     folder, output = Path(folder), Path(output)
     file_tensors = load_tensors(hf.weights_path(folder))
     model, tok = hf.load_model(folder)
@@ -44,7 +47,7 @@ def compress_hf_folder(folder: str | os.PathLike, output: str | os.PathLike, *, 
                             max_error=max_error,
                             outliers=outliers, sparsity=sparsity, force=force, state=file_tensors,
                             half_small=False, progress=progress, tune_steps=tune_steps,
-                            sparsity_by_layer=sparsity_by_layer)
+                            sparsity_by_layer=sparsity_by_layer, probe=probe)
     meta = result.metadata
     meta["info"].update({"source": folder.name, "hf_model": True, "nnshrink_version": __version__})
     write_archive(output, result.tensors, meta)

@@ -61,7 +61,10 @@ class PostTraining:
     compressed model's outputs on the calibration batches (read again) come closer to the
     float model's; the shared weights stay as they are (tune.py). ``sparsity_by_layer``:
     ``sparsity`` is the overall fraction of the compensated layers' weights pruned, each
-    layer's own fraction chosen by its error (sparsity.py; needs calibration).
+    layer's own fraction chosen by its error (sparsity.py; needs calibration). ``probe``:
+    with ``target_bpw``, ``max_error`` or ``sparsity_by_layer``, each layer's error estimate
+    is rescaled by its output error measured once on the calibration batches (probe.py),
+    so the per-layer choice rests on measured errors.
     """
 
     bits: int | None = None
@@ -74,6 +77,7 @@ class PostTraining:
     recalibrate_bn: bool = False
     tune_steps: int = 0
     sparsity_by_layer: bool = False
+    probe: bool = False
 
     def __post_init__(self):
         from .layer import LayerSetting
@@ -90,7 +94,7 @@ class PostTraining:
             _number(self.max_error, "max_error", 0, float("inf"))
         if not isinstance(self.min_numel, int) or isinstance(self.min_numel, bool) or self.min_numel < 1:
             raise ConfigError(f"min_numel must be an int >= 1; got {self.min_numel!r}")
-        for flag in ("force", "recalibrate_bn", "sparsity_by_layer"):
+        for flag in ("force", "recalibrate_bn", "sparsity_by_layer", "probe"):
             if not isinstance(getattr(self, flag), bool):
                 raise ConfigError(f"{flag} must be true or false; got {getattr(self, flag)!r}")
         LayerSetting(self.bits if self.bits is not None else DEFAULT_BITS, self.outliers, self.sparsity)
@@ -98,6 +102,9 @@ class PostTraining:
                                        or self.max_error is not None):
             raise ConfigError(f"sparsity_by_layer needs sparsity > 0 (the overall fraction) and bits, not a budget; "
                               f"got sparsity {self.sparsity!r}")
+        if self.probe and self.target_bpw is None and self.max_error is None and not self.sparsity_by_layer:
+            raise ConfigError("probe rescales the error estimates of a per-layer choice: give target_bpw, max_error "
+                              "or sparsity_by_layer with it")
 
     @property
     def budget(self) -> str:
@@ -213,7 +220,10 @@ def compress_module(model: nn.Module, settings: PostTraining, *, calibrate=None,
     if settings.sparsity_by_layer and calibrate is None:
         raise ConfigError("sparsity_by_layer needs calibration data (each layer's pruning error is measured on it); "
                           "give calibration batches")
-    if settings.tune_steps:
+    if settings.probe and calibrate is None:
+        raise ConfigError("probe needs calibration data (each layer's output error is measured on it); "
+                          "give calibration batches")
+    if settings.tune_steps or settings.probe:
         if calibrate is None:
             raise ConfigError("tune_steps needs calibration data (the float model's outputs on it are the target); "
                               "give calibration batches")
@@ -230,7 +240,8 @@ def compress_module(model: nn.Module, settings: PostTraining, *, calibrate=None,
     bar, say = _layer_bar(model, settings, progress)
     try:
         bits = settings.bits if settings.bits is not None else DEFAULT_BITS
-        res = compress_model(model, calibrate if settings.tune_steps else None, calibration=cal, bits=bits,
+        res = compress_model(model, calibrate if settings.tune_steps or settings.probe else None, calibration=cal,
+                             bits=bits, probe=settings.probe,
                              target_bpw=settings.target_bpw, max_error=settings.max_error, outliers=settings.outliers,
                              sparsity=settings.sparsity, min_numel=settings.min_numel, force=settings.force,
                              progress=say if progress else None, forward=forward,
