@@ -20,9 +20,17 @@ One torch thread; the model, calibration texts and measured sentences are post_t
 - ``embedding``: the word embeddings alone, plain rounding against GPTQ with a data-free row
   Hessian P diag(g) (Wq'Wq + Wk'Wk + Wv'Wv + c tr(.)/d I) diag(g) P (g: the embedding
   LayerNorm's weight, P: mean removal, W: layer 0's query/key/value).
+- ``everyday``: the 10x budget (probed) calibrated on benchmarks/data/calibration_everyday.txt
+  (827 everyday sentences written for calibration) against calibration.txt, each without and
+  with tuning on its own calibration texts.
 - ``cli``: the 10x setting through the command line, timed whole (load, calibrate, compress,
   tune, write): ``nnshrink compress --hf-model DIR --calibration benchmarks/data/calibration.txt
-  --target-bpw 3.2 --tune-steps 300``, with the archive scored like every row.
+  --target-bpw 3.2 --tune-steps 0 | 300``, and with calibration_everyday.txt, ``--probe
+  --tune-steps 300``, with the archive scored like every row.
+
+Every row is also scored on benchmarks/data/sentences_fresh.txt (62 everyday sentences written
+after the settings were chosen, never used for any choice): ``fresh_mean_cos`` / ``fresh_min_cos``.
+``--note`` says how busy the machine was; it goes beside the seconds.
 ``benchmarks/post_training.py --render`` puts the result into section 25.
 """
 
@@ -56,6 +64,8 @@ def main(argv=None) -> int:
     ap.add_argument("--json", required=True)
     ap.add_argument("--parts", default="tune,sparsity,mix,sequential,entropy,embedding,everyday,cli",
                     help="comma-separated parts to run; others are kept from an existing --json file")
+    ap.add_argument("--note", default="shared 2-core machine, loaded by other work: seconds are wall-clock on a busy "
+                    "machine", help="how busy the machine was (goes beside the seconds)")
     args = ap.parse_args(argv)
     parts = set(args.parts.split(","))
     torch.set_num_threads(1)
@@ -76,7 +86,7 @@ def main(argv=None) -> int:
     out: dict = json.loads(Path(args.json).read_text()) if Path(args.json).is_file() else {}
     out.update({"command": COMMAND, "machine": machine(), "tune_steps": TUNE_STEPS,
                 "calibration_seconds": time.perf_counter() - t0,
-                "note": "shared 2-core machine, loaded by other work: seconds are wall-clock on a busy machine"})
+                "note": args.note})
 
     def save():
         Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
