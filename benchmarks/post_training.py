@@ -36,6 +36,12 @@ from benchmarks._util import machine  # noqa: E402
 HERE = Path(__file__).resolve().parent
 SENTENCES = HERE / "data" / "sentences.txt"
 CALIBRATION = HERE / "data" / "calibration.txt"
+# 827 everyday sentences written for calibration (the 96 everyday lines of calibration.txt and 731
+# more), none sharing more than 30% of its words with a measured sentence
+CALIBRATION_EVERYDAY = HERE / "data" / "calibration_everyday.txt"
+# 62 more everyday sentences, never used for calibration, tuning or any choice: a second measured set
+FRESH = HERE / "data" / "sentences_fresh.txt"
+CALIBRATION_EVERYDAY_WORDS = "the 96 everyday lines of calibration.txt and 731 more, written for calibration"
 COMMAND = ("python benchmarks/post_training.py --json benchmarks/results/post_training.json "
            "--section benchmarks/sections/25-post-training.md")
 
@@ -67,11 +73,16 @@ class Bench:
         self.rows = []
         self.save = None
 
-    def score(self, weights: dict[str, torch.Tensor]) -> tuple[float, float]:
+    def score(self, weights: dict[str, torch.Tensor], fresh: bool = False) -> tuple[float, float]:
+        """(mean, min) cosine against the float model on the measured sentences (``fresh``: on FRESH)."""
+        if fresh and not hasattr(self, "fresh_ref"):
+            self.fresh_batches = self.hf.text_batches(self.tok, self.hf.read_texts(FRESH))
+            self.fresh_ref = self.hf.embed(self.model, self.fresh_batches)
+        batches, ref = (self.fresh_batches, self.fresh_ref) if fresh else (self.eval_batches, self.ref)
         state = {k: weights.get(k, v).to(v.dtype) for k, v in self.original.items()}
         self.model.load_state_dict(state)
         try:
-            cos = (self.hf.embed(self.model, self.eval_batches) * self.ref).sum(-1)
+            cos = (self.hf.embed(self.model, batches) * ref).sum(-1)
         finally:
             self.model.load_state_dict(self.original)
         return float(cos.mean()), float(cos.min())
@@ -364,6 +375,8 @@ def tuning_lines(path: Path) -> list[str]:
          "|---|---|---|---|---|---|---|" + "---|" * len(extra)]
         + [f"| {r['experiment']} | {r['bytes']:,} | {r['ratio']:.2f}x | {r['bpw']:.3f} | {r['mean_cos']:.4f} | "
            f"{r['min_cos']:.4f} | {r['seconds']:.0f} |" + "".join(f" {f(r)} |" for _, f in extra) for r in rows])
+    fresh = ("fresh sentences: mean / min cos",
+             lambda r: f"{r['fresh_mean_cos']:.4f} / {r['fresh_min_cos']:.4f}" if "fresh_mean_cos" in r else "-")
     tuned_err = ("calibration error before -> after tuning",
                  lambda r: f"{r['tuning']['calibration_error_before']:.4f} -> {r['tuning']['calibration_error_after']:.4f}"
                  if r.get("tuning") else "")
@@ -401,13 +414,20 @@ def tuning_lines(path: Path) -> list[str]:
                   "| experiment | bits/weight | mean cos | min cos |", "|---|---|---|---|"]
         lines += [f"| {r['experiment']} | {r['bpw']:.3f} | {r['mean_cos']:.4f} | {r['min_cos']:.4f} |"
                   for r in d["embedding"]]
+    if d.get("everyday"):
+        lines += ["", "The 10x budget calibrated on everyday text, the kind of text measured "
+                  f"(benchmarks/data/calibration_everyday.txt: {CALIBRATION_EVERYDAY_WORDS}), against calibration.txt "
+                  "(96 everyday and 256 Python docstring sentences); calibration of the everyday texts: "
+                  f"{d['everyday_calibration_seconds']:.0f} s. Every row is also measured on 62 fresh everyday "
+                  "sentences (benchmarks/data/sentences_fresh.txt) that were written after every choice here was "
+                  "made and never used for any:", ""] + full(d["everyday"], [fresh, tuned_err])
     if d.get("cli"):
         lines += ["", "The 10x setting through the command line, timed whole (load, calibrate, compress, tune, write; "
-                  "loaded machine):", ""] + full(d["cli"])
+                  f"{d['note']}):", ""] + full(d["cli"], [fresh])
     lines += reading_lines(d)
-    everything = rows + d.get("sequential", []) + d.get("cli", [])
+    everything = rows + d.get("sequential", []) + d.get("cli", []) + d.get("everyday", [])
     ten = [r for r in everything if r["ratio"] >= 10.0]
-    best10 = max(ten, key=lambda r: r["mean_cos"]) if ten else None
+    best10 = max(ten, key=lambda r: (r["mean_cos"] >= 0.99 and r["min_cos"] >= 0.97, r["mean_cos"])) if ten else None
     half = [r for r in rows if r["experiment"].startswith("50%") or r.get("zero_fraction_of_all_weights", 0) >= 0.5]
     best50 = max(half, key=lambda r: r["mean_cos"]) if half else None
     linear_half = [r for r in rows if r["experiment"].startswith("50%") and "ALL" not in r["experiment"]]
@@ -415,19 +435,23 @@ def tuning_lines(path: Path) -> list[str]:
     lines += ["", "Against the two targets:", ""]
     if best10:
         met = best10["mean_cos"] >= 0.99 and best10["min_cos"] >= 0.97
+        seen = (f"; on the fresh sentences mean {best10['fresh_mean_cos']:.4f}, min {best10['fresh_min_cos']:.4f}"
+                if "fresh_mean_cos" in best10 else "")
         lines.append(f"- >= 10x at mean cos >= 0.99 and min >= 0.97: {'met' if met else 'NOT met'}; the best row at "
                      f">= 10x is {best10['ratio']:.2f}x at mean {best10['mean_cos']:.4f}, min {best10['min_cos']:.4f} "
-                     f"({best10['experiment']}).")
+                     f"({best10['experiment']}){seen}.")
     if best50:
         lines.append(f"- 50% unstructured sparsity at mean cos >= 0.99: {'met' if best50['mean_cos'] >= 0.99 else 'NOT met'}"
                      f"; the best row with half the Linear weights or half of all weights zero reaches mean "
                      f"{best50['mean_cos']:.4f} ({best50['experiment']}; {best50['zero_fraction_of_all_weights']:.1%} of "
                      "all weights zero)" + (f"; with half of the Linear weights zero, {lin50['mean_cos']:.4f} "
                                             f"({lin50['experiment']})" if lin50 and lin50 is not best50 else "") + ".")
-    cli = [r for r in d.get("cli", []) if not r["experiment"].endswith("--tune-steps 0")]
+    cli = d.get("cli", [])
     if cli:
-        lines.append(f"- Calibrate + compress (+ tune) of the 10x setting through the CLI: {cli[0]['seconds']:.0f} s on "
-                     f"the loaded machine ({'under' if cli[0]['seconds'] < 300 else 'OVER'} 5 min).")
+        slowest = max(r["seconds"] for r in cli)
+        lines.append("- Load, calibrate, compress (+ tune) and write through the CLI: " + "; ".join(
+            f"{r['seconds']:.0f} s ({r['experiment'].split(' --calibration ', 1)[1]})" for r in cli)
+            + f": {'all under' if slowest < 300 else 'NOT all under'} 5 min ({d['note']}).")
     return lines
 
 
@@ -471,6 +495,18 @@ def reading_lines(d: dict) -> list[str]:
                    + "; ".join(f"{r['experiment'].split(': ', 1)[1].rsplit(',', 1)[0]}: mean cosine "
                                f"{r['mean_cos']:.4f} ({r['zero_fraction_of_all_weights']:.1%} of all weights zero, "
                                f"{r['ratio']:.2f}x)" for r in mix) + ".")
+    ev = d.get("everyday", [])
+    if len(ev) == 4:
+        out.append(f"- Calibrating on everyday text instead of calibration.txt lifts the 10x budget's mean cosine from "
+                   f"{ev[0]['mean_cos']:.4f} to {ev[2]['mean_cos']:.4f} (fresh sentences {ev[0]['fresh_mean_cos']:.4f} "
+                   f"-> {ev[2]['fresh_mean_cos']:.4f}) at the same bytes: the same compensation and allocation, fed "
+                   "the layer statistics of the kind of text that is measured. Tuning the "
+                   f"norms and biases on those texts then carries over: {ev[2]['mean_cos']:.4f} -> "
+                   f"{ev[3]['mean_cos']:.4f} (fresh {ev[2]['fresh_mean_cos']:.4f} -> {ev[3]['fresh_mean_cos']:.4f}), "
+                   f"against {ev[0]['mean_cos']:.4f} -> {ev[1]['mean_cos']:.4f} on calibration.txt. Calibration data "
+                   "like the inputs the model will serve is the user's to give; the benchmark's is written by hand "
+                   "and kept apart from both measured sets (no calibration line shares more than 30% of its words "
+                   "with a measured sentence).")
     seq = d.get("sequential", [])
     if len(seq) == 2:
         out.append(f"- Sequential Hessians at the 10x budget: mean cosine {seq[0]['mean_cos']:.4f} (one pass) against "
@@ -546,6 +582,15 @@ def section(result: dict) -> str:
         r = max(tenfold, key=lambda r: r["mean_cos"])
         lines.append(f"| (best cosine at >= 10x) | {r['ratio']:.2f}x ({r['setting']}): "
                      f"mean {r['mean_cos']:.4f}, min {r['min_cos']:.4f} | - |")
+    tuning = HERE / "results" / "post_training_tuning.json"
+    everyday = json.loads(tuning.read_text()).get("everyday", []) if tuning.is_file() else []
+    if everyday:  # the same budget calibrated on everyday text: post_training_tuning.py's run, below
+        r = max(everyday, key=lambda r: r["mean_cos"])
+        ok = r["ratio"] >= 10.0 and r["mean_cos"] >= 0.99 and r["min_cos"] >= 0.97
+        lines.append(f"| >= 10x at mean cos >= 0.99, min >= 0.97, calibrated on everyday text (below) | "
+                     f"{r['ratio']:.2f}x: mean {r['mean_cos']:.4f}, min {r['min_cos']:.4f}; fresh sentences "
+                     f"{r['fresh_mean_cos']:.4f} / {r['fresh_min_cos']:.4f} ({r['experiment']}) | "
+                     f"{'yes' if ok else 'NO'} |")
     budget = [r for r in ours if r["setting"].startswith("--target-bpw")]
     if budget and result.get("calibration_seconds"):
         t = result["calibration_seconds"] + max(r["seconds"] for r in budget)

@@ -20,9 +20,17 @@ One torch thread; the model, calibration texts and measured sentences are post_t
 - ``embedding``: the word embeddings alone, plain rounding against GPTQ with a data-free row
   Hessian P diag(g) (Wq'Wq + Wk'Wk + Wv'Wv + c tr(.)/d I) diag(g) P (g: the embedding
   LayerNorm's weight, P: mean removal, W: layer 0's query/key/value).
+- ``everyday``: the 10x budget (probed) calibrated on benchmarks/data/calibration_everyday.txt
+  (827 everyday sentences written for calibration) against calibration.txt, each without and
+  with tuning on its own calibration texts.
 - ``cli``: the 10x setting through the command line, timed whole (load, calibrate, compress,
   tune, write): ``nnshrink compress --hf-model DIR --calibration benchmarks/data/calibration.txt
-  --target-bpw 3.2 --tune-steps 300``, with the archive scored like every row.
+  --target-bpw 3.2 --tune-steps 0 | 300``, and with calibration_everyday.txt, ``--probe
+  --tune-steps 300``, with the archive scored like every row.
+
+Every row is also scored on benchmarks/data/sentences_fresh.txt (62 everyday sentences written
+after the settings were chosen, never used for any choice): ``fresh_mean_cos`` / ``fresh_min_cos``.
+``--note`` says how busy the machine was; it goes beside the seconds.
 ``benchmarks/post_training.py --render`` puts the result into section 25.
 """
 
@@ -40,7 +48,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks._util import machine  # noqa: E402
-from benchmarks.post_training import CALIBRATION, Bench, minilm_folder  # noqa: E402
+from benchmarks.post_training import CALIBRATION, CALIBRATION_EVERYDAY, Bench, minilm_folder  # noqa: E402
 
 COMMAND = "python benchmarks/post_training_tuning.py --json benchmarks/results/post_training_tuning.json"
 TUNE_STEPS = 300
@@ -54,8 +62,10 @@ def _kind(name: str) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--json", required=True)
-    ap.add_argument("--parts", default="tune,sparsity,mix,sequential,entropy,embedding,cli",
+    ap.add_argument("--parts", default="tune,sparsity,mix,sequential,entropy,embedding,everyday,cli",
                     help="comma-separated parts to run; others are kept from an existing --json file")
+    ap.add_argument("--note", default="shared 2-core machine, loaded by other work: seconds are wall-clock on a busy "
+                    "machine", help="how busy the machine was (goes beside the seconds)")
     args = ap.parse_args(argv)
     parts = set(args.parts.split(","))
     torch.set_num_threads(1)
@@ -76,7 +86,7 @@ def main(argv=None) -> int:
     out: dict = json.loads(Path(args.json).read_text()) if Path(args.json).is_file() else {}
     out.update({"command": COMMAND, "machine": machine(), "tune_steps": TUNE_STEPS,
                 "calibration_seconds": time.perf_counter() - t0,
-                "note": "shared 2-core machine, loaded by other work: seconds are wall-clock on a busy machine"})
+                "note": args.note})
 
     def save():
         Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
@@ -85,20 +95,22 @@ def main(argv=None) -> int:
         blob = serialize(tensors, meta)
         dense = {k: torch.from_numpy(v) for k, v in parse_archive(blob, "<bench>").dense_arrays().items()}
         mean, low = b.score(dense)
+        fresh_mean, fresh_low = b.score(dense, fresh=True)
         zero = sum(int((dense[n] == 0).sum()) for n in names) / b.numel
         r = {"experiment": label, "bytes": len(blob), "ratio": b.float_bytes / len(blob),
              "bpw": 8 * len(blob) / b.numel, "mean_cos": mean, "min_cos": low, "seconds": seconds,
-             "zero_fraction_of_all_weights": zero, **extra}
-        print(f"{label:<72} {r['ratio']:6.2f}x {r['bpw']:.3f} bpw cos {mean:.4f} (min {low:.4f}) {seconds:5.0f} s",
-              flush=True)
+             "fresh_mean_cos": fresh_mean, "fresh_min_cos": fresh_low, "zero_fraction_of_all_weights": zero, **extra}
+        print(f"{label:<72} {r['ratio']:6.2f}x {r['bpw']:.3f} bpw cos {mean:.4f} (min {low:.4f}) fresh "
+              f"{fresh_mean:.4f} (min {fresh_low:.4f}) {seconds:5.0f} s", flush=True)
         return r
 
-    def tuned(res_tensors, meta):
-        """(tensors with the exact parameters tuned, seconds, stats): tune.py on the decoded model."""
+    def tuned(res_tensors, meta, on=None):
+        """(tensors with the exact parameters tuned, seconds, stats): tune.py on the decoded model,
+        on the calibration batches ``on`` (default: calibration.txt's)."""
         t = time.perf_counter()
         decoded = {n: res_tensors[n].to_dense() for n in names}
-        values, stats = tune_exact_parameters(b.model, decoded, [n for n in ft if n not in names], batches,
-                                              b.hf.mean_pooled, steps=TUNE_STEPS)
+        values, stats = tune_exact_parameters(b.model, decoded, [n for n in ft if n not in names],
+                                              batches if on is None else on, b.hf.mean_pooled, steps=TUNE_STEPS)
         new = dict(res_tensors)
         new.update({n: DenseTensor(v.astype(np.float32)) for n, v in values.items()})
         return new, time.perf_counter() - t, stats
@@ -250,6 +262,27 @@ def main(argv=None) -> int:
         out["embedding"] = rows
         save()
 
+    if "everyday" in parts:  # the 10x budget calibrated on everyday text, the kind of text that is measured
+        rows = []
+        t = time.perf_counter()
+        every = b.hf.text_batches(b.tok, b.hf.read_texts(CALIBRATION_EVERYDAY))
+        cal_every = collect(b.model, every, forward=b.hf.mean_pooled, weights=_owner_map(b.model, names))
+        out["everyday_calibration_seconds"] = time.perf_counter() - t
+        for label, c, on in ((f"calibration.txt ({len(b.hf.read_texts(CALIBRATION))} lines)", cal, batches),
+                             (f"calibration_everyday.txt ({len(b.hf.read_texts(CALIBRATION_EVERYDAY))} lines)",
+                              cal_every, every)):
+            t = time.perf_counter()
+            res = compress_model(b.model, on, calibration=c, state=ft, forward=b.hf.mean_pooled, target_bpw=3.2,
+                                 candidate_steps=LOW_STEPS, probe=True)
+            dt = time.perf_counter() - t
+            what = f"--target-bpw 3.2, grid steps, probed; calibrated on {label}"
+            rows.append(row(what, res.tensors, res.metadata, dt))
+            new, dt2, stats = tuned(res.tensors, res.metadata, on)
+            rows.append(row(what + label_tuned, new, res.metadata, dt + dt2, tuning=stats))
+            save()
+        out["everyday"] = rows
+        save()
+
     if "cli" in parts:
         import subprocess
         import tempfile
@@ -257,22 +290,25 @@ def main(argv=None) -> int:
         from nnshrink.format import read_archive
 
         rows = []
-        for tune in (0, TUNE_STEPS):
+        runs = [(CALIBRATION, tune, []) for tune in (0, TUNE_STEPS)] + [(CALIBRATION_EVERYDAY, TUNE_STEPS, ["--probe"])]
+        for texts, tune, flags in runs:
             with tempfile.TemporaryDirectory() as tmp:
                 arc = Path(tmp) / "m.nsk"
-                cmd = ["--hf-model", str(minilm_folder()), "--calibration", str(CALIBRATION), "--target-bpw", "3.2",
-                       "--tune-steps", str(tune), "--quiet", "-o", str(arc)]
+                cmd = ["--hf-model", str(minilm_folder()), "--calibration", str(texts), "--target-bpw", "3.2",
+                       *flags, "--tune-steps", str(tune), "--quiet", "-o", str(arc)]
                 t = time.perf_counter()
                 subprocess.run([sys.executable, "-m", "nnshrink", "compress", *cmd], check=True, capture_output=True,
                                env={**os.environ, "NNSHRINK_THREADS": "1", "OMP_NUM_THREADS": "1"})
                 dt = time.perf_counter() - t
                 dense = {k: torch.from_numpy(v) for k, v in read_archive(arc).dense_arrays().items()}
                 mean, low = b.score(dense)
+                fresh_mean, fresh_low = b.score(dense, fresh=True)
                 size = arc.stat().st_size
-            label = ("nnshrink compress --hf-model DIR --calibration calibration.txt --target-bpw 3.2 "
-                     f"--tune-steps {tune}")
+            label = (f"nnshrink compress --hf-model DIR --calibration {texts.name} --target-bpw 3.2 "
+                     + "".join(f + " " for f in flags) + f"--tune-steps {tune}")
             rows.append({"experiment": label, "bytes": size, "ratio": b.float_bytes / size, "bpw": 8 * size / b.numel,
-                         "mean_cos": mean, "min_cos": low, "seconds": dt})
+                         "mean_cos": mean, "min_cos": low, "seconds": dt, "fresh_mean_cos": fresh_mean,
+                         "fresh_min_cos": fresh_low})
             print(f"{label:<72} {rows[-1]['ratio']:6.2f}x cos {mean:.4f} (min {low:.4f}) {dt:5.0f} s", flush=True)
         out["cli"] = rows
         save()

@@ -315,6 +315,12 @@ def test_cli_own_model_post_training(cli, tmp_path):
     assert rc == 0, err
     assert json.loads(out)["post_training"]["sequential"] is True and json.loads(out)["recipe"]["sequential"] is True
     assert json.loads(out)["post_training"]["sparsity_over"] == "all"
+    rc, out, err = cli(*OWN, "--calibration-factory", "mynets_ptq:calib", "--target-bpw", 6, "--probe",
+                       "-o", "h.nsk", "--json", "-", "--quiet")
+    assert rc == 0, err
+    rep = json.loads(out)
+    assert rep["post_training"]["probed"] is True and rep["recipe"]["probe"] is True
+    assert all(r["probe_factor"] is not None for r in rep["layers"] if "bits" in r)
     rc, out, err = cli(*OWN, "--recipe", "post-training", "-o", "c.nsk", "--json", "-", "--quiet")
     assert rc == 0, err
     assert "no --calibration-factory or --data-factory: data-free fallback" in err
@@ -332,6 +338,9 @@ def test_cli_own_model_post_training(cli, tmp_path):
     (("--tune-steps", 5), "--tune-steps needs calibration data"),
     (("--sparsity-by-layer", "--sparsity", 0.5), "--sparsity-by-layer needs calibration data"),
     (("--calibration-factory", "mynets_ptq:calib", "--sparsity-by-layer"), "sparsity_by_layer needs sparsity > 0"),
+    (("--target-bpw", 6, "--probe"), "--probe needs calibration data"),
+    (("--calibration-factory", "mynets_ptq:calib", "--bits", 4, "--probe"), "probe rescales the error estimates of a "
+                                                                            "per-layer choice"),
     (("--calibration-factory", "mynets_ptq:calib", "--tune-steps", -1), "--tune-steps must be an integer >= 0 (0: no tuning); got -1"),
     (("--sequential",), "--sequential needs calibration data"),
     (("--calibration-factory", "mynets_ptq:calib", "--sequential", "--target-bpw", 4), "sequential needs bits"),

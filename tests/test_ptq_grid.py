@@ -167,3 +167,29 @@ def test_budgets_default_to_grids_and_take_codebooks_when_asked():
     assert all(r["step"] is None and r["bits"] in (2, 4, 6) for r in kmeans.rows)
     with pytest.raises(ConfigError, match="not both"):
         compress_model(model, None, target_bpw=6.0, min_numel=64, candidate_bits=(4,), candidate_steps=(0.5,))
+
+
+def test_probe_is_for_a_per_layer_choice_with_calibration():
+    model = MLP()
+    with pytest.raises(ConfigError, match="probe must be true or false; got 'yes'"):
+        compress_model(model, _batches(2), target_bpw=6.0, min_numel=64, probe="yes")
+    with pytest.raises(ConfigError, match="probe rescales the error estimates of a per-layer choice"):
+        compress_model(model, _batches(2), step=0.5, min_numel=64, probe=True)
+    with pytest.raises(ConfigError, match="probe rescales the error estimates of a per-layer choice"):
+        compress_model(model, None, target_bpw=6.0, min_numel=64, probe=True)
+
+
+def test_post_training_settings_take_probe():
+    import nnshrink
+    from nnshrink import PostTraining
+
+    with pytest.raises(ConfigError, match="probe must be true or false"):
+        PostTraining(target_bpw=6.0, probe=1)
+    with pytest.raises(ConfigError, match="give target_bpw, max_error or sparsity_by_layer with it"):
+        PostTraining(bits=4, probe=True)
+    with pytest.raises(ConfigError, match="probe needs calibration data"):
+        nnshrink.compress(MLP(), PostTraining(target_bpw=6.0, probe=True, min_numel=64))
+    with torch.enable_grad():
+        res = nnshrink.compress(MLP(), PostTraining(target_bpw=7.0, probe=True, min_numel=64), calibrate=_batches(8))
+    assert res.report["post_training"]["probed"] is True
+    assert all(r["probe_factor"] is not None and r["probe_factor"] > 0 for r in res.report["layers"] if "bits" in r)

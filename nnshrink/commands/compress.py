@@ -67,6 +67,9 @@ def register(sub) -> None:
     g.add_argument("--tune-steps", type=int, default=0, metavar="N",
                    help="after sharing, tune the exactly-stored norms and biases N Adam steps towards the float "
                         "model's outputs on the calibration data (shared weights unchanged; default 0: off)")
+    g.add_argument("--probe", action="store_true",
+                   help="with --target-bpw, --max-error or --sparsity-by-layer: rescale each layer's error estimate "
+                        "by its output error measured once on the calibration data before choosing (slower)")
     g.add_argument("--sparsity-by-layer", action="store_true",
                    help="with --sparsity S: prune S of all error-compensated layers' weights overall, each layer's "
                         "fraction chosen by its measured pruning error (needs calibration data)")
@@ -312,7 +315,7 @@ def post_training_flags(args) -> list[str]:
                            ("--outliers", args.outliers), ("--recalibrate-bn", args.recalibrate_bn),
                            ("--tune-steps", args.tune_steps), ("--sparsity-by-layer", args.sparsity_by_layer),
                            ("--sparsity-over", args.sparsity_over != "compensated"),
-                           ("--sequential", args.sequential)) if v]
+                           ("--sequential", args.sequential), ("--probe", args.probe)) if v]
 
 
 def _one_budget(args) -> None:
@@ -348,7 +351,7 @@ def _run_own_post_training(args, out) -> int:
         raise ConfigError(f"{', '.join(unused)} given, but post-training compression retrains nothing and runs on "
                           "the CPU; it takes --calibration-factory / --data-factory (your model) or --dataset (an "
                           "nnshrink checkpoint), --bits or --target-bpw or --max-error, --outliers, --sparsity, "
-                          "--recalibrate-bn, --tune-steps, --sparsity-by-layer, --sparsity-over, --sequential, --seed")
+                          "--recalibrate-bn, --tune-steps, --sparsity-by-layer, --sparsity-over, --sequential, --probe, --seed")
     if args.input is None:
         raise ConfigError("give INPUT: the state_dict (safetensors) of the model --model-factory builds")
     _one_budget(args)
@@ -357,7 +360,7 @@ def _run_own_post_training(args, out) -> int:
                             outliers=args.outliers, sparsity=args.sparsity or 0.0, force=args.force,
                             recalibrate_bn=args.recalibrate_bn, tune_steps=args.tune_steps,
                             sparsity_by_layer=args.sparsity_by_layer, sparsity_over=args.sparsity_over,
-                            sequential=args.sequential)
+                            sequential=args.sequential, probe=args.probe)
     zoo = None
     if args.model_factory:
         model, data = own_model(args), own_data(args)
@@ -378,7 +381,7 @@ def _run_own_post_training(args, out) -> int:
     source = "--calibration-factory or --data-factory" if args.model_factory else "--dataset"
     for flag, asked in (("--max-error", settings.max_error is not None), ("--recalibrate-bn", args.recalibrate_bn),
                         ("--tune-steps", bool(args.tune_steps)), ("--sparsity-by-layer", args.sparsity_by_layer),
-                        ("--sequential", args.sequential)):
+                        ("--sequential", args.sequential), ("--probe", args.probe)):
         if asked and calibrate is None:
             raise ConfigError(f"{flag} needs calibration data: give {source}")
     cls = f"{type(model).__module__}.{type(model).__qualname__}"
@@ -434,7 +437,7 @@ def _run_hf(args, out) -> int:
     if unused:
         raise ConfigError(f"{', '.join(unused)} given with --hf-model: post-training compression of a model "
                           "folder takes --calibration, --bits or --target-bpw, --outliers, --sparsity, "
-                          "--sparsity-by-layer, --sparsity-over, --sequential and --tune-steps")
+                          "--sparsity-by-layer, --sparsity-over, --sequential, --probe and --tune-steps")
     _one_budget(args)
     say = None if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     with work_dir(out, {"post-training": str(args.hf_model)}):
@@ -442,7 +445,7 @@ def _run_hf(args, out) -> int:
                                     bits=args.bits or 4, target_bpw=args.target_bpw, max_error=args.max_error,
                                     outliers=args.outliers, tune_steps=args.tune_steps,
                                     sparsity_by_layer=args.sparsity_by_layer, sequential=args.sequential,
-                                    sparsity_over=args.sparsity_over,
+                                    sparsity_over=args.sparsity_over, probe=args.probe,
                                     sparsity=args.sparsity or 0.0, force=args.force, progress=say)
     _emit_post_training(args, report, out)
     return 0

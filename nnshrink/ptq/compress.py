@@ -149,6 +149,12 @@ def compress_model(model: nn.Module, calibrate=None, *, forward: Callable | None
     if tune_steps and calibrate is None:
         raise ConfigError("tune_steps needs calibration batches (calibrate=): the tuning fits the float model's "
                           "outputs on them")
+    if not isinstance(probe, bool):
+        raise ConfigError(f"probe must be true or false; got {probe!r}")
+    if probe and (calibrate is None or (target_bpw is None and max_error is None and not sparsity_by_layer)):
+        raise ConfigError("probe rescales the error estimates of a per-layer choice by errors measured on "
+                          "calibration batches: give a budget (--target-bpw / --max-error) or sparsity by layer, and "
+                          "the calibration data")
     if target_bpw is not None and not (isinstance(target_bpw, (int, float)) and 0 < target_bpw <= 32):
         raise ConfigError(f"target bits per weight must be in (0, 32]; got {target_bpw!r}")
     if max_error is not None and not (isinstance(max_error, (int, float)) and max_error > 0):

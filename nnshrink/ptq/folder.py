@@ -27,10 +27,11 @@ def compress_hf_folder(folder: str | os.PathLike, output: str | os.PathLike, *, 
                        outliers: float = 0.0,
                        sparsity: float = 0.0, force: bool = False, progress=None,
                        tune_steps: int = 0, sparsity_by_layer: bool = False, sequential: bool = False,
-                       sparsity_over: str = "compensated") -> dict[str, Any]:
+                       sparsity_over: str = "compensated", probe: bool = False) -> dict[str, Any]:
     """Compress the folder's weights into ``output``; return the report (JSON-ready).
     ``sequential``: BERT-family output projections restore their skip sums (hf.post_norm_sums).
-    ``tune_steps`` > 0 needs ``calibration`` (compress.compress_model, tune.py)."""
+    ``tune_steps`` > 0, ``sparsity_by_layer``, ``sequential`` and ``probe`` need ``calibration``
+    (compress.compress_model, tune.py, sparsity.py, sequential.py, probe.py)."""
     from ..errors import ConfigError
     from .tune import check_steps
 
@@ -40,6 +41,8 @@ def compress_hf_folder(folder: str | os.PathLike, output: str | os.PathLike, *, 
         raise ConfigError("--sparsity-by-layer needs --calibration: each layer's pruning error is measured on it")
     if sequential and calibration is None:
         raise ConfigError("--sequential needs --calibration: each layer's inputs are collected on those texts")
+    if probe and calibration is None:
+        raise ConfigError("--probe needs --calibration: each layer's output error is measured on those texts")
     folder, output = Path(folder), Path(output)
     file_tensors = load_tensors(hf.weights_path(folder))
     model, tok = hf.load_model(folder)
@@ -49,7 +52,7 @@ def compress_hf_folder(folder: str | os.PathLike, output: str | os.PathLike, *, 
                             outliers=outliers, sparsity=sparsity, force=force, state=file_tensors,
                             half_small=False, progress=progress, tune_steps=tune_steps,
                             sparsity_by_layer=sparsity_by_layer, sequential=sequential, sparsity_over=sparsity_over,
-                            skip_sums=hf.post_norm_sums(model) if sequential else None)
+                            skip_sums=hf.post_norm_sums(model) if sequential else None, probe=probe)
     meta = result.metadata
     meta["info"].update({"source": folder.name, "hf_model": True, "nnshrink_version": __version__})
     write_archive(output, result.tensors, meta)

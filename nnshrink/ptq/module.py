@@ -66,7 +66,10 @@ class PostTraining:
     w^2), so with ``sparsity_by_layer`` S is spread over every shared weight. ``sequential``:
     the compensated layers are compressed group after group towards the float outputs from
     the inputs the already-compressed prefix gives (sequential.py; needs calibration, read
-    again, and bits, not a budget).
+    again, and bits, not a budget). ``probe``: with ``target_bpw``, ``max_error`` or
+    ``sparsity_by_layer``, each layer's error estimate is rescaled by its output error
+    measured once on the calibration batches (probe.py), so the per-layer choice rests on
+    measured errors.
     """
 
     bits: int | None = None
@@ -81,6 +84,7 @@ class PostTraining:
     sparsity_by_layer: bool = False
     sparsity_over: str = "compensated"
     sequential: bool = False
+    probe: bool = False
 
     def __post_init__(self):
         from .layer import LayerSetting
@@ -97,7 +101,7 @@ class PostTraining:
             _number(self.max_error, "max_error", 0, float("inf"))
         if not isinstance(self.min_numel, int) or isinstance(self.min_numel, bool) or self.min_numel < 1:
             raise ConfigError(f"min_numel must be an int >= 1; got {self.min_numel!r}")
-        for flag in ("force", "recalibrate_bn", "sparsity_by_layer", "sequential"):
+        for flag in ("force", "recalibrate_bn", "sparsity_by_layer", "sequential", "probe"):
             if not isinstance(getattr(self, flag), bool):
                 raise ConfigError(f"{flag} must be true or false; got {getattr(self, flag)!r}")
         LayerSetting(self.bits if self.bits is not None else DEFAULT_BITS, self.outliers, self.sparsity)
@@ -111,6 +115,9 @@ class PostTraining:
             raise ConfigError(f"sparsity_over must be one of {', '.join(SPARSITY_OVER)}; got {self.sparsity_over!r}")
         if self.sequential and (self.target_bpw is not None or self.max_error is not None):
             raise ConfigError("sequential needs bits (a fixed setting), not a budget (target_bpw / max_error)")
+        if self.probe and self.target_bpw is None and self.max_error is None and not self.sparsity_by_layer:
+            raise ConfigError("probe rescales the error estimates of a per-layer choice: give target_bpw, max_error "
+                              "or sparsity_by_layer with it")
 
     @property
     def budget(self) -> str:
@@ -233,7 +240,10 @@ def compress_module(model: nn.Module, settings: PostTraining, *, calibrate=None,
         from ..batchnorm import check_batches
 
         check_batches(calibrate, "calibrate")  # read twice: not a one-shot generator
-    if settings.tune_steps:
+    if settings.probe and calibrate is None:
+        raise ConfigError("probe needs calibration data (each layer's output error is measured on it); "
+                          "give calibration batches")
+    if settings.tune_steps or settings.probe:
         if calibrate is None:
             raise ConfigError("tune_steps needs calibration data (the float model's outputs on it are the target); "
                               "give calibration batches")
@@ -250,8 +260,8 @@ def compress_module(model: nn.Module, settings: PostTraining, *, calibrate=None,
     bar, say = _layer_bar(model, settings, progress)
     try:
         bits = settings.bits if settings.bits is not None else DEFAULT_BITS
-        res = compress_model(model, calibrate if settings.tune_steps or settings.sequential else None,
-                             calibration=cal, bits=bits,
+        res = compress_model(model, calibrate if settings.tune_steps or settings.sequential or settings.probe else None,
+                             calibration=cal, bits=bits, probe=settings.probe,
                              target_bpw=settings.target_bpw, max_error=settings.max_error, outliers=settings.outliers,
                              sparsity=settings.sparsity, min_numel=settings.min_numel, force=settings.force,
                              progress=say if progress else None, forward=forward,
