@@ -73,6 +73,18 @@ class Bench:
         self.rows = []
         self.save = None
 
+    def calibrate(self, path: Path = CALIBRATION):
+        """(batches, Calibration, seconds) from the texts in ``path``: the Fisher diagonals and layer
+        Hessians of every tensor post-training shares."""
+        from nnshrink.ptq.calibrate import collect
+        from nnshrink.ptq.compress import _compressible, _owner_map
+
+        t = time.perf_counter()
+        batches = self.hf.text_batches(self.tok, self.hf.read_texts(path))
+        names = _compressible(self.file_tensors, 1024)
+        cal = collect(self.model, batches, forward=self.hf.mean_pooled, weights=_owner_map(self.model, names))
+        return batches, cal, time.perf_counter() - t
+
     def score(self, weights: dict[str, torch.Tensor], fresh: bool = False) -> tuple[float, float]:
         """(mean, min) cosine against the float model on the measured sentences (``fresh``: on FRESH)."""
         if fresh and not hasattr(self, "fresh_ref"):

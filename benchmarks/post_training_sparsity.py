@@ -90,7 +90,6 @@ def measure(out: dict, parts: set, json_path: str) -> None:
     torch.manual_seed(0)
     from nnshrink.compressed import DenseTensor
     from nnshrink.format import read_archive, write_archive
-    from nnshrink.ptq.calibrate import collect
     from nnshrink.ptq.compress import _compressible, _owner_map, compress_model
     from nnshrink.ptq.layer import LayerSetting, compress_weight
     from nnshrink.ptq.sequential import compress_sequentially
@@ -98,14 +97,12 @@ def measure(out: dict, parts: set, json_path: str) -> None:
 
     b = Bench(minilm_folder())
     ft = b.file_tensors
-    batches = b.hf.text_batches(b.tok, b.hf.read_texts(CALIBRATION))
+    batches, cal, seconds = b.calibrate()
     names = _compressible(ft, 1024)
-    t0 = time.perf_counter()
-    cal = collect(b.model, batches, forward=b.hf.mean_pooled, weights=_owner_map(b.model, names))
     linear = [n for n in names if n in cal.hessian]
     lookups = [n for n in names if n not in cal.hessian]
     out.update({"command": COMMAND, "machine": machine(), "step": STEP, "tune_steps": TUNE_STEPS,
-                "calibration_seconds": time.perf_counter() - t0, "calibration_texts": len(b.hf.read_texts(CALIBRATION)),
+                "calibration_seconds": seconds, "calibration_texts": len(b.hf.read_texts(CALIBRATION)),
                 "numel": b.numel, "linear_numel": sum(ft[n].numel() for n in linear),
                 "note": "shared 2-core machine, loaded by other work: seconds are wall-clock on a busy machine"})
     tmp = Path(tempfile.mkdtemp())
@@ -260,10 +257,7 @@ def measure(out: dict, parts: set, json_path: str) -> None:
         save()
 
     if "everyday" in parts:  # last: from here on every helper above calibrates on the everyday texts
-        t = time.perf_counter()
-        batches = b.hf.text_batches(b.tok, b.hf.read_texts(CALIBRATION_EVERYDAY))
-        cal = collect(b.model, batches, forward=b.hf.mean_pooled, weights=_owner_map(b.model, names))
-        out["everyday_calibration_seconds"] = time.perf_counter() - t
+        batches, cal, out["everyday_calibration_seconds"] = b.calibrate(CALIBRATION_EVERYDAY)
         on = f"; calibrated on {CALIBRATION_EVERYDAY.name}"
         rows = []
 

@@ -72,20 +72,16 @@ def main(argv=None) -> int:
     torch.manual_seed(0)
     from nnshrink.compressed import DenseTensor
     from nnshrink.format import parse_archive, serialize
-    from nnshrink.ptq.calibrate import collect
-    from nnshrink.ptq.compress import _compressible, _owner_map, compress_model, record_bytes
+    from nnshrink.ptq.compress import _compressible, compress_model, record_bytes
     from nnshrink.ptq.layer import LayerSetting, compress_weight
     from nnshrink.ptq.tune import tune_exact_parameters
 
     b = Bench(minilm_folder())
     ft = b.file_tensors
-    batches = b.hf.text_batches(b.tok, b.hf.read_texts(CALIBRATION))
+    batches, cal, seconds = b.calibrate()
     names = _compressible(ft, 1024)
-    t0 = time.perf_counter()
-    cal = collect(b.model, batches, forward=b.hf.mean_pooled, weights=_owner_map(b.model, names))
     out: dict = json.loads(Path(args.json).read_text()) if Path(args.json).is_file() else {}
-    out.update({"command": COMMAND, "machine": machine(), "tune_steps": TUNE_STEPS,
-                "calibration_seconds": time.perf_counter() - t0,
+    out.update({"command": COMMAND, "machine": machine(), "tune_steps": TUNE_STEPS, "calibration_seconds": seconds,
                 "note": args.note})
 
     def save():
@@ -264,10 +260,7 @@ def main(argv=None) -> int:
 
     if "everyday" in parts:  # the 10x budget calibrated on everyday text, the kind of text that is measured
         rows = []
-        t = time.perf_counter()
-        every = b.hf.text_batches(b.tok, b.hf.read_texts(CALIBRATION_EVERYDAY))
-        cal_every = collect(b.model, every, forward=b.hf.mean_pooled, weights=_owner_map(b.model, names))
-        out["everyday_calibration_seconds"] = time.perf_counter() - t
+        every, cal_every, out["everyday_calibration_seconds"] = b.calibrate(CALIBRATION_EVERYDAY)
         for label, c, on in ((f"calibration.txt ({len(b.hf.read_texts(CALIBRATION))} lines)", cal, batches),
                              (f"calibration_everyday.txt ({len(b.hf.read_texts(CALIBRATION_EVERYDAY))} lines)",
                               cal_every, every)):
