@@ -351,7 +351,8 @@ def _run_own_post_training(args, out) -> int:
         raise ConfigError(f"{', '.join(unused)} given, but post-training compression retrains nothing and runs on "
                           "the CPU; it takes --calibration-factory / --data-factory (your model) or --dataset (an "
                           "nnshrink checkpoint), --bits or --target-bpw or --max-error, --outliers, --sparsity, "
-                          "--recalibrate-bn, --tune-steps, --sparsity-by-layer, --sparsity-over, --sequential, --probe, --seed")
+                          "--recalibrate-bn, --tune-steps, --sparsity-by-layer, --sparsity-over, --sequential, "
+                          "--probe, --seed")
     if args.input is None:
         raise ConfigError("give INPUT: the state_dict (safetensors) of the model --model-factory builds")
     _one_budget(args)

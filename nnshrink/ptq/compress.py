@@ -210,7 +210,8 @@ def compress_model(model: nn.Module, calibrate=None, *, forward: Callable | None
                 def measure(dense):
                     return output_errors(model, batches, forward or default_forward, dense, limit=probe_batches)
             by_layer, measured = sparsity_by_layer_(
-                [n for n in names if n in hessian or sparsity_over == "all"], {n: state[n].numel() for n in names}, fixed_setting, one,
+                [n for n in names if n in hessian or sparsity_over == "all"], {n: state[n].numel() for n in names},
+                fixed_setting, one,
                 measure=measure, say=say)
             chosen.update(by_layer)
             factors.update(measured)
