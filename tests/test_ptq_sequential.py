@@ -5,13 +5,12 @@ outputs than with one pass."""
 
 import numpy as np
 import pytest
-
-import nnshrink
-from nnshrink import PostTraining
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import nnshrink
+from nnshrink import PostTraining
 from nnshrink.errors import ConfigError
 from nnshrink.ptq.compress import compress_model
 from nnshrink.ptq.sequential import input_groups, reconstruction_target
