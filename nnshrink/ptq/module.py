@@ -222,31 +222,17 @@ def compress_module(model: nn.Module, settings: PostTraining, *, calibrate=None,
 
     if not isinstance(settings, PostTraining):
         raise ConfigError(f"settings must be a PostTraining; got {type(settings).__name__}")
-    if settings.max_error is not None and calibrate is None:
-        raise ConfigError("max_error needs calibration data (the error is measured on it); give calibration batches")
-    if settings.recalibrate_bn:
-        if calibrate is None:
-            raise ConfigError("recalibrate_bn needs calibration data (the statistics are measured on it)")
-        from ..batchnorm import check_batches
-
-        check_batches(calibrate, "calibrate")  # read twice: not a one-shot generator
-    if settings.sparsity_by_layer and calibrate is None:
-        raise ConfigError("sparsity_by_layer needs calibration data (each layer's pruning error is measured on it); "
-                          "give calibration batches")
-    if settings.sequential:
-        if calibrate is None:
-            raise ConfigError("sequential needs calibration data (each layer's inputs are collected on it); "
-                              "give calibration batches")
-        from ..batchnorm import check_batches
-
-        check_batches(calibrate, "calibrate")  # read twice: not a one-shot generator
-    if settings.probe and calibrate is None:
-        raise ConfigError("probe needs calibration data (each layer's output error is measured on it); "
-                          "give calibration batches")
-    if settings.tune_steps or settings.probe:
-        if calibrate is None:
-            raise ConfigError("tune_steps needs calibration data (the float model's outputs on it are the target); "
-                              "give calibration batches")
+    # (asked, name, what the calibration data is for, read again after the first pass)
+    uses = [(settings.max_error is not None, "max_error", "the error is measured on it", False),
+            (settings.recalibrate_bn, "recalibrate_bn", "the statistics are measured on it", True),
+            (settings.sparsity_by_layer, "sparsity_by_layer", "each layer's pruning error is measured on it", False),
+            (settings.sequential, "sequential", "each layer's inputs are collected on it", True),
+            (settings.probe, "probe", "each layer's output error is measured on it", True),
+            (bool(settings.tune_steps), "tune_steps", "the float model's outputs on it are the target", True)]
+    for asked, name, why, _ in uses:
+        if asked and calibrate is None:
+            raise ConfigError(f"{name} needs calibration data ({why}); give calibration batches")
+    if any(asked and again for asked, _, _, again in uses):
         from ..batchnorm import check_batches
 
         check_batches(calibrate, "calibrate")  # read twice: not a one-shot generator
