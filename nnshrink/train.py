@@ -16,6 +16,7 @@ the same shuffled order), so N processes take the same optimizer steps as one pr
 
 from __future__ import annotations
 
+import gc
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -259,6 +260,9 @@ def fit(
         average.apply()
         for hook in hooks:
             hook(model)
+    if net is not model:  # free the DDP wrapper now, not at exit after the group is gone
+        net = logits = loss = full = None  # (gloo aborts a process that still holds one then)
+        gc.collect()
     result.seconds = time.perf_counter() - start
     result.steps = step
     return result
