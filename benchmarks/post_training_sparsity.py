@@ -28,6 +28,9 @@ earlier sparsity rows' setting). Parts (``--parts``; others are kept from an exi
   benchmarks/data/calibration_everyday.txt, 827 everyday sentences written for calibration
   (section 25: calibrating on the kind of text measured); every row of this part is also
   scored on the 62 fresh sentences of benchmarks/data/sentences_fresh.txt.
+- ``lookup``: embeddings / Linear splits again on the everyday calibration, the embeddings
+  pruned as compress_model now prunes a lookup table: SparseGPT with the output-gradient
+  matrix of its lookups (calibrate.py ``lookup``), rows weighed by their Fisher sums.
 - ``distill``: RETRAINING on the calibration texts, so NOT "without retraining": the kept
   Linear weights (masks fixed) and the norms and biases moved by Adam towards the float
   model's embeddings, on top of the best ``all`` row; measured for comparison only.
@@ -59,7 +62,8 @@ DISTILL_STEPS = 300
 DISTILL_LR = 1e-4
 # embeddings / Linear fractions with at least 50% of all weights zero (embeddings 52% of them)
 SPLITS = ((0.7, 0.3), (0.6, 0.4), (0.65, 0.35), (0.75, 0.25), (0.8, 0.2))
-PARTS = ("linear", "all", "tune", "distill", "everyday")
+LOOKUP_SPLITS = ((0.7, 0.3), (0.75, 0.25), (0.8, 0.2))
+PARTS = ("linear", "all", "tune", "distill", "everyday", "lookup")
 
 
 def main(argv=None) -> int:
@@ -91,7 +95,7 @@ def measure(out: dict, parts: set, json_path: str) -> None:
     from nnshrink.compressed import DenseTensor
     from nnshrink.format import read_archive, write_archive
     from nnshrink.ptq.compress import _compressible, _owner_map, compress_model
-    from nnshrink.ptq.layer import LayerSetting, compress_weight
+    from nnshrink.ptq.layer import LayerSetting, compress_weight, row_sensitivity
     from nnshrink.ptq.sequential import compress_sequentially
     from nnshrink.ptq.tune import tune_exact_parameters
 
@@ -135,15 +139,19 @@ def measure(out: dict, parts: set, json_path: str) -> None:
     sums = b.hf.post_norm_sums(b.model)
     seq_label = "sequential, skip sums restored"
 
-    def split(emb_frac, lin_frac, sequential, by_layer=False):
-        """Embeddings pruned at one fraction (Fisher x w^2); the Linear weights at another, the same
-        everywhere or (``by_layer``) in per-layer fractions of that overall fraction (probed)."""
+    def split(emb_frac, lin_frac, sequential, by_layer=False, tables="fisher"):
+        """Embeddings pruned at one fraction; the Linear weights at another, the same everywhere
+        or (``by_layer``) in per-layer fractions of that overall fraction (probed). ``tables``
+        "fisher": the embeddings by Fisher x w^2 alone (the earlier rows); "lookup": as
+        compress_model prunes them now, SparseGPT with their lookups' output-gradient matrix."""
         t = time.perf_counter()
         res, _ = compress(sparsity=lin_frac, sparsity_by_layer=by_layer, probe=by_layer)
         fractions = {r["name"]: r["sparsity"] for r in res.rows}
         chosen = {n: round(fractions[n], 4) for n in linear}
         emb = {n: compress_weight(ft[n].float().numpy(), LayerSetting(8, 0.0, emb_frac, STEP), cal.fisher[n].numpy(),
-                                  None)[0] for n in lookups}
+                                  *((cal.lookup[n],) if tables == "lookup" else ()), damp=0.1,
+                                  row_scale=row_sensitivity(cal.fisher[n].numpy()) if tables == "lookup" else None)[0]
+               for n in lookups}
         tensors = {**res.tensors, **emb}
         if sequential:  # the Linear weights again, from the inputs the pruned embeddings and prefix give
             redone = compress_sequentially(
@@ -287,6 +295,21 @@ def measure(out: dict, parts: set, json_path: str) -> None:
         out["everyday"] = rows
         save()
 
+    if "lookup" in parts:  # the embeddings compensated (calibrate.py ``lookup``), everyday calibration
+        if "everyday" not in parts:
+            batches, cal, out["everyday_calibration_seconds"] = b.calibrate(CALIBRATION_EVERYDAY)
+        on = f"; calibrated on {CALIBRATION_EVERYDAY.name}; embeddings compensated"
+        rows = []
+        for e, lf in LOOKUP_SPLITS:
+            tensors, meta, dt, _ = split(e, lf, True, tables="lookup")
+            r = row(f"ALL weights: embeddings {e:.0%}, every Linear {lf:.0%}, {seq_label}{on}", tensors, meta, dt)
+            dense = {n: torch.from_numpy(tensors[n].to_dense()) for n in tensors}
+            r["fresh_mean_cos"], r["fresh_min_cos"] = b.score(dense, fresh=True)
+            r["calibration_error"] = calibration_error(tensors)
+            rows.append(r)
+            out["lookup"] = rows
+            save()
+
 
 def distill(b, tensors, names, linear, batches, ft):
     """Adam on the kept (non-zero) Linear weights and on every exactly-stored parameter of the
@@ -385,7 +408,13 @@ def section(out: dict) -> str:
              "connection), so they also repair the error the skip path carries. `per-layer fractions`: the "
              "existing allocator (sparsity.py, probed) picks each tensor's fraction so that 50% of the named weights "
              "are zero at least estimated error; over ALL weights (`sparsity_over=\"all\"`, `--sparsity-over all`) "
-             "the embeddings are pruned by Fisher x w^2, their error the Fisher estimate."]
+             "the embeddings were pruned by Fisher x w^2, their error the Fisher estimate: so in every table but the "
+             "last, the `50% of ALL weights, per-layer fractions` rows included (measured with that earlier "
+             "compress_model). `embeddings compensated` (the last table, `--parts lookup`): as compress_model now "
+             "prunes a lookup table, SparseGPT on the table with G'G as its Hessian, G the output gradients at the "
+             "rows looked up on the calibration texts (calibrate.py `lookup`; the LayerNorm after the lookup makes "
+             "the all-ones direction free to absorb the pruned entries), each row's scores weighed by its Fisher sum "
+             "plus the mean row's, so rows the calibration never looked up are not emptied first."]
     for key, title in (("linear", "Half of the Linear weights zero (embeddings dense):"),
                        ("all", "Half of ALL weights zero:"),
                        ("tune", f"Norms and biases tuned on the calibration texts on top ({out.get('tune_steps')} "
@@ -396,13 +425,15 @@ def section(out: dict) -> str:
                                     "(benchmarks/data/calibration_everyday.txt, 827 sentences written for calibration, "
                                     "section 25; calibration "
                                     f"{out.get('everyday_calibration_seconds', 0):.0f} s); fresh: the 62 sentences of "
-                                    "benchmarks/data/sentences_fresh.txt, never used for any choice:")):
+                                    "benchmarks/data/sentences_fresh.txt, never used for any choice:"),
+                       ("lookup", "The embeddings compensated (calibrate.py `lookup`), calibrated on everyday text "
+                                  "as above; fresh as above:")):
         if out.get(key):
             lines += ["", title, ""] + _table(out[key])
     for r in out.get("all", []) + out.get("linear", []):
         if r.get("per_layer") and "sequential" in r["experiment"]:
             lines += ["", f"Fractions chosen for \"{r['experiment']}\" (layers 0..5): {_fractions(r['per_layer'])}."]
-    post = [r for k in ("linear", "all", "tune", "everyday") for r in out.get(k, [])]
+    post = [r for k in ("linear", "all", "tune", "everyday", "lookup") for r in out.get(k, [])]
     if post:
         half_all = [r for r in post if r["zero_all"] >= 0.5]
         half_lin = [r for r in post if r["zero_linear"] >= 0.5]
@@ -435,6 +466,24 @@ def section(out: dict) -> str:
                                                       "the calibration texts never use costs nothing on them, so they (and the Fisher "
                                                       "estimate the per-layer allocator uses) underrate the "
                                                       "embeddings' error." if by_cal != by_cos else "."))
+        compensated = out.get("lookup", [])
+        for r in compensated:
+            base = r["experiment"].split("; embeddings compensated")[0]
+            before = [x for x in out.get("everyday", []) if x["experiment"] == base]
+            if before:
+                lines.append(f"- {base.split(', sequential')[0]}, everyday calibration: embeddings by Fisher x w^2 "
+                             f"alone {before[0]['mean_cos']:.4f} (min {before[0]['min_cos']:.4f}; fresh "
+                             f"{before[0]['fresh_mean_cos']:.4f}) -> compensated {r['mean_cos']:.4f} (min "
+                             f"{r['min_cos']:.4f}; fresh {r['fresh_mean_cos']:.4f}) at {r['ratio']:.2f}x.")
+        if compensated and all("calibration_error" in r for r in compensated):
+            by_cal = min(compensated, key=lambda r: r["calibration_error"])
+            by_cos = max(compensated, key=lambda r: r["mean_cos"])
+            lines.append("- Compensated splits, error on the calibration texts against mean cosine on the measured "
+                         "sentences: " + "; ".join(f"{r['experiment'].split(',')[0][len('ALL weights: '):]}: "
+                                                   f"{r['calibration_error']:.4f} / {r['mean_cos']:.4f}"
+                                                   for r in compensated)
+                         + (". The calibration texts again pick the split with the most embedding sparsity, the "
+                            "measured sentences one with less." if by_cal is not by_cos else "."))
         for r in out.get("tune", []):
             base = r["experiment"].split(", norms and biases tuned")[0]
             before = [x for x in post if x["experiment"] in (base, base.replace("50% of ALL weights, ", "ALL weights: "))]

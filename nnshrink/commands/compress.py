@@ -75,7 +75,7 @@ def register(sub) -> None:
                         "fraction chosen by its measured pruning error (needs calibration data)")
     g.add_argument("--sparsity-over", choices=("compensated", "all"), default="compensated",
                    help="which weights a calibrated --sparsity prunes: the error-compensated layers' (default) or "
-                        "all shared weights, embeddings too (by Fisher x w^2)")
+                        "all shared weights, embeddings too (compensated with their lookups' output gradients)")
     g.add_argument("--sequential", action="store_true",
                    help="compress the error-compensated layers group after group towards the float model's "
                         "outputs from the inputs the compressed layers before them give (needs calibration data "

@@ -8,6 +8,10 @@ Two numbers per compressible weight tensor, gathered in one pass over the batche
   backward pass per batch estimates it (cross-sample terms vanish in expectation).
 - ``hessian[name]``: X^T X of the inputs each Linear / Conv2d layer saw (conv inputs
   unfolded into patches), the layer-wise proxy Hessian of OBQ / GPTQ / SparseGPT.
+- ``lookup[name]``: G^T G of the output gradients (same projection) at every row an
+  nn.Embedding looked up: how a change of a row's entries moves the output, one matrix for
+  all rows (a row's own is too rarely seen to estimate), so pruning a table can compensate
+  its kept entries the way SparseGPT does a Linear layer's.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ class Calibration:
 
     fisher: dict[str, torch.Tensor] = field(default_factory=dict)
     hessian: dict[str, torch.Tensor] = field(default_factory=dict)
+    lookup: dict[str, torch.Tensor] = field(default_factory=dict)  # nn.Embedding: G^T G of output gradients
     samples: int = 0  # batches seen
     rows: dict[str, int] = field(default_factory=dict)  # input rows (tokens / patches) per layer
     output_energy: float = 0.0  # mean over batches of sum(out^2): the scale of the estimated errors
@@ -96,6 +101,16 @@ def collect(model: nn.Module, calibrate, *, forward: Callable | None = None, wei
                 cal.hessian[pname] = cal.hessian[pname] + h if pname in cal.hessian else h
                 cal.rows[pname] = cal.rows.get(pname, 0) + rows.shape[0]
             hooks.append(mod.register_forward_hook(hook))
+        elif isinstance(mod, nn.Embedding):
+            def grad_hook(g, pname=pname):
+                rows = g.detach().reshape(-1, g.shape[-1]).to(torch.float64)
+                h = (rows.T @ rows).cpu()
+                cal.lookup[pname] = cal.lookup[pname] + h if pname in cal.lookup else h
+
+            def lookup_hook(m, _inputs, out, grad_hook=grad_hook):
+                if out.requires_grad:
+                    out.register_hook(grad_hook)
+            hooks.append(mod.register_forward_hook(lookup_hook))
     gen = torch.Generator().manual_seed(seed)
     was_training = model.training
     model.eval()

@@ -41,7 +41,7 @@ from ..format.layout import ALIGN
 from ..format.writer import encode_tensor, serialize
 from .allocate import BudgetError, Candidate, allocate, allocate_for_error
 from .calibrate import Calibration, _batches, collect, default_forward
-from .layer import LayerSetting, compress_weight
+from .layer import LayerSetting, compress_weight, row_sensitivity
 from .probe import output_errors
 from .sequential import compress_sequentially
 from .sparsity import sparsity_by_layer as sparsity_by_layer_
@@ -117,10 +117,10 @@ def compress_model(model: nn.Module, calibrate=None, *, forward: Callable | None
     ``sparsity_by_layer`` (with ``sparsity`` S and calibration): each compensated layer's
     fraction is chosen so that S of all their weights are pruned at least error (sparsity.py;
     with ``probe``, the estimates are rescaled by measured errors).
-    ``sparsity_over`` "all" (with calibration): the sparsity also prunes the tensors no
-    compensation reaches (embeddings), by Fisher x w^2, their error the Fisher estimate, so
-    ``sparsity_by_layer`` spreads S over all compressed weights; default "compensated":
-    those keep every row.
+    ``sparsity_over`` "all" (with calibration): the sparsity also prunes the lookup tables
+    (embeddings): SparseGPT with their lookups' output-gradient matrix (calibrate.py), rows
+    weighed by their Fisher sums; so ``sparsity_by_layer`` spreads S over all compressed
+    weights; default "compensated": those keep every row.
     ``sequential`` (with ``calibrate`` batches and a fixed setting): the compensated layers are
     compressed group after group towards the float layers' outputs from the inputs the
     already-compressed prefix gives them (sequential.py); ``skip_sums`` {layer module: the
@@ -186,6 +186,7 @@ def compress_model(model: nn.Module, calibrate=None, *, forward: Callable | None
     t_cal = time.perf_counter() - t0
     fisher = calibration.fisher if calibration else {}
     hessian = calibration.hessian if calibration else {}
+    lookup = calibration.lookup if calibration else {}
 
     def one(name, setting: LayerSetting):
         w = state[name].to(torch.float32).numpy()
@@ -193,7 +194,12 @@ def compress_model(model: nn.Module, calibrate=None, *, forward: Callable | None
         # calibrated pruning is SparseGPT's: only where error compensation repairs it (Linear / Conv2d
         # layers with inputs); lookup tables (embeddings) keep every row, rare tokens included
         prune = setting.sparsity if calibration is None or name in hessian or sparsity_over == "all" else 0.0
-        return compress_weight(w, replace(setting, sparsity=prune), imp, hessian.get(name), damp=damp)
+        h, rows = hessian.get(name), None
+        if h is None and prune > 0 and name in lookup and imp is not None:
+            # a pruned lookup table: SparseGPT with its lookups' output-gradient matrix; rows the
+            # calibration never looked up still count (floor: the mean row's Fisher)
+            h, rows = lookup[name], row_sensitivity(imp)
+        return compress_weight(w, replace(setting, sparsity=prune), imp, h, damp=damp, row_scale=rows)
 
     tensors: dict[str, CompressedTensor] = {}
     for n, t in state.items():
@@ -318,6 +324,8 @@ def compress_model(model: nn.Module, calibrate=None, *, forward: Callable | None
     report = {"calibrated": calibration is not None,
               "estimated_relative_error": total_err / scale if scale else None, "max_error": max_error,
               "method": ("calibrated: Fisher-weighted k-means, GPTQ-compensated Linear/Conv2d"
+                         + ("; pruned embeddings compensated through their lookups' output gradients"
+                            if sparsity > 0 and sparsity_over == "all" and lookup else "")
                          + ("; sequential: each layer reconstructs the float outputs from the compressed "
                             "prefix's inputs" if sequential else "")
                          if calibration is not None else "data-free fallback: unweighted k-means, no compensation")

@@ -57,12 +57,19 @@ def _check(weight, hessian, codebook, keep, sparsity):
 
 
 def assign(weight: torch.Tensor, hessian: torch.Tensor, codebook: np.ndarray, *, keep: torch.Tensor | None = None,
-           sparsity: float = 0.0, block: int = 128, damp: float = 0.01, act_order: bool = True
-           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+           sparsity: float = 0.0, block: int = 128, damp: float = 0.01, act_order: bool = True,
+           row_scale: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(indices, pruned, values), each (out, in): the nearest-codebook index of every
     compensated weight, the SparseGPT-pruned positions (never ``keep`` ones), and the
-    result: codebook[index], 0 where pruned, the compensated weight itself where ``keep``."""
+    result: codebook[index], 0 where pruned, the compensated weight itself where ``keep``.
+    ``row_scale`` (out,) weighs each row's pruning scores: rows whose output matters more
+    (an embedding's often-seen tokens) keep more entries."""
     cb, mids = _check(weight, hessian, codebook, keep, sparsity)
+    if row_scale is not None:
+        row_scale = torch.as_tensor(row_scale, dtype=torch.float64).reshape(-1, 1)
+        if row_scale.shape[0] != weight.shape[0] or not bool(torch.isfinite(row_scale).all() and (row_scale >= 0).all()):
+            raise ConfigError(f"row_scale must hold {weight.shape[0]} finite values >= 0, one per row; "
+                              f"got shape {tuple(row_scale.shape)}")
     W = weight.detach().to(torch.float64).clone()
     n_out, n_in = W.shape
     keep = torch.zeros_like(W, dtype=torch.bool) if keep is None else keep.to(torch.bool)
@@ -80,6 +87,8 @@ def assign(weight: torch.Tensor, hessian: torch.Tensor, codebook: np.ndarray, *,
         P1 = torch.zeros_like(W1, dtype=torch.bool)
         if sparsity > 0:
             score = W1 ** 2 / torch.diag(U1).reshape(1, -1) ** 2
+            if row_scale is not None:
+                score = score * row_scale
             score[K1] = float("inf")
             n_prune = int(round(sparsity * score.numel()))
             if n_prune:

@@ -10,7 +10,9 @@ there is no calibration) and, for Linear / Conv2d weights, an input Hessian H:
    grid of that step (in units of the tensor's RMS) for entropy coding (quantize/uniform.py),
    weights past its 255 levels kept as outliers, unused levels dropped afterwards;
 3. assignment: with H, GPTQ order with error compensation and SparseGPT pruning; without
-   H (embeddings, data-free), nearest centroid, pruning the least s * W^2.
+   H (embeddings, data-free), nearest centroid, pruning the least s * W^2. A pruned
+   embedding with calibration takes the H of its lookups (calibrate.py ``lookup``: G^T G of
+   the output gradients), SparseGPT's scores weighed by each row's floored Fisher sum.
 
 GPTQ's damping is 0.1 x mean(diag H), ten times its paper's default: with a few thousand
 calibration tokens a lighter damping fits the calibration text and loses elsewhere
@@ -69,8 +71,10 @@ def _top(score: np.ndarray, count: int) -> np.ndarray:
 
 
 def compress_weight(weight: np.ndarray, setting: LayerSetting, importance: np.ndarray | None = None,
-                    hessian: torch.Tensor | None = None, *, damp: float = 0.1) -> tuple[SharedTensor, float]:
-    """(the compressed tensor, its estimated output error; see module doc)."""
+                    hessian: torch.Tensor | None = None, *, damp: float = 0.1,
+                    row_scale: np.ndarray | None = None) -> tuple[SharedTensor, float]:
+    """(the compressed tensor, its estimated output error; see module doc). ``row_scale``
+    (with H) weighs each row's pruning scores (gptq.assign)."""
     w = np.asarray(weight, np.float32)
     if not np.isfinite(w).all():
         raise ConfigError("weights hold NaN or inf values; cannot compress them")
@@ -99,7 +103,7 @@ def compress_weight(weight: np.ndarray, setting: LayerSetting, importance: np.nd
     if hessian is not None:
         mat = torch.as_tensor(_as_matrix(w), dtype=torch.float64)
         idx, pruned, q = gptq.assign(mat, hessian, cents, keep=torch.as_tensor(_as_matrix(keep)),
-                                     sparsity=setting.sparsity, damp=damp)
+                                     sparsity=setting.sparsity, damp=damp, row_scale=row_scale)
         idx, pruned, q = idx.numpy().reshape(w.shape), pruned.numpy().reshape(w.shape), q.numpy().reshape(w.shape)
     else:
         idx = nearest(w, cents).reshape(w.shape)
@@ -123,6 +127,14 @@ def compress_weight(weight: np.ndarray, setting: LayerSetting, importance: np.nd
     tensor = SharedTensor(tuple(w.shape), cents.astype(np.float32), kept_idx.astype(np.uint8), bits, mask,
                           out_mask, out_vals)
     return tensor, estimated_error(w, tensor.to_dense(), s, hessian)
+
+
+def row_sensitivity(importance: np.ndarray) -> np.ndarray:
+    """Each row's Fisher sum plus the mean row's: how much a row's pruning scores weigh
+    (gptq.assign's ``row_scale``); the floor keeps rows calibration never reached (an
+    embedding's unseen tokens) from being emptied first."""
+    rows = np.asarray(importance, np.float64).reshape(len(importance), -1).sum(1)
+    return rows + rows.mean()
 
 
 def estimated_error(weight: np.ndarray, approx: np.ndarray, importance: np.ndarray,

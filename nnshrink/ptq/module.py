@@ -62,8 +62,8 @@ class PostTraining:
     float model's; the shared weights stay as they are (tune.py). ``sparsity_by_layer``:
     ``sparsity`` is the overall fraction of the compensated layers' weights pruned, each
     layer's own fraction chosen by its error (sparsity.py; needs calibration).
-    ``sparsity_over`` "all": a calibrated ``sparsity`` prunes the embeddings too (Fisher x
-    w^2), so with ``sparsity_by_layer`` S is spread over every shared weight. ``sequential``:
+    ``sparsity_over`` "all": a calibrated ``sparsity`` prunes the embeddings too (compensated
+    with their lookups' output gradients, calibrate.py), so with ``sparsity_by_layer`` S is spread over every shared weight. ``sequential``:
     the compensated layers are compressed group after group towards the float outputs from
     the inputs the already-compressed prefix gives (sequential.py; needs calibration, read
     again, and bits, not a budget). ``probe``: with ``target_bpw``, ``max_error`` or
@@ -136,7 +136,8 @@ def check_finite(calibration) -> None:
     """Refuse NaN / inf sensitivities or layer-input statistics, naming the layer: they
     would silently turn the weighted k-means and the error compensation into noise."""
     for kind, table in (("sensitivities (Fisher diagonal)", calibration.fisher),
-                        ("input statistics (Hessian)", calibration.hessian)):
+                        ("input statistics (Hessian)", calibration.hessian),
+                        ("lookup output-gradient statistics", calibration.lookup)):
         for name, t in table.items():
             if not torch.isfinite(t).all():
                 raise ConfigError(f"{kind} of {name!r} are not finite (NaN or inf): check the calibration "
