@@ -300,9 +300,13 @@ def measure(out: dict, parts: set, json_path: str) -> None:
             batches, cal, out["everyday_calibration_seconds"] = b.calibrate(CALIBRATION_EVERYDAY)
         on = f"; calibrated on {CALIBRATION_EVERYDAY.name}; embeddings compensated"
         rows = []
-        for e, lf in LOOKUP_SPLITS:
-            tensors, meta, dt, _ = split(e, lf, True, tables="lookup")
-            r = row(f"ALL weights: embeddings {e:.0%}, every Linear {lf:.0%}, {seq_label}{on}", tensors, meta, dt)
+        e0, lf0 = LOOKUP_SPLITS[0]
+        for e, lf, by_layer in [(e, lf, False) for e, lf in LOOKUP_SPLITS] + [(e0, lf0, True)]:
+            tensors, meta, dt, chosen = split(e, lf, True, by_layer=by_layer, tables="lookup")
+            linear_part = f"Linear {lf:.0%} overall in per-layer fractions (probed)" if by_layer else \
+                f"every Linear {lf:.0%}"
+            r = row(f"ALL weights: embeddings {e:.0%}, {linear_part}, {seq_label}{on}", tensors, meta, dt,
+                    **({"per_layer": chosen} if by_layer else {}))
             dense = {n: torch.from_numpy(tensors[n].to_dense()) for n in tensors}
             r["fresh_mean_cos"], r["fresh_min_cos"] = b.score(dense, fresh=True)
             r["calibration_error"] = calibration_error(tensors)
@@ -430,7 +434,7 @@ def section(out: dict) -> str:
                                   "as above; fresh as above:")):
         if out.get(key):
             lines += ["", title, ""] + _table(out[key])
-    for r in out.get("all", []) + out.get("linear", []):
+    for r in out.get("all", []) + out.get("linear", []) + out.get("lookup", []):
         if r.get("per_layer") and "sequential" in r["experiment"]:
             lines += ["", f"Fractions chosen for \"{r['experiment']}\" (layers 0..5): {_fractions(r['per_layer'])}."]
     post = [r for k in ("linear", "all", "tune", "everyday", "lookup") for r in out.get(k, [])]
@@ -475,13 +479,14 @@ def section(out: dict) -> str:
                              f"alone {before[0]['mean_cos']:.4f} (min {before[0]['min_cos']:.4f}; fresh "
                              f"{before[0]['fresh_mean_cos']:.4f}) -> compensated {r['mean_cos']:.4f} (min "
                              f"{r['min_cos']:.4f}; fresh {r['fresh_mean_cos']:.4f}) at {r['ratio']:.2f}x.")
-        if compensated and all("calibration_error" in r for r in compensated):
-            by_cal = min(compensated, key=lambda r: r["calibration_error"])
-            by_cos = max(compensated, key=lambda r: r["mean_cos"])
+        fixed = [r for r in compensated if "every Linear" in r["experiment"]]
+        if fixed and all("calibration_error" in r for r in fixed):
+            by_cal = min(fixed, key=lambda r: r["calibration_error"])
+            by_cos = max(fixed, key=lambda r: r["mean_cos"])
             lines.append("- Compensated splits, error on the calibration texts against mean cosine on the measured "
                          "sentences: " + "; ".join(f"{r['experiment'].split(',')[0][len('ALL weights: '):]}: "
                                                    f"{r['calibration_error']:.4f} / {r['mean_cos']:.4f}"
-                                                   for r in compensated)
+                                                   for r in fixed)
                          + (". The calibration texts again pick the split with the most embedding sparsity, the "
                             "measured sentences one with less." if by_cal is not by_cos else "."))
         for r in out.get("tune", []):

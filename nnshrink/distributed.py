@@ -131,6 +131,16 @@ def join_from_env(device: str = "cpu") -> Iterator[bool]:
         raise
     finally:
         dist.destroy_process_group()
+        global _left_a_group
+        _left_a_group = True
+
+
+_left_a_group = False  # join_from_env joined a group and left it (cli.run then exits at once)
+
+
+def left_a_group() -> bool:
+    """Whether this process joined torchrun's group in ``join_from_env`` and has left it."""
+    return _left_a_group
 
 
 def _leave_without_teardown() -> None:

@@ -243,3 +243,21 @@ def test_one_named_gpu_for_every_rank_is_refused(monkeypatch):
                                           r"processes takes the GPU its LOCAL_RANK names; pass --device cuda"):
         with join_from_env("cuda:1"):
             pass
+
+
+def test_the_console_script_leaves_at_once_after_a_run_under_torchrun(monkeypatch):
+    """cli.run exits with main's status; after join_from_env left a group, through os._exit
+    (torch's teardown can abort a rank that ran DDP on gloo), else through sys.exit."""
+    from nnshrink import cli, distributed
+
+    left = []
+    monkeypatch.setattr(cli, "main", lambda: 3)
+    monkeypatch.setattr(os, "_exit", lambda rc: left.append(rc))
+    monkeypatch.setattr(distributed, "_left_a_group", False)
+    with pytest.raises(SystemExit) as stop:
+        cli.run()
+    assert stop.value.code == 3 and left == []
+    monkeypatch.setattr(distributed, "_left_a_group", True)
+    with pytest.raises(SystemExit):  # the patched os._exit returns; run goes on to sys.exit
+        cli.run()
+    assert left == [3]

@@ -68,8 +68,8 @@ def assign(weight: torch.Tensor, hessian: torch.Tensor, codebook: np.ndarray, *,
     if row_scale is not None:
         row_scale = torch.as_tensor(row_scale, dtype=torch.float64).reshape(-1, 1)
         if row_scale.shape[0] != weight.shape[0] or not bool(torch.isfinite(row_scale).all() and (row_scale >= 0).all()):
-            raise ConfigError(f"row_scale must hold {weight.shape[0]} finite values >= 0, one per row; "
-                              f"got shape {tuple(row_scale.shape)}")
+            raise ConfigError(f"row_scale must hold {weight.shape[0]} finite values >= 0, one per row; got "
+                              f"{row_scale.shape[0]} values, least {float(row_scale.min()):g}")
     W = weight.detach().to(torch.float64).clone()
     n_out, n_in = W.shape
     keep = torch.zeros_like(W, dtype=torch.bool) if keep is None else keep.to(torch.bool)

@@ -63,7 +63,8 @@ class PostTraining:
     ``sparsity`` is the overall fraction of the compensated layers' weights pruned, each
     layer's own fraction chosen by its error (sparsity.py; needs calibration).
     ``sparsity_over`` "all": a calibrated ``sparsity`` prunes the embeddings too (compensated
-    with their lookups' output gradients, calibrate.py), so with ``sparsity_by_layer`` S is spread over every shared weight. ``sequential``:
+    with their lookups' output gradients, calibrate.py), so with ``sparsity_by_layer`` S is
+    spread over every shared weight. ``sequential``:
     the compensated layers are compressed group after group towards the float outputs from
     the inputs the already-compressed prefix gives (sequential.py; needs calibration, read
     again, and bits, not a budget). ``probe``: with ``target_bpw``, ``max_error`` or
