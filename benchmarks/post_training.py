@@ -458,6 +458,16 @@ def tuning_lines(path: Path) -> list[str]:
                      f"{best50['mean_cos']:.4f} ({best50['experiment']}; {best50['zero_fraction_of_all_weights']:.1%} of "
                      "all weights zero)" + (f"; with half of the Linear weights zero, {lin50['mean_cos']:.4f} "
                                             f"({lin50['experiment']})" if lin50 and lin50 is not best50 else "") + ".")
+    sparse = HERE / "results" / "post_training_sparsity.json"
+    if sparse.is_file():  # the later, dedicated runs (post_training_sparsity.py, section 27)
+        s = json.loads(sparse.read_text())
+        post = [r for k in ("all", "tune", "everyday", "lookup") for r in s.get(k, []) if r["zero_all"] >= 0.5]
+        if post:
+            best = max(post, key=lambda r: r["mean_cos"])
+            lines.append(f"- 50% unstructured sparsity, later runs (section 27): "
+                         f"{'met' if best['mean_cos'] >= 0.99 else 'NOT met'}; the best row with half of all weights "
+                         f"zero reaches mean {best['mean_cos']:.4f}, min {best['min_cos']:.4f} at {best['ratio']:.2f}x "
+                         f"({best['experiment']}).")
     cli = d.get("cli", [])
     if cli:
         slowest = max(r["seconds"] for r in cli)
