@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import os
 import pkgutil
 import re
@@ -105,19 +104,12 @@ def _silence_stdout() -> None:
 
 def run() -> None:
     """The console script: ``main``, then exit with its status. A process that ran under
-    torchrun leaves without the interpreter's teardown, in which torch 2.13 can abort a
-    process that has run DDP on gloo ("terminate called without an active exception"): a
-    finished rank would be reported as failed. Everything is written and flushed by then."""
+    torchrun leaves without the interpreter's teardown (distributed.leave_without_teardown),
+    or torch 2.13 can abort a finished rank and torchrun report it as failed."""
     rc = main()
     group = sys.modules.get("nnshrink.distributed")  # not imported: no group was joined
     if group is not None and group.left_a_group():
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except (OSError, ValueError):
-                pass
-        logging.shutdown()
-        os._exit(rc)
+        group.leave_without_teardown(rc)
     sys.exit(rc)
 
 

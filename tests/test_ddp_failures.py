@@ -252,7 +252,7 @@ def test_the_console_script_leaves_at_once_after_a_run_under_torchrun(monkeypatc
 
     left = []
     monkeypatch.setattr(cli, "main", lambda: 3)
-    monkeypatch.setattr(os, "_exit", lambda rc: left.append(rc))
+    monkeypatch.setattr(distributed.os, "_exit", lambda rc: left.append(rc))
     monkeypatch.setattr(distributed, "_left_a_group", False)
     with pytest.raises(SystemExit) as stop:
         cli.run()
