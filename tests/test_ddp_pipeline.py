@@ -23,6 +23,8 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from nnshrink.distributed import leave_without_teardown
+
 FACTORY = '''
 import torch
 import torch.nn as nn
@@ -97,17 +99,7 @@ def _worker(rank: int, world: int, port: int, tmp: str, out: str, extra: tuple[s
 
     rc = main(_argv(tmp_path, out, *extra))
     (tmp_path / f"{out}-rank{rank}.json").write_text(json.dumps({"rc": rc, "writes": writes}))
-    _leave()
-
-
-def _leave() -> None:
-    """A worker that finished leaves as ``nnshrink``'s console script does after a run under
-    torchrun (cli.run): without the interpreter's teardown, in which torch 2.13 aborts a
-    process that has run DDP on gloo in a few runs in a hundred ("terminate called without
-    an active exception"; also with a 15-line DDP script and no nnshrink code)."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    leave_without_teardown(0)  # as the console script does after a run under torchrun (cli.run)
 
 
 def _archive(path: Path):
@@ -276,7 +268,7 @@ def _api_worker(rank: int, world: int, port: int, tmp: str) -> None:
         dist.destroy_process_group()
     (tmp_path / f"api-rank{rank}.json").write_text(json.dumps(
         {"size": size, "same_archive": same, "writes": writes, "top1": result.report["top1_after"]}))
-    _leave()
+    leave_without_teardown(0)  # torch 2.13's teardown aborts a few DDP-on-gloo processes in a hundred
 
 
 @pytest.mark.slow
