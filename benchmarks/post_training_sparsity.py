@@ -148,9 +148,10 @@ def measure(out: dict, parts: set, json_path: str) -> None:
         res, _ = compress(sparsity=lin_frac, sparsity_by_layer=by_layer, probe=by_layer)
         fractions = {r["name"]: r["sparsity"] for r in res.rows}
         chosen = {n: round(fractions[n], 4) for n in linear}
+        compensated = tables == "lookup"
         emb = {n: compress_weight(ft[n].float().numpy(), LayerSetting(8, 0.0, emb_frac, STEP), cal.fisher[n].numpy(),
-                                  *((cal.lookup[n],) if tables == "lookup" else ()), damp=0.1,
-                                  row_scale=row_sensitivity(cal.fisher[n].numpy()) if tables == "lookup" else None)[0]
+                                  cal.lookup[n] if compensated else None, damp=0.1,
+                                  row_scale=row_sensitivity(cal.fisher[n].numpy()) if compensated else None)[0]
                for n in lookups}
         tensors = {**res.tensors, **emb}
         if sequential:  # the Linear weights again, from the inputs the pruned embeddings and prefix give
