@@ -42,6 +42,9 @@ CALIBRATION_EVERYDAY = HERE / "data" / "calibration_everyday.txt"
 # 62 more everyday sentences, never used for calibration, tuning or any choice: a second measured set
 FRESH = HERE / "data" / "sentences_fresh.txt"
 CALIBRATION_EVERYDAY_WORDS = "the 96 everyday lines of calibration.txt and 731 more, written for calibration"
+# 2,940 more everyday sentences written for calibration, none sharing a run of four words with a
+# measured sentence (sentences.txt, sentences_fresh.txt) nor a line of calibration_everyday.txt
+CALIBRATION_MORE = HERE / "data" / "calibration_everyday_more.txt"
 COMMAND = ("python benchmarks/post_training.py --json benchmarks/results/post_training.json "
            "--section benchmarks/sections/25-post-training.md")
 
@@ -73,14 +76,15 @@ class Bench:
         self.rows = []
         self.save = None
 
-    def calibrate(self, path: Path = CALIBRATION):
-        """(batches, Calibration, seconds) from the texts in ``path``: the Fisher diagonals and layer
-        Hessians of every tensor post-training shares."""
+    def calibrate(self, path: Path | tuple[Path, ...] = CALIBRATION):
+        """(batches, Calibration, seconds) from the texts in ``path`` (or in several files, one after
+        the other): the Fisher diagonals and layer Hessians of every tensor post-training shares."""
         from nnshrink.ptq.calibrate import collect
         from nnshrink.ptq.compress import _compressible, _owner_map
 
         t = time.perf_counter()
-        batches = self.hf.text_batches(self.tok, self.hf.read_texts(path))
+        paths = path if isinstance(path, tuple) else (path,)
+        batches = self.hf.text_batches(self.tok, [t for p in paths for t in self.hf.read_texts(p)])
         names = _compressible(self.file_tensors, 1024)
         cal = collect(self.model, batches, forward=self.hf.mean_pooled, weights=_owner_map(self.model, names))
         return batches, cal, time.perf_counter() - t
@@ -461,7 +465,8 @@ def tuning_lines(path: Path) -> list[str]:
     sparse = HERE / "results" / "post_training_sparsity.json"
     if sparse.is_file():  # the later, dedicated runs (post_training_sparsity.py, section 27)
         s = json.loads(sparse.read_text())
-        post = [r for k in ("all", "tune", "everyday", "lookup") for r in s.get(k, []) if r["zero_all"] >= 0.5]
+        post = [r for k in ("all", "tune", "everyday", "lookup", "rounds") for r in s.get(k, [])
+                if r["zero_all"] >= 0.5]
         if post:
             best = max(post, key=lambda r: r["mean_cos"])
             lines.append(f"- 50% unstructured sparsity, later runs (section 27): "

@@ -315,6 +315,13 @@ def test_cli_own_model_post_training(cli, tmp_path):
     assert rc == 0, err
     assert json.loads(out)["post_training"]["sequential"] is True and json.loads(out)["recipe"]["sequential"] is True
     assert json.loads(out)["post_training"]["sparsity_over"] == "all"
+    rc, out, err = cli(*OWN, "--calibration-factory", "mynets_ptq:calib", "--sparsity", 0.5, "--prune-rounds", 3,
+                       "-o", "r.nsk", "--json", "-", "--quiet")
+    assert rc == 0, err
+    assert json.loads(out)["post_training"]["prune_rounds"] == 3
+    rc, out, err = cli(*OWN, "--calibration-factory", "mynets_ptq:calib", "--sparsity", 0.5, "--prune-rounds", 0,
+                       "-o", "r0.nsk", "--quiet")
+    assert rc != 0 and "pruning rounds must be an integer >= 1; got 0" in err and "Traceback" not in err
     rc, out, err = cli(*OWN, "--calibration-factory", "mynets_ptq:calib", "--target-bpw", 6, "--probe",
                        "-o", "h.nsk", "--json", "-", "--quiet")
     assert rc == 0, err

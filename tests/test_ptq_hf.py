@@ -90,9 +90,11 @@ def test_hf_sequential_restores_the_post_norm_sums(run, bert_dir, texts, tmp_pat
     assert sums == {f"encoder.layer.{i}.{part}.dense": f"encoder.layer.{i}.{part}.LayerNorm"
                     for i in range(2) for part in ("attention.output", "output")}
     proc = run("compress", "--hf-model", bert_dir, "--calibration", texts, "--bits", 8, "--sparsity", 0.5,
-               "--sparsity-over", "all", "--sequential", "-o", tmp_path / "s.nsk", "--json", "-", "--quiet")
+               "--sparsity-over", "all", "--sequential", "--prune-rounds", 2, "-o", tmp_path / "s.nsk", "--json", "-",
+               "--quiet")
     report = json.loads(proc.stdout)["post_training"]
     assert report["sequential"] and report["skip_sums_restored"] == 4 and report["sparsity_over"] == "all"
+    assert report["prune_rounds"] == 2
 
 
 def test_hf_without_calibration_is_labelled_data_free(run, bert_dir, tmp_path):

@@ -244,3 +244,21 @@ def test_compress_model_takes_skip_sums_and_refuses_bad_ones():
         compress_model(m, xs, bits=8, min_numel=256, skip_sums=sums)
     with pytest.raises(ConfigError, match=r"skip-sum modules \['nowhere'\] are not in the model"):
         compress_model(m, xs, bits=8, min_numel=256, sequential=True, skip_sums={"b.0": "nowhere"})
+
+
+def test_masks_in_rounds_err_less_one_pass_sequential_and_by_layer_and_are_reported():
+    m, xs = _data()
+    for kw in (dict(), dict(sequential=True), dict(sparsity_by_layer=True)):
+        once = compress_model(m, xs, bits=8, sparsity=0.6, min_numel=256, **kw)
+        rounds = compress_model(m, xs, bits=8, sparsity=0.6, min_numel=256, prune_rounds=4, **kw)
+        assert _rel_error(m, rounds, xs) < _rel_error(m, once, xs), kw
+        zero = sum(int((t.to_dense() == 0).sum()) for t in rounds.tensors.values() if t.to_dense().ndim == 2)
+        assert zero >= 0.6 * 4 * 48 * 48 - 4, kw
+        info = rounds.metadata["info"]["post_training"]
+        assert info["prune_rounds"] == 4 and "4 rounds of least-squares refits" in info["method"]
+    with pytest.raises(ConfigError, match="pruning rounds must be an integer >= 1; got 0"):
+        compress_model(m, xs, bits=8, sparsity=0.5, min_numel=256, prune_rounds=0)
+    with pytest.raises(ConfigError, match="pruning rounds must be an integer >= 1; got 2.5"):
+        PostTraining(sparsity=0.5, prune_rounds=2.5)
+    res = nnshrink.compress(m, PostTraining(bits=8, sparsity=0.6, min_numel=256, prune_rounds=3), calibrate=xs)
+    assert res.report["post_training"]["prune_rounds"] == 3

@@ -76,6 +76,9 @@ def register(sub) -> None:
     g.add_argument("--sparsity-over", choices=("compensated", "all"), default="compensated",
                    help="which weights a calibrated --sparsity prunes: the error-compensated layers' (default) or "
                         "all shared weights, embeddings too (compensated with their lookups' output gradients)")
+    g.add_argument("--prune-rounds", type=int, default=1, metavar="R",
+                   help="calibrated pruning: choose the mask in R rounds, refitting the kept weights by least "
+                        "squares after each (slower, less error; default 1: SparseGPT's one pass)")
     g.add_argument("--sequential", action="store_true",
                    help="compress the error-compensated layers group after group towards the float model's "
                         "outputs from the inputs the compressed layers before them give (needs calibration data "
@@ -315,6 +318,7 @@ def post_training_flags(args) -> list[str]:
                            ("--outliers", args.outliers), ("--recalibrate-bn", args.recalibrate_bn),
                            ("--tune-steps", args.tune_steps), ("--sparsity-by-layer", args.sparsity_by_layer),
                            ("--sparsity-over", args.sparsity_over != "compensated"),
+                           ("--prune-rounds", args.prune_rounds != 1),
                            ("--sequential", args.sequential), ("--probe", args.probe)) if v]
 
 
@@ -351,8 +355,8 @@ def _run_own_post_training(args, out) -> int:
         raise ConfigError(f"{', '.join(unused)} given, but post-training compression retrains nothing and runs on "
                           "the CPU; it takes --calibration-factory / --data-factory (your model) or --dataset (an "
                           "nnshrink checkpoint), --bits or --target-bpw or --max-error, --outliers, --sparsity, "
-                          "--recalibrate-bn, --tune-steps, --sparsity-by-layer, --sparsity-over, --sequential, "
-                          "--probe, --seed")
+                          "--recalibrate-bn, --tune-steps, --sparsity-by-layer, --sparsity-over, --prune-rounds, "
+                          "--sequential, --probe, --seed")
     if args.input is None:
         raise ConfigError("give INPUT: the state_dict (safetensors) of the model --model-factory builds")
     _one_budget(args)
@@ -361,7 +365,7 @@ def _run_own_post_training(args, out) -> int:
                             outliers=args.outliers, sparsity=args.sparsity or 0.0, force=args.force,
                             recalibrate_bn=args.recalibrate_bn, tune_steps=args.tune_steps,
                             sparsity_by_layer=args.sparsity_by_layer, sparsity_over=args.sparsity_over,
-                            sequential=args.sequential, probe=args.probe)
+                            sequential=args.sequential, probe=args.probe, prune_rounds=args.prune_rounds)
     zoo = None
     if args.model_factory:
         model, data = own_model(args), own_data(args)
@@ -438,7 +442,8 @@ def _run_hf(args, out) -> int:
     if unused:
         raise ConfigError(f"{', '.join(unused)} given with --hf-model: post-training compression of a model "
                           "folder takes --calibration, --bits or --target-bpw, --outliers, --sparsity, "
-                          "--sparsity-by-layer, --sparsity-over, --sequential, --probe and --tune-steps")
+                          "--sparsity-by-layer, --sparsity-over, --prune-rounds, --sequential, --probe and "
+                          "--tune-steps")
     _one_budget(args)
     say = None if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     with work_dir(out, {"post-training": str(args.hf_model)}):
@@ -447,6 +452,7 @@ def _run_hf(args, out) -> int:
                                     outliers=args.outliers, tune_steps=args.tune_steps,
                                     sparsity_by_layer=args.sparsity_by_layer, sequential=args.sequential,
                                     sparsity_over=args.sparsity_over, probe=args.probe,
+                                    prune_rounds=args.prune_rounds,
                                     sparsity=args.sparsity or 0.0, force=args.force, progress=say)
     _emit_post_training(args, report, out)
     return 0

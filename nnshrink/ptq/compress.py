@@ -108,7 +108,8 @@ def compress_model(model: nn.Module, calibrate=None, *, forward: Callable | None
                    progress: Callable[[str], None] | None = None, step: float | None = None,
                    candidate_steps=None, probe: bool = False, probe_batches: int | None = 8,
                    tune_steps: int = 0, sparsity_by_layer: bool = False, sequential: bool = False,
-                   sparsity_over: str = "compensated", skip_sums: dict[str, str] | None = None) -> PTQResult:
+                   sparsity_over: str = "compensated", skip_sums: dict[str, str] | None = None,
+                   prune_rounds: int = 1) -> PTQResult:
     """Compress ``model``'s state post-training (module doc); the model is not changed.
     ``state`` (default: the model's state_dict) is what gets stored, e.g. a weight file's
     tensors, buffers the model does not hold included; calibration uses the model.
@@ -125,7 +126,10 @@ def compress_model(model: nn.Module, calibrate=None, *, forward: Callable | None
     compressed group after group towards the float layers' outputs from the inputs the
     already-compressed prefix gives them (sequential.py); ``skip_sums`` {layer module: the
     module reading its output plus a skip connection} (e.g. ``hf.post_norm_sums``) makes
-    those layers restore the float sum instead, repairing what the skip path carries."""
+    those layers restore the float sum instead, repairing what the skip path carries.
+    ``prune_rounds`` R > 1: calibrated pruning chooses its mask in R rounds, refitting the kept
+    weights by least squares after each (refit.py; slower, less error than SparseGPT's one pass);
+    with ``sparsity_by_layer`` the fractions are chosen on one-pass errors, then pruned so."""
     tune_steps = check_steps(tune_steps)
     if sparsity_over not in SPARSITY_OVER:
         raise ConfigError(f"sparsity_over must be one of {', '.join(SPARSITY_OVER)}; got {sparsity_over!r}")
@@ -164,15 +168,16 @@ def compress_model(model: nn.Module, calibrate=None, *, forward: Callable | None
     if max_error is not None and calibrate is None and calibration is None:
         raise ConfigError("an error bound (--max-error) needs calibration data: the error is measured on it")
     if target_bpw is None and max_error is None:
-        fixed_setting = LayerSetting(8 if step is not None else bits, outliers, sparsity, step)  # validates
+        fixed_setting = LayerSetting(8 if step is not None else bits, outliers, sparsity, step,
+                                     prune_rounds)  # validates
     # candidates of a budget: k-means codebooks of candidate_bits, or uniform grids of candidate_steps
     if candidate_bits is not None and candidate_steps is not None:
         raise ConfigError("give candidate_bits (k-means codebooks) or candidate_steps (uniform grids), not both")
     if candidate_bits is not None:
-        candidates = [LayerSetting(b, outliers, sparsity) for b in candidate_bits]
+        candidates = [LayerSetting(b, outliers, sparsity, rounds=prune_rounds) for b in candidate_bits]
     else:
         steps = GRID_STEPS if candidate_steps is None else candidate_steps
-        candidates = [LayerSetting(8, outliers, sparsity, float(st)) for st in steps]
+        candidates = [LayerSetting(8, outliers, sparsity, float(st), prune_rounds) for st in steps]
     if not candidates:
         raise ConfigError("give at least one candidate setting (candidate_bits or candidate_steps)")
     say = progress or (lambda _msg: None)
@@ -217,8 +222,16 @@ def compress_model(model: nn.Module, calibrate=None, *, forward: Callable | None
                     return output_errors(model, batches, forward or default_forward, dense, limit=probe_batches)
             by_layer, measured = sparsity_by_layer_(
                 [n for n in names if n in hessian or sparsity_over == "all"], {n: state[n].numel() for n in names},
-                fixed_setting, one,
+                replace(fixed_setting, rounds=1), one,
                 measure=measure, say=say)
+            if fixed_setting.rounds > 1:  # fractions chosen on one-pass errors (cheap); masks then in rounds
+                for n, (setting, _t, _e) in by_layer.items():
+                    setting = replace(setting, rounds=fixed_setting.rounds)
+                    if sequential and n in hessian:
+                        by_layer[n] = (setting, None, 0.0)  # compressed below, in sequence
+                    else:
+                        say(f"pruning {n} in {setting.rounds} rounds")
+                        by_layer[n] = (setting, *one(n, setting))
             chosen.update(by_layer)
             factors.update(measured)
         for n in (n for n in names if n not in chosen):
@@ -328,6 +341,8 @@ def compress_model(model: nn.Module, calibrate=None, *, forward: Callable | None
                             if sparsity > 0 and sparsity_over == "all" and lookup else "")
                          + ("; sequential: each layer reconstructs the float outputs from the compressed "
                             "prefix's inputs" if sequential else "")
+                         + (f"; pruning masks chosen in {prune_rounds} rounds of least-squares refits"
+                            if sparsity > 0 and prune_rounds > 1 else "")
                          if calibration is not None else "data-free fallback: unweighted k-means, no compensation")
               + (f"; {tuned['what']}" if tuned else ""),
               "bits": bits if target_bpw is None and step is None else None, "step": step,
@@ -335,7 +350,7 @@ def compress_model(model: nn.Module, calibrate=None, *, forward: Callable | None
               else None, "probed": bool(factors), "target_bpw": target_bpw, "outliers": outliers,
               "sparsity": sparsity, "calibration_batches": calibration.samples if calibration else 0,
               "sparsity_by_layer": sparsity_by_layer, "sparsity_over": sparsity_over, "sequential": sequential,
-              "skip_sums_restored": len(skip_sums) if skip_sums else 0, "tuned": tuned}
+              "skip_sums_restored": len(skip_sums) if skip_sums else 0, "prune_rounds": prune_rounds, "tuned": tuned}
     return PTQResult(tensors, rows, calibration is not None,
                      {"model": None, "config": {}, "info": {"post_training": report}, "report": {}},
                      warnings, {"calibrate": t_cal, "total": t_all})

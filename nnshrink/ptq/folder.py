@@ -27,7 +27,8 @@ def compress_hf_folder(folder: str | os.PathLike, output: str | os.PathLike, *, 
                        outliers: float = 0.0,
                        sparsity: float = 0.0, force: bool = False, progress=None,
                        tune_steps: int = 0, sparsity_by_layer: bool = False, sequential: bool = False,
-                       sparsity_over: str = "compensated", probe: bool = False) -> dict[str, Any]:
+                       sparsity_over: str = "compensated", probe: bool = False,
+                       prune_rounds: int = 1) -> dict[str, Any]:
     """Compress the folder's weights into ``output``; return the report (JSON-ready).
     ``sequential``: BERT-family output projections restore their skip sums (hf.post_norm_sums).
     ``tune_steps`` > 0, ``sparsity_by_layer``, ``sequential`` and ``probe`` need ``calibration``
@@ -52,7 +53,8 @@ def compress_hf_folder(folder: str | os.PathLike, output: str | os.PathLike, *, 
                             outliers=outliers, sparsity=sparsity, force=force, state=file_tensors,
                             half_small=False, progress=progress, tune_steps=tune_steps,
                             sparsity_by_layer=sparsity_by_layer, sequential=sequential, sparsity_over=sparsity_over,
-                            skip_sums=hf.post_norm_sums(model) if sequential else None, probe=probe)
+                            skip_sums=hf.post_norm_sums(model) if sequential else None, probe=probe,
+                            prune_rounds=prune_rounds)
     meta = result.metadata
     meta["info"].update({"source": folder.name, "hf_model": True, "nnshrink_version": __version__})
     write_archive(output, result.tensors, meta)

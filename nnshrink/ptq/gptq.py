@@ -19,14 +19,19 @@ import torch
 from ..errors import ConfigError
 
 
-def inverse_cholesky(h: torch.Tensor, damp: float = 0.01) -> torch.Tensor:
-    """Upper Cholesky factor of (H + damp * mean(diag H) I)^-1 (float64); dead inputs
-    (diag 0) get a unit diagonal so their columns are simply rounded."""
-    h = h.to(torch.float64).clone()
+def damped(h: torch.Tensor, damp: float) -> torch.Tensor:
+    """H + damp * mean(diag H) I in float64; dead inputs (diag 0) get a unit diagonal first,
+    so their columns are simply rounded."""
+    h = torch.as_tensor(h).to(torch.float64).clone()
     dead = torch.diag(h) == 0
     h[dead, dead] = 1.0
+    return h + damp * float(torch.diag(h).mean()) * torch.eye(h.shape[0], dtype=torch.float64)
+
+
+def inverse_cholesky(h: torch.Tensor, damp: float = 0.01) -> torch.Tensor:
+    """Upper Cholesky factor of ``damped(H)``^-1 (float64)."""
+    h = damped(h, damp)
     mean = float(torch.diag(h).mean())
-    h += damp * mean * torch.eye(h.shape[0], dtype=torch.float64)
     for _ in range(6):
         try:
             lower = torch.linalg.cholesky(h)
@@ -58,13 +63,18 @@ def _check(weight, hessian, codebook, keep, sparsity):
 
 def assign(weight: torch.Tensor, hessian: torch.Tensor, codebook: np.ndarray, *, keep: torch.Tensor | None = None,
            sparsity: float = 0.0, block: int = 128, damp: float = 0.01, act_order: bool = True,
-           row_scale: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+           row_scale: torch.Tensor | None = None,
+           pruned: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(indices, pruned, values), each (out, in): the nearest-codebook index of every
     compensated weight, the SparseGPT-pruned positions (never ``keep`` ones), and the
     result: codebook[index], 0 where pruned, the compensated weight itself where ``keep``.
     ``row_scale`` (out,) weighs each row's pruning scores: rows whose output matters more
-    (an embedding's often-seen tokens) keep more entries."""
+    (an embedding's often-seen tokens) keep more entries. ``pruned`` (out, in): a mask chosen
+    beforehand (refit.prune_gradually); those positions are zeroed in order and nothing else
+    is pruned (``sparsity`` is then ignored)."""
     cb, mids = _check(weight, hessian, codebook, keep, sparsity)
+    if pruned is not None and tuple(pruned.shape) != tuple(weight.shape):
+        raise ConfigError(f"pruned mask shape {tuple(pruned.shape)} does not fit weight {tuple(weight.shape)}")
     if row_scale is not None:
         row_scale = torch.as_tensor(row_scale, dtype=torch.float64).reshape(-1, 1)
         if row_scale.shape[0] != weight.shape[0] or not bool(torch.isfinite(row_scale).all() and (row_scale >= 0).all()):
@@ -76,6 +86,7 @@ def assign(weight: torch.Tensor, hessian: torch.Tensor, codebook: np.ndarray, *,
     H = hessian.to(torch.float64)
     perm = torch.argsort(torch.diag(H), descending=True) if act_order else torch.arange(n_in)
     W, H, keep = W[:, perm], H[perm][:, perm], keep[:, perm]
+    fixed = None if pruned is None else torch.as_tensor(pruned).to(torch.bool)[:, perm]
     U = inverse_cholesky(H, damp)
     Q = torch.zeros_like(W)
     idx = torch.zeros(W.shape, dtype=torch.int64)
@@ -85,7 +96,9 @@ def assign(weight: torch.Tensor, hessian: torch.Tensor, codebook: np.ndarray, *,
         W1, U1, K1 = W[:, i1:i2].clone(), U[i1:i2, i1:i2], keep[:, i1:i2]
         E1 = torch.zeros_like(W1)
         P1 = torch.zeros_like(W1, dtype=torch.bool)
-        if sparsity > 0:
+        if fixed is not None:
+            P1 = fixed[:, i1:i2] & ~K1
+        elif sparsity > 0:
             score = W1 ** 2 / torch.diag(U1).reshape(1, -1) ** 2
             if row_scale is not None:
                 score = score * row_scale

@@ -9,7 +9,9 @@ there is no calibration) and, for Linear / Conv2d weights, an input Hessian H:
    ones likely to survive pruning when ``sparsity`` > 0); or, with ``step``, a uniform
    grid of that step (in units of the tensor's RMS) for entropy coding (quantize/uniform.py),
    weights past its 255 levels kept as outliers, unused levels dropped afterwards;
-3. assignment: with H, GPTQ order with error compensation and SparseGPT pruning; without
+3. assignment: with H, GPTQ order with error compensation and SparseGPT pruning (with
+   ``rounds`` > 1 the mask is chosen first in rounds of least-squares refits, refit.py, and
+   GPTQ then rounds the refit weights onto the grid with that mask fixed); without
    H (embeddings, data-free), nearest centroid, pruning the least s * W^2. A pruned
    embedding with calibration takes the H of its lookups (calibrate.py ``lookup``: G^T G of
    the output gradients), SparseGPT's scores weighed by each row's floored Fisher sum.
@@ -37,7 +39,7 @@ from ..compressed import SharedTensor
 from ..errors import ConfigError
 from ..quantize.uniform import compact, uniform_grid
 from ..quantize.weighted_kmeans import nearest, weighted_kmeans_1d
-from . import gptq
+from . import gptq, refit
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,7 @@ class LayerSetting:
     outliers: float = 0.0  # fraction kept exactly (float16)
     sparsity: float = 0.0  # fraction pruned
     step: float | None = None  # uniform grid step / RMS of the tensor (ECSQ); None = 2^bits k-means
+    rounds: int = 1  # pruning with H: 1 = SparseGPT's one pass; more = gradual with refits (refit.py)
 
     def __post_init__(self):
         if isinstance(self.bits, bool) or not isinstance(self.bits, int) or not 1 <= self.bits <= 8:
@@ -57,6 +60,8 @@ class LayerSetting:
         if self.step is not None and not (isinstance(self.step, (int, float)) and not isinstance(self.step, bool)
                                           and np.isfinite(self.step) and self.step > 0):
             raise ConfigError(f"grid step must be a finite number > 0; got {self.step!r}")
+        if isinstance(self.rounds, bool) or not isinstance(self.rounds, int) or self.rounds < 1:
+            raise ConfigError(f"pruning rounds must be an integer >= 1; got {self.rounds!r}")
 
 
 def _as_matrix(w: np.ndarray) -> np.ndarray:
@@ -102,8 +107,13 @@ def compress_weight(weight: np.ndarray, setting: LayerSetting, importance: np.nd
         cents = weighted_kmeans_1d(w, fit if fit.any() else s, k).centroids
     if hessian is not None:
         mat = torch.as_tensor(_as_matrix(w), dtype=torch.float64)
-        idx, pruned, q = gptq.assign(mat, hessian, cents, keep=torch.as_tensor(_as_matrix(keep)),
-                                     sparsity=setting.sparsity, damp=damp, row_scale=row_scale)
+        kept_exactly = torch.as_tensor(_as_matrix(keep))
+        chosen = None
+        if setting.sparsity > 0 and setting.rounds > 1:  # the mask first, kept weights refit; then the grid
+            mat, chosen = refit.prune_gradually(mat, hessian, setting.sparsity, setting.rounds, damp=damp,
+                                                row_scale=row_scale, keep=kept_exactly)
+        idx, pruned, q = gptq.assign(mat, hessian, cents, keep=kept_exactly, sparsity=setting.sparsity, damp=damp,
+                                     row_scale=row_scale, pruned=chosen)
         idx, pruned, q = idx.numpy().reshape(w.shape), pruned.numpy().reshape(w.shape), q.numpy().reshape(w.shape)
     else:
         idx = nearest(w, cents).reshape(w.shape)

@@ -64,7 +64,8 @@ class PostTraining:
     layer's own fraction chosen by its error (sparsity.py; needs calibration).
     ``sparsity_over`` "all": a calibrated ``sparsity`` prunes the embeddings too (compensated
     with their lookups' output gradients, calibrate.py), so with ``sparsity_by_layer`` S is
-    spread over every shared weight. ``sequential``:
+    spread over every shared weight. ``prune_rounds`` R > 1: calibrated pruning chooses its
+    mask in R rounds of least-squares refits of the kept weights (refit.py). ``sequential``:
     the compensated layers are compressed group after group towards the float outputs from
     the inputs the already-compressed prefix gives (sequential.py; needs calibration, read
     again, and bits, not a budget). ``probe``: with ``target_bpw``, ``max_error`` or
@@ -86,6 +87,7 @@ class PostTraining:
     sparsity_over: str = "compensated"
     sequential: bool = False
     probe: bool = False
+    prune_rounds: int = 1
 
     def __post_init__(self):
         from .layer import LayerSetting
@@ -105,7 +107,8 @@ class PostTraining:
         for flag in ("force", "recalibrate_bn", "sparsity_by_layer", "sequential", "probe"):
             if not isinstance(getattr(self, flag), bool):
                 raise ConfigError(f"{flag} must be true or false; got {getattr(self, flag)!r}")
-        LayerSetting(self.bits if self.bits is not None else DEFAULT_BITS, self.outliers, self.sparsity)
+        LayerSetting(self.bits if self.bits is not None else DEFAULT_BITS, self.outliers, self.sparsity,
+                     rounds=self.prune_rounds)
         if self.sparsity_by_layer and (not self.sparsity > 0 or self.target_bpw is not None
                                        or self.max_error is not None):
             raise ConfigError(f"sparsity_by_layer needs sparsity > 0 (the overall fraction) and bits, not a budget; "
@@ -254,7 +257,8 @@ def compress_module(model: nn.Module, settings: PostTraining, *, calibrate=None,
                              sparsity=settings.sparsity, min_numel=settings.min_numel, force=settings.force,
                              progress=say if progress else None, forward=forward,
                              tune_steps=settings.tune_steps, sparsity_by_layer=settings.sparsity_by_layer,
-                             sparsity_over=settings.sparsity_over, sequential=settings.sequential)
+                             sparsity_over=settings.sparsity_over, sequential=settings.sequential,
+                             prune_rounds=settings.prune_rounds)
     finally:
         bar.close()
     meta = res.metadata

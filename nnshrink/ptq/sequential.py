@@ -38,17 +38,11 @@ from torch import nn
 
 from ..errors import ConfigError
 from .calibrate import layer_input_rows
+from .gptq import damped
 
 
 class _Reached(Exception):
     """Raised by a hook once everything wanted is captured: the rest of the forward is not needed."""
-
-
-def _damped(hessian: torch.Tensor, damp: float) -> torch.Tensor:
-    h = hessian.to(torch.float64).clone()
-    dead = torch.diag(h) == 0
-    h[dead, dead] = 1.0
-    return h + damp * float(torch.diag(h).mean()) * torch.eye(h.shape[0], dtype=torch.float64)
 
 
 def reconstruction_target(weight: torch.Tensor, gap: torch.Tensor, hessian: torch.Tensor,
@@ -60,7 +54,7 @@ def reconstruction_target(weight: torch.Tensor, gap: torch.Tensor, hessian: torc
     if w.dim() != 2 or tuple(gap.shape) != (w.shape[1], w.shape[0]) or tuple(hessian.shape) != (w.shape[1],) * 2:
         raise ConfigError(f"reconstruction needs an (out, in) weight with an (in, out) gap and an (in, in) Hessian; "
                           f"got weight {tuple(weight.shape)}, gap {tuple(gap.shape)}, Hessian {tuple(hessian.shape)}")
-    return w + torch.linalg.solve(_damped(hessian, damp), gap.to(torch.float64)).T
+    return w + torch.linalg.solve(damped(hessian, damp), gap.to(torch.float64)).T
 
 
 def output_rows(module: nn.Module, y: torch.Tensor) -> torch.Tensor:
