@@ -31,7 +31,7 @@ def damped(h: torch.Tensor, damp: float) -> torch.Tensor:
 def inverse_cholesky(h: torch.Tensor, damp: float = 0.01) -> torch.Tensor:
     """Upper Cholesky factor of ``damped(H)``^-1 (float64)."""
     h = damped(h, damp)
-    mean = float(torch.diag(h).mean())
+    mean = float(torch.diag(h).mean()) / (1 + damp)  # the undamped mean diagonal: each retry adds damp x it
     for _ in range(6):
         try:
             lower = torch.linalg.cholesky(h)
