@@ -96,5 +96,11 @@ def test_bad_rounds_and_shapes_are_one_line_errors():
         refit(w, torch.ones(3, 3, dtype=torch.bool), h)
     with pytest.raises(ConfigError, match="Hessian shape"):
         refit(w, torch.ones(w.shape, dtype=torch.bool), h[:3, :3])
+    with pytest.raises(ConfigError, match="row_scale must hold 12 finite values >= 0, one per row; got 3 values"):
+        prune_gradually(w, h, 0.5, 2, row_scale=torch.ones(3))
+    with pytest.raises(ConfigError, match="row_scale must hold 12 finite values >= 0"):
+        prune_gradually(w, h, 0.5, 2, row_scale=-torch.ones(12))
+    with pytest.raises(ConfigError, match="mask shape"):
+        prune_gradually(w, h, 0.5, 2, keep=torch.zeros(2, 2, dtype=torch.bool))
     with pytest.raises(ConfigError, match="pruned mask shape"):
         gptq.assign(w, h, FINE, pruned=torch.ones(2, 2, dtype=torch.bool))

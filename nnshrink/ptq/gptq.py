@@ -61,6 +61,17 @@ def _check(weight, hessian, codebook, keep, sparsity):
     return cb, 0.5 * (cb[1:] + cb[:-1])
 
 
+def row_weights(row_scale, n_out: int) -> torch.Tensor | None:
+    """``row_scale`` as an (out, 1) float64 column, checked: one finite value >= 0 per row."""
+    if row_scale is None:
+        return None
+    column = torch.as_tensor(row_scale, dtype=torch.float64).reshape(-1, 1)
+    if column.shape[0] != n_out or not bool(torch.isfinite(column).all() and (column >= 0).all()):
+        raise ConfigError(f"row_scale must hold {n_out} finite values >= 0, one per row; got "
+                          f"{column.shape[0]} values, least {float(column.min()):g}")
+    return column
+
+
 def assign(weight: torch.Tensor, hessian: torch.Tensor, codebook: np.ndarray, *, keep: torch.Tensor | None = None,
            sparsity: float = 0.0, block: int = 128, damp: float = 0.01, act_order: bool = True,
            row_scale: torch.Tensor | None = None,
@@ -75,11 +86,7 @@ def assign(weight: torch.Tensor, hessian: torch.Tensor, codebook: np.ndarray, *,
     cb, mids = _check(weight, hessian, codebook, keep, sparsity)
     if pruned is not None and tuple(pruned.shape) != tuple(weight.shape):
         raise ConfigError(f"pruned mask shape {tuple(pruned.shape)} does not fit weight {tuple(weight.shape)}")
-    if row_scale is not None:
-        row_scale = torch.as_tensor(row_scale, dtype=torch.float64).reshape(-1, 1)
-        if row_scale.shape[0] != weight.shape[0] or not bool(torch.isfinite(row_scale).all() and (row_scale >= 0).all()):
-            raise ConfigError(f"row_scale must hold {weight.shape[0]} finite values >= 0, one per row; got "
-                              f"{row_scale.shape[0]} values, least {float(row_scale.min()):g}")
+    row_scale = row_weights(row_scale, weight.shape[0])
     W = weight.detach().to(torch.float64).clone()
     n_out, n_in = W.shape
     keep = torch.zeros_like(W, dtype=torch.bool) if keep is None else keep.to(torch.bool)

@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import ConfigError
-from .gptq import damped
+from .gptq import damped, row_weights
 
 MAX_ITERATIONS = 500
 # stop when the worst row's gradient is this fraction of the worst at the plain masked weights:
@@ -93,8 +93,10 @@ def prune_gradually(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float
     kept = torch.ones_like(w0, dtype=torch.bool)
     _check(w0, kept, hessian)
     inverse_diag = torch.diag(torch.linalg.inv(damped(hessian, damp))).reshape(1, -1)
-    weigh = None if row_scale is None else torch.as_tensor(row_scale, dtype=torch.float64).reshape(-1, 1)
+    weigh = row_weights(row_scale, w0.shape[0])
     never = None if keep is None else torch.as_tensor(keep).to(torch.bool)
+    if never is not None:
+        _check(w0, never, hessian)
     w = w0
     for r in range(1, rounds + 1):
         target = int(round(sparsity * (1 - (1 - r / rounds) ** 3) * w0.numel()))
